@@ -1,0 +1,46 @@
+"""One exception family for everything a user can get wrong or the system can refuse.
+
+Errors are raised where they are found, carrying where (file, key, line, object) and an
+exit code, and printed once, as one line, at the edge (the command line or doit's reporter).
+"""
+
+from __future__ import annotations
+
+
+class KpbError(Exception):
+    """A failure to report as one line; ``exit_code`` is what the process exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class RecipeError(KpbError):
+    """The recipe (or a file it names) is wrong: the user must edit it."""
+
+    exit_code = 2
+
+
+class FetchError(KpbError):
+    """A package or source could not be had, or did not match what was asked for."""
+
+    exit_code = 3
+
+
+class BuildError(KpbError):
+    """A configure, prepare or compile step failed; the message names its log."""
+
+    exit_code = 4
+
+
+class ToolchainError(KpbError):
+    """The host's compiler or tools cannot produce objects that match the target kernel."""
+
+    exit_code = 5
