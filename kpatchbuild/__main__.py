@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from kpatchbuild.errors import KpbError
 
 # Modules that provide a subcommand: each has add_parser(subparsers) setting func=run(args)->int.
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES: list[str] = ["kpatchbuild.differ.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,305 @@
+"""Pass 2: decide which functions changed and whether any data changed.
+
+A function is its bytes plus its relocations, each relocation reduced to what it designates
+(the paired original symbol, a string's text, a piece of a section), so a renumbered static
+or a moved string is no change while a different target behind equal bytes is one. Each side
+gets an xxh3 fingerprint of that pair; equal fingerprints mean equal functions.
+
+A change confined to the 32-bit immediate of `mov $imm, %reg` just before a call to one of the
+functions that take `__LINE__` (might_sleep, WARN's printk, lockdep's RCU checks...) is the
+line number moving because lines were added above: not a change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+import xxhash
+
+from kpatchbuild.differ.correlate import Correlation
+from kpatchbuild.differ.index import (
+    AnonymousTarget,
+    ObjectIndex,
+    StringTarget,
+    SymbolTarget,
+    Target,
+    parent_function_name,
+)
+from kpatchbuild.differ.special import SectionRole, role_of
+from kpatchbuild.elf.model import (
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
+    SHF_WRITE,
+    SHT_NOBITS,
+    STT_FUNC,
+    Symbol,
+)
+
+# Functions called with __FILE__/__LINE__ (or a line-carrying constant) as arguments.
+LINE_MACRO_CALLEES = frozenset(
+    {
+        "__might_sleep",
+        "__might_fault",
+        "__might_resched",
+        "___might_sleep",
+        "__cant_sleep",
+        "__cant_migrate",
+        "__warn_printk",
+        "warn_slowpath_fmt",
+        "warn_slowpath_null",
+        "lockdep_rcu_suspicious",
+        "__ubsan_handle_out_of_bounds",
+        "rcu_read_lock_held",
+        "_printk",
+        "printk",
+        "__dynamic_pr_debug",
+        "__btrfs_handle_fs_error",
+        "__ext4_error",
+        "__ext4_warning",
+        "__ext4_std_error",
+        "__xfs_printk",
+    }
+)
+_LINE_CALL_WINDOW = 64
+
+
+class Status(Enum):
+    SAME = "same"
+    CHANGED = "changed"
+    NEW = "new"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionVerdict:
+    patched: Symbol
+    orig: Symbol | None
+    status: Status
+    fingerprint: str
+    orig_fingerprint: str | None
+    line_only: bool = False
+
+
+@dataclass
+class Comparison:
+    """The verdict on every function of the patched object and the refusals found on the way."""
+
+    functions: dict[int, FunctionVerdict] = field(default_factory=dict)  # id(patched symbol)
+    refusals: list[str] = field(default_factory=list)
+    new_data: list[Symbol] = field(default_factory=list)
+    line_only: list[str] = field(default_factory=list)
+
+    def verdict(self, symbol: Symbol) -> FunctionVerdict | None:
+        return self.functions.get(id(symbol))
+
+    @property
+    def changed(self) -> list[FunctionVerdict]:
+        return [v for v in self.functions.values() if v.status is Status.CHANGED]
+
+    @property
+    def new(self) -> list[FunctionVerdict]:
+        return [v for v in self.functions.values() if v.status is Status.NEW]
+
+
+def _identity(correlation: Correlation, symbol: Symbol, side: str) -> tuple:
+    if symbol.section is None:
+        return ("ext", symbol.name)
+    if side == "orig":
+        return ("sym", symbol.name)
+    original = correlation.orig_of(symbol)
+    return ("sym", original.name) if original is not None else ("new", symbol.name)
+
+
+def target_key(correlation: Correlation, target: Target, side: str) -> tuple:
+    """What a relocation designates, in names that are the same on both sides when paired."""
+    if isinstance(target, SymbolTarget):
+        return (_identity(correlation, target.symbol, side), target.delta)
+    if isinstance(target, StringTarget):
+        return ("str", target.text, target.delta)
+    assert isinstance(target, AnonymousTarget)
+    name = target.section.name
+    if side == "patched":
+        partner = correlation.section_partner.get(id(target.section))
+        name = partner.name if partner is not None else "+" + name
+    return ("anon", name, target.addend)
+
+
+def symbol_contents(
+    correlation: Correlation, index: ObjectIndex, symbol: Symbol, side: str
+) -> tuple[bytes, list[tuple]]:
+    """The bytes of a symbol and its relocations as (offset in symbol, type, target key)."""
+    section = symbol.section
+    assert section is not None
+    start, end = symbol.value, symbol.value + symbol.size
+    in_code = section.is_text
+    relocations = [
+        (
+            relocation.offset - start,
+            relocation.type,
+            target_key(correlation, index.target_of(relocation, in_code), side),
+        )
+        for relocation in index.relocations_between(section, start, end)
+    ]
+    return index.symbol_bytes(symbol), relocations
+
+
+def fingerprint(contents: bytes, relocations: list[tuple]) -> str:
+    digest = xxhash.xxh3_64(contents)
+    digest.update(repr(relocations).encode())
+    return digest.hexdigest()
+
+
+def compare_objects(correlation: Correlation) -> Comparison:
+    """Judge every function and every data symbol of the patched object against its original."""
+    result = Comparison()
+    orig, patched = correlation.orig, correlation.patched
+    for symbol in patched.functions:
+        original = correlation.orig_of(symbol)
+        new_bytes, new_relocs = symbol_contents(correlation, patched, symbol, "patched")
+        new_print = fingerprint(new_bytes, new_relocs)
+        if original is None or original.section is None or original.type != STT_FUNC:
+            verdict = FunctionVerdict(symbol, None, Status.NEW, new_print, None)
+            result.functions[id(symbol)] = verdict
+            continue
+        old_bytes, old_relocs = symbol_contents(correlation, orig, original, "orig")
+        old_print = fingerprint(old_bytes, old_relocs)
+        status, line_only = Status.SAME, False
+        if new_print != old_print:
+            if old_relocs == new_relocs and _only_line_numbers(old_bytes, new_bytes, new_relocs):
+                line_only = True
+                result.line_only.append(symbol.name)
+            else:
+                status = Status.CHANGED
+        result.functions[id(symbol)] = FunctionVerdict(
+            symbol, original, status, new_print, old_print, line_only
+        )
+    _promote_cold_parents(result, patched)
+    _compare_data(correlation, result)
+    return result
+
+
+def _promote_cold_parents(result: Comparison, patched: ObjectIndex) -> None:
+    """A `.cold` part is entered from its parent only: a change in it is a change of the parent."""
+    for verdict in list(result.functions.values()):
+        parent_name = parent_function_name(verdict.patched.name)
+        if parent_name is None or verdict.status is Status.SAME:
+            continue
+        parent = patched.by_name.get(parent_name)
+        if parent is None:
+            continue
+        parent_verdict = result.functions.get(id(parent))
+        if parent_verdict is not None and parent_verdict.status is Status.SAME:
+            result.functions[id(parent)] = FunctionVerdict(
+                parent,
+                parent_verdict.orig,
+                Status.CHANGED,
+                parent_verdict.fingerprint,
+                parent_verdict.orig_fingerprint,
+            )
+
+
+def _only_line_numbers(old: bytes, new: bytes, relocations: list[tuple]) -> bool:
+    """True when every differing byte sits in a `mov $imm32` feeding a line-taking call."""
+    if len(old) != len(new) or not old:
+        return False
+    width = len(old)
+    difference = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
+    xored = difference.to_bytes(width, "little")
+    calls = [
+        offset
+        for offset, kind, key in relocations
+        if kind in (R_X86_64_PLT32, R_X86_64_PC32)
+        and isinstance(key[0], tuple)
+        and key[0][-1] in LINE_MACRO_CALLEES
+    ]
+    if not calls:
+        return False
+    for run in re.finditer(rb"[^\x00]+", xored):
+        if not _inside_mov_immediate(new, run.start(), run.end(), calls):
+            return False
+    return True
+
+
+def _inside_mov_immediate(code: bytes, start: int, end: int, calls: list[int]) -> bool:
+    # `mov $imm32, %r32` is opcode 0xb8+reg (with an optional REX prefix) then 4 bytes.
+    for opcode_at in range(max(0, start - 4), start):
+        if 0xB8 <= code[opcode_at] <= 0xBF and end <= opcode_at + 5:
+            after = opcode_at + 5
+            return any(after <= call < after + _LINE_CALL_WINDOW for call in calls)
+    return False
+
+
+def _compare_data(correlation: Correlation, result: Comparison) -> None:
+    orig, patched = correlation.orig, correlation.patched
+    for section in patched.obj.sections:
+        role = role_of(section)
+        if role is not SectionRole.DATA or not section.is_alloc or section.is_text:
+            continue
+        for symbol in patched.symbols_in(section):
+            if symbol.is_function:
+                continue
+            original = correlation.orig_of(symbol)
+            where = f"{symbol.name} (section {section.name})"
+            if original is None or original.section is None:
+                if section.name.startswith(".data..percpu"):
+                    result.refusals.append(f"new per-cpu variable {where}: not supported")
+                elif symbol in correlation.unpaired_locals and _needs_pairing(symbol, orig):
+                    result.refusals.append(
+                        f"static variable {where}: cannot tell which original variable it is"
+                    )
+                else:
+                    result.new_data.append(symbol)
+                continue
+            if symbol.size == 0 and original.size == 0:
+                continue
+            old_bytes, old_relocs = symbol_contents(correlation, orig, original, "orig")
+            new_bytes, new_relocs = symbol_contents(correlation, patched, symbol, "patched")
+            if original.section.type == SHT_NOBITS and section.type == SHT_NOBITS:
+                old_bytes, new_bytes = b"", b""
+            reason = None
+            if symbol.size != original.size:
+                reason = f"size {original.size} -> {symbol.size}"
+            elif old_bytes != new_bytes or old_relocs != new_relocs:
+                reason = "initial value changed"
+            if reason is None:
+                continue
+            if section.name.startswith((".init", ".exit")) or original.section.name.startswith(
+                (".init", ".exit")
+            ):
+                result.refusals.append(f"__init/__exit data {where} changed ({reason})")
+            elif section.name.startswith(".data..percpu"):
+                result.refusals.append(f"per-cpu variable {where} changed ({reason})")
+            else:
+                result.refusals.append(
+                    f"data {where} changed ({reason}): existing data cannot be live-patched; "
+                    "use a shadow variable"
+                )
+
+
+# Numbered statics that are harmless to duplicate: once-flags, lockdep keys, rate limits,
+# function-name strings. A fresh copy at most prints a warning once more.
+_FRESH_COPY_OK = (
+    "__already_done",
+    "__warned",
+    "__print_once",
+    "__key",
+    "_rs",
+    "__func__",
+    "__msg",
+    "descriptor",
+    "_entry",
+    "_entry_ptr",
+    "__UNIQUE_ID_",
+    "__initcall__",
+)
+
+
+def _needs_pairing(symbol: Symbol, orig: ObjectIndex) -> bool:
+    """A writable static local with an original namesake must be paired, not duplicated."""
+    if symbol.section is None or not symbol.section.flags & SHF_WRITE:
+        return False
+    base = symbol.name.split(".", 1)[0]
+    if symbol.name.startswith(_FRESH_COPY_OK) or base in _FRESH_COPY_OK:
+        return False
+    return any(other.name.split(".", 1)[0] == base for other in orig.obj.symbols if other.section)

@@ -1,0 +1,178 @@
+"""diff_objects: run the passes over one original/patched pair and say what came out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kpatchbuild.differ.compare import compare_objects
+from kpatchbuild.differ.correlate import correlate_symbols
+from kpatchbuild.differ.include import include_and_build
+from kpatchbuild.differ.index import ObjectIndex, parent_function_name
+from kpatchbuild.differ.resolve import Resolution, Resolver
+from kpatchbuild.differ.special import EntrySizes
+from kpatchbuild.elf.model import STB_LOCAL, STT_FILE, STT_SECTION, ElfObject
+from kpatchbuild.elf.read import read_elf
+from kpatchbuild.errors import KpbError
+from kpatchbuild.symbols import Export, SymbolTable
+
+
+class CannotPatch(KpbError):
+    """The change cannot be live-patched safely; ``reasons`` name functions/sections and why."""
+
+    exit_code = 2
+
+    def __init__(self, object_name: str, reasons: list[str]) -> None:
+        unique = list(dict.fromkeys(reasons))
+        super().__init__(f"{object_name}: cannot live-patch: " + "; ".join(unique))
+        self.reasons = unique
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionChange:
+    """A function the patch object carries because it changed or is new."""
+
+    name: str  # its name in the patch object (and the patched build)
+    old_name: str | None  # its name in the original build/running kernel (None: new)
+    old_sympos: int | None  # klp_func.old_sympos for changed functions
+    section: str  # its section in the patch object
+    global_binding: bool
+    fingerprint: str  # xxh3-64 of bytes + symbolic relocations, patched build
+    old_fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncludedSymbol:
+    """A symbol defined by the patch object itself (function, data, string-less objects)."""
+
+    name: str
+    kind: str  # "function" or "data"
+    section: str
+    new: bool  # no counterpart in the original object
+
+
+@dataclass
+class DiffResult:
+    """What the differ decided for one object; ``output`` is None when nothing changed."""
+
+    object_name: str
+    changed_functions: list[FunctionChange] = field(default_factory=list)
+    new_functions: list[FunctionChange] = field(default_factory=list)
+    resolutions: list[Resolution] = field(default_factory=list)
+    included_symbols: list[IncludedSymbol] = field(default_factory=list)
+    kept_sections: list[tuple[str, int]] = field(default_factory=list)
+    line_only_changes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    output: ElfObject | None = None
+
+    @property
+    def has_changes(self) -> bool:
+        return self.output is not None
+
+    def decision_lines(self) -> list[str]:
+        """One line per decision, in the form kpatch users know."""
+        lines = [f"{self.object_name}: changed function: {f.name}" for f in self.changed_functions]
+        lines += [f"{self.object_name}: new function: {f.name}" for f in self.new_functions]
+        return lines
+
+
+def diff_objects(
+    orig: ElfObject | str | os.PathLike[str],
+    patched: ElfObject | str | os.PathLike[str],
+    *,
+    target: str = "vmlinux",
+    symbols: SymbolTable | None = None,
+    exports: dict[str, Export] | None = None,
+    entry_sizes: Mapping[str, int] | None = None,
+    environ: Mapping[str, str] | None = None,
+    object_name: str | None = None,
+) -> DiffResult:
+    """Diff one object pair built with -ffunction-sections -fdata-sections.
+
+    ``target`` is "vmlinux" or the module name the object belongs to; ``symbols`` that
+    target's symbol table (for livepatch positions), ``exports`` Module.symvers (for what the
+    module loader resolves). ``entry_sizes`` are measured special-section entry sizes
+    ({section name: size}); the create-diff-object environment variables override them.
+    Raises CannotPatch when the change is unsafe; returns a result without output when
+    nothing changed functionally.
+    """
+    orig_obj = orig if isinstance(orig, ElfObject) else read_elf(orig)
+    patched_obj = patched if isinstance(patched, ElfObject) else read_elf(patched)
+    name = object_name or Path(patched_obj.name).name
+
+    orig_index = ObjectIndex(orig_obj)
+    patched_index = ObjectIndex(patched_obj)
+    correlation = correlate_symbols(orig_index, patched_index)
+    comparison = compare_objects(correlation)
+    refusals = list(correlation.ambiguous_functions.values()) + comparison.refusals
+    refusals += _new_exports(orig_obj, patched_obj)
+
+    result = DiffResult(object_name=name, line_only_changes=sorted(comparison.line_only))
+    # A new static function nobody changed calls is dead code; a new global one may be
+    # called from another object of the same patch, so it is carried.
+    new_globals = [v for v in comparison.new if v.patched.bind != STB_LOCAL]
+    if not comparison.changed and not new_globals:
+        if refusals:
+            raise CannotPatch(name, refusals)
+        return result
+
+    resolver = Resolver(orig_index, target, symbols, exports)
+    inclusion = include_and_build(
+        correlation, comparison, resolver, EntrySizes(entry_sizes, environ)
+    )
+    refusals += inclusion.refusals
+    if refusals:
+        raise CannotPatch(name, refusals)
+    output = inclusion.output
+    assert output is not None
+
+    carried = {id(s) for s in inclusion.included_functions}
+    for verdict in comparison.functions.values():
+        symbol = verdict.patched
+        if id(symbol) not in carried or parent_function_name(symbol.name) is not None:
+            continue
+        change = FunctionChange(
+            name=symbol.name,
+            old_name=verdict.orig.name if verdict.orig is not None else None,
+            old_sympos=inclusion.old_sympos.get(verdict.orig.name) if verdict.orig else None,
+            section=symbol.section.name if symbol.section else "",
+            global_binding=symbol.bind != STB_LOCAL,
+            fingerprint=verdict.fingerprint,
+            old_fingerprint=verdict.orig_fingerprint,
+        )
+        if verdict.status.value == "changed":
+            result.changed_functions.append(change)
+        elif verdict.status.value == "new":
+            result.new_functions.append(change)
+    result.changed_functions.sort(key=lambda f: f.name)
+    result.new_functions.sort(key=lambda f: f.name)
+    result.resolutions = sorted(inclusion.resolutions.values(), key=lambda r: r.name)
+    for symbol in output.symbols:
+        if symbol.section is None or symbol.type in (STT_SECTION, STT_FILE) or not symbol.name:
+            continue
+        original = orig_index.by_name.get(symbol.name)
+        result.included_symbols.append(
+            IncludedSymbol(
+                name=symbol.name,
+                kind="function" if symbol.is_function else "data",
+                section=symbol.section.name,
+                new=original is None or original.section is None,
+            )
+        )
+    result.kept_sections = inclusion.kept_sections
+    result.notes = inclusion.notes
+    result.output = output
+    if not result.changed_functions and not result.new_functions:
+        return DiffResult(object_name=name, line_only_changes=result.line_only_changes)
+    return result
+
+
+def _new_exports(orig: ElfObject, patched: ElfObject) -> list[str]:
+    before = {s.name for s in orig.symbols if s.name.startswith("__ksymtab_")}
+    return [
+        f"new export {s.name[len('__ksymtab_') :]}: a live patch cannot export symbols"
+        for s in patched.symbols
+        if s.name.startswith("__ksymtab_") and s.name not in before and s.section is not None
+    ]

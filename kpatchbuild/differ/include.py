@@ -1,0 +1,618 @@
+"""Pass 3: choose what the patch object carries and build it.
+
+Starting from the changed and new functions, follow relocations: new functions, `.cold`
+parts, new data, string literals and read-only constants come along; everything that exists
+in the running kernel is referenced instead, through a Resolution. Special-section entries
+follow the code they describe, and out-of-line code (alternative replacements, `.altinstr_aux`)
+is cut into the pieces the included code uses. Whatever cannot be carried or referenced safely
+is collected as a refusal naming the function or section and the reason.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from kpatchbuild.differ.compare import Comparison, Status
+from kpatchbuild.differ.correlate import Correlation
+from kpatchbuild.differ.index import (
+    AnonymousTarget,
+    StringTarget,
+    SymbolTarget,
+    Target,
+    parent_function_name,
+)
+from kpatchbuild.differ.resolve import KLP, Resolution, ResolveError, Resolver
+from kpatchbuild.differ.special import (
+    DYNDBG_TABLE,
+    ENTRY_TABLES,
+    ORC_TABLE,
+    EntrySizes,
+    SectionRole,
+    TableKind,
+    role_of,
+)
+from kpatchbuild.elf.model import (
+    PC_RELATIVE_TYPES,
+    SHF_GROUP,
+    SHF_WRITE,
+    SHT_NOBITS,
+    SHT_PROGBITS,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STT_FILE,
+    STT_SECTION,
+    ElfObject,
+    Relocation,
+    Section,
+    Symbol,
+)
+
+_INIT_PREFIXES = (".init", ".exit", ".head.text", ".ref.text", ".meminit", ".cpuinit")
+
+
+@dataclass
+class _Slice:
+    """An output section made of kept ranges of one patched section."""
+
+    source: Section
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # (old start, old end)
+    out: Section | None = None
+    _starts: list[int] = field(default_factory=list)
+    _new_starts: list[int] = field(default_factory=list)
+
+    def finish(self) -> None:
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(set(self.ranges)):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self.ranges = merged
+        self._starts = [start for start, _ in merged]
+        position = 0
+        for start, end in merged:
+            self._new_starts.append(position)
+            position += end - start
+
+    def map(self, offset: int, *, allow_end: bool = False) -> int | None:
+        """New offset of ``offset``; None when it falls outside the kept ranges."""
+        index = bisect_right(self._starts, offset) - 1
+        if index < 0:
+            return None
+        start, end = self.ranges[index]
+        if offset < end or (allow_end and offset == end):
+            return self._new_starts[index] + offset - start
+        return None
+
+    def data(self) -> bytes:
+        if self.source.type == SHT_NOBITS:
+            return b""
+        return b"".join(self.source.data[start:end] for start, end in self.ranges)
+
+    def size(self) -> int:
+        return sum(end - start for start, end in self.ranges)
+
+
+@dataclass
+class Inclusion:
+    """The outcome of the inclusion pass."""
+
+    output: ElfObject | None
+    included_functions: list[Symbol]
+    resolutions: dict[str, Resolution]
+    kept_sections: list[tuple[str, int]]
+    refusals: list[str]
+    notes: list[str]
+    old_sympos: dict[str, int]
+
+
+class PatchBuilder:
+    """Collects what the patch needs from the patched object, then writes it out."""
+
+    def __init__(
+        self,
+        correlation: Correlation,
+        comparison: Comparison,
+        resolver: Resolver,
+        sizes: EntrySizes,
+    ) -> None:
+        self.correlation = correlation
+        self.comparison = comparison
+        self.resolver = resolver
+        self.sizes = sizes
+        self.patched = correlation.patched
+        self.slices: dict[int, _Slice] = {}
+        self.whole: list[Section] = []
+        self.queue: list[tuple[Section, int, int]] = []  # ranges whose relocations to follow
+        self.refusals: list[str] = []
+        self.notes: list[str] = []
+        self.resolutions: dict[str, Resolution] = {}
+        self.functions: list[Symbol] = []
+        self._walked: set[tuple[int, int, int]] = set()
+        self._dropped_entries: set[tuple[int, int]] = set()  # (id(table), entry start)
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def select(self) -> None:
+        for verdict in self.comparison.functions.values():
+            if verdict.status is Status.SAME:
+                continue
+            symbol = verdict.patched
+            section = symbol.section
+            assert section is not None
+            original_section = verdict.orig.section if verdict.orig is not None else None
+            if section.name.startswith(_INIT_PREFIXES) or (
+                original_section is not None and original_section.name.startswith(_INIT_PREFIXES)
+            ):
+                what = "changed" if verdict.status is Status.CHANGED else "new"
+                self.refusals.append(
+                    f"{what} __init/__exit function {symbol.name} (section {section.name}): "
+                    "init and exit code cannot be live-patched"
+                )
+                continue
+            if parent_function_name(symbol.name) is not None:
+                continue  # `.cold` parts come with their parent
+            self._include_code(symbol.section, symbol)
+        while True:
+            self._drain()
+            self._select_table_entries()
+            if not self.queue:
+                break
+
+    def _include_code(self, section: Section, because: Symbol) -> None:
+        if id(section) in self.slices:
+            return
+        functions = [s for s in self.patched.symbols_in(section) if s.is_function]
+        others = [s for s in functions if parent_function_name(s.name) is None]
+        if len(others) > 1:
+            self.refusals.append(
+                f"function {because.name} shares section {section.name} with "
+                f"{len(others) - 1} other function(s) (not built with -ffunction-sections?): "
+                "cannot be cut out safely"
+            )
+            return
+        for symbol in functions:
+            if symbol not in self.functions:
+                self.functions.append(symbol)
+        self._include_whole(section)
+
+    def _include_whole(self, section: Section) -> None:
+        if id(section) in self.slices:
+            return
+        piece = _Slice(section, [(0, section.size)])
+        self.slices[id(section)] = piece
+        self.whole.append(section)
+        self.queue.append((section, 0, section.size))
+
+    def _include_range(self, section: Section, start: int, end: int) -> None:
+        piece = self.slices.get(id(section))
+        if piece is None:
+            piece = self.slices[id(section)] = _Slice(section)
+        if (start, end) not in piece.ranges:
+            piece.ranges.append((start, end))
+            self.queue.append((section, start, end))
+
+    def _drain(self) -> None:
+        while self.queue:
+            section, start, end = self.queue.pop()
+            key = (id(section), start, end)
+            if key in self._walked:
+                continue
+            self._walked.add(key)
+            in_code = section.is_text
+            for relocation in self.patched.relocations_between(section, start, end):
+                self._need(self.patched.target_of(relocation, in_code), relocation, section)
+
+    def _need(self, target: Target, relocation: Relocation, source: Section) -> None:
+        if isinstance(target, StringTarget):
+            self._include_whole(target.section)
+            return
+        if isinstance(target, AnonymousTarget):
+            self._need_anonymous(target, relocation, source)
+            return
+        symbol = target.symbol
+        section = symbol.section
+        if section is None:
+            return
+        role = role_of(section)
+        if id(section) in self.slices and role is not SectionRole.REFERENCED_ENTRIES:
+            if self.slices[id(section)].map(symbol.value, allow_end=True) is not None:
+                return
+        if symbol.is_function or section.is_text:
+            verdict = self.comparison.verdict(symbol)
+            changed = verdict is not None and verdict.status is not Status.SAME
+            if changed or parent_function_name(symbol.name) is not None:
+                self._include_code(section, symbol)
+            elif self.correlation.orig_of(symbol) is None:
+                self.refusals.append(
+                    f"{source.name}: reference to {symbol.name}, which has no original "
+                    "and is not a function the patch can carry"
+                )
+            return
+        if role is SectionRole.REFERENCED_ENTRIES:
+            # A dynamic-debug descriptor belongs to the code that uses it: copy the entry.
+            size = symbol.size or DYNDBG_TABLE.default_size
+            self._include_range(section, symbol.value, symbol.value + size)
+            return
+        if self.correlation.orig_of(symbol) is not None:
+            return  # existing data: referenced in the running kernel
+        if role is SectionRole.DATA:
+            self._include_whole(section)
+            return
+        self.refusals.append(
+            f"{source.name}: reference to {symbol.name} in section {section.name}, "
+            "which the differ does not know how to carry"
+        )
+
+    def _need_anonymous(
+        self, target: AnonymousTarget, relocation: Relocation, source: Section
+    ) -> None:
+        section = target.section
+        role = role_of(section)
+        if role is SectionRole.CODE_PIECES:
+            place = _place(relocation, source)
+            start, end = self._piece_bounds(section, place)
+            self._include_range(section, start, end)
+            return
+        if id(section) in self.slices:
+            return
+        if role is SectionRole.DATA and not section.flags & SHF_WRITE:
+            self._include_whole(section)  # read-only constants: a copy is the same value
+            return
+        if role is SectionRole.CODE:
+            self.refusals.append(
+                f"{source.name}: jump into unnamed code of section {section.name} "
+                "that the patch does not carry"
+            )
+            return
+        self.refusals.append(
+            f"{source.name}: reference to unnamed writable data at "
+            f"{section.name}+{target.addend:#x}: cannot be shared or copied safely"
+        )
+
+    def _piece_bounds(self, section: Section, place: int) -> tuple[int, int]:
+        """A piece of out-of-line code runs from a referenced offset to the next one."""
+        starts = self._piece_starts(section)
+        index = bisect_right(starts, place) - 1
+        start = starts[max(index, 0)]
+        end = starts[index + 1] if index + 1 < len(starts) else section.size
+        return start, end
+
+    def _piece_starts(self, section: Section) -> list[int]:
+        cache = getattr(self, "_starts_cache", None)
+        if cache is None:
+            cache = self._starts_cache = {}
+        starts = cache.get(id(section))
+        if starts is None:
+            found = {0}
+            for other in self.patched.obj.sections:
+                for relocation in self.patched.relocations.get(id(other), ()):
+                    if relocation.symbol.section is section:
+                        if relocation.symbol.type == STT_SECTION:
+                            found.add(_place(relocation, other))
+                        else:
+                            found.add(relocation.symbol.value)
+            starts = cache[id(section)] = sorted(p for p in found if 0 <= p < section.size)
+        return starts
+
+    # -- special tables ------------------------------------------------------------------------
+
+    def _select_table_entries(self) -> None:
+        for section in self.patched.obj.sections:
+            role = role_of(section)
+            if role not in (SectionRole.ENTRIES, SectionRole.ORC):
+                continue
+            kind = ENTRY_TABLES[section.name]
+            size = self._entry_size(kind, section)
+            if size is None:
+                continue
+            for start in range(0, section.size, size):
+                if (id(section), start) in self._dropped_entries:
+                    continue
+                piece = self.slices.get(id(section))
+                if piece is not None and (start, start + size) in piece.ranges:
+                    continue
+                anchor = next(
+                    (
+                        r
+                        for r in self.patched.relocations_between(section, start, start + 1)
+                        if r.offset == start
+                    ),
+                    None,
+                )
+                if anchor is None or not self._anchored_in_patch(anchor):
+                    continue
+                if kind.loader_resolved_only and not self._loader_can_resolve(
+                    section, start, size
+                ):
+                    continue
+                self._include_range(section, start, start + size)
+                if role is SectionRole.ORC:
+                    self._keep_orc_data(start // size)
+
+    def _anchored_in_patch(self, anchor: Relocation) -> bool:
+        target_section = anchor.symbol.section
+        if target_section is None:
+            return False
+        piece = self.slices.get(id(target_section))
+        if piece is None:
+            return False
+        place = anchor.addend if anchor.symbol.type == STT_SECTION else anchor.symbol.value
+        if target_section in self.whole:
+            return True
+        return piece.map(place) is not None
+
+    def _loader_can_resolve(self, section: Section, start: int, size: int) -> bool:
+        """Entries the loader processes before livepatch relocations exist need loader symbols."""
+        for relocation in self.patched.relocations_between(section, start, start + size):
+            target = self.patched.target_of(relocation, in_code=False)
+            if not isinstance(target, SymbolTarget):
+                continue
+            symbol = target.symbol
+            if symbol.section is not None and (
+                id(symbol.section) in self.slices or self.correlation.orig_of(symbol) is None
+            ):
+                continue  # carried by the patch
+            resolution = self._resolution_for(symbol)
+            if resolution is None or resolution.how != KLP:
+                continue
+            self._dropped_entries.add((id(section), start))
+            if section.name == ".static_call_sites":
+                # Without its site entry the call goes through the trampoline: still correct.
+                self.notes.append(
+                    f"static call site for key {resolution.target_name} left to its "
+                    "trampoline (key not exported)"
+                )
+                return False
+            user = self._user_of_entry(section, start)
+            self.refusals.append(
+                f"{section.name} entry in {user} uses {resolution.target_name}, which is not "
+                "exported: the module loader would process it before livepatch can resolve it"
+            )
+            return False
+        return True
+
+    def _user_of_entry(self, section: Section, start: int) -> str:
+        for relocation in self.patched.relocations_between(section, start, start + 1):
+            target = self.patched.target_of(relocation, in_code=False)
+            if isinstance(target, SymbolTarget):
+                return f"{target.symbol.name}+{target.delta:#x}"
+        return f"{section.name}+{start:#x}"
+
+    def _keep_orc_data(self, index: int) -> None:
+        orc = self.patched.obj.section_by_name(ORC_TABLE.name)
+        if orc is None:
+            return
+        size, _ = self.sizes.size_of(ORC_TABLE, orc)
+        self._include_range(orc, index * size, index * size + size)
+
+    def _entry_size(self, kind: TableKind, section: Section) -> int | None:
+        try:
+            size, origin = self.sizes.size_of(kind, section)
+        except ValueError as error:
+            self.refusals.append(str(error))
+            return None
+        if size <= 0 or section.size % size:
+            hint = f"; set {kind.env}" if kind.env else ""
+            self.refusals.append(
+                f"section {section.name}: size {section.size} is not a multiple of the entry "
+                f"size {size} ({origin}){hint}"
+            )
+            return None
+        return size
+
+    # -- resolution ----------------------------------------------------------------------------
+
+    def _resolution_for(self, symbol: Symbol) -> Resolution | None:
+        """How a symbol outside the patch is found; None (with a refusal) when it cannot be."""
+        if symbol.section is None:
+            original = self.correlation.orig.by_name.get(symbol.name)
+            name = symbol.name
+        else:
+            original = self.correlation.orig_of(symbol)
+            if original is None:
+                return None
+            name = original.name
+        defined = original is not None and original.section is not None
+        local = defined and original is not None and original.bind == STB_LOCAL
+        try:
+            resolution = self.resolver.resolve(name, defined=defined, local=local)
+        except ResolveError as error:
+            self.refusals.append(error.message)
+            return None
+        self.resolutions[resolution.name] = resolution
+        return resolution
+
+    # -- output --------------------------------------------------------------------------------
+
+    def build(self) -> ElfObject:
+        patched = self.patched
+        out = ElfObject(name="patch")
+        file_symbol = next((s for s in patched.obj.symbols if s.type == STT_FILE), None)
+        if file_symbol is not None:
+            out.symbols.append(Symbol(file_symbol.name, type=STT_FILE, shndx=file_symbol.shndx))
+        for piece in self.slices.values():
+            piece.finish()
+        section_symbols: dict[int, Symbol] = {}
+        symbol_map: dict[int, Symbol] = {}
+        ordered = [s for s in patched.obj.sections if id(s) in self.slices]
+        for source in ordered:
+            piece = self.slices[id(source)]
+            section = Section(
+                name=source.name,
+                type=source.type,
+                flags=source.flags & ~SHF_GROUP,
+                data=piece.data(),
+                addralign=source.addralign,
+                entsize=source.entsize,
+                nobits_size=piece.size() if source.type == SHT_NOBITS else 0,
+                info=source.info,
+            )
+            piece.out = section
+            out.sections.append(section)
+            section_symbol = Symbol(source.name, type=STT_SECTION, section=section)
+            section_symbols[id(source)] = section_symbol
+            out.symbols.append(section_symbol)
+            for symbol in patched.symbols_in(source):
+                mapped = piece.map(symbol.value, allow_end=symbol.size == 0)
+                if mapped is None:
+                    continue
+                copy = Symbol(
+                    symbol.name,
+                    mapped,
+                    symbol.size,
+                    symbol.bind,
+                    symbol.type,
+                    symbol.other,
+                    section=section,
+                )
+                symbol_map[id(symbol)] = copy
+                out.symbols.append(copy)
+        for source in ordered:
+            piece = self.slices[id(source)]
+            if source.link is not None:
+                linked = self.slices.get(id(source.link))
+                piece.out.link = linked.out if linked is not None else None
+            relocations = []
+            for start, end in piece.ranges:
+                for relocation in patched.relocations_between(source, start, end):
+                    moved = self._retarget(relocation, source, piece, section_symbols, symbol_map,
+                                           out)
+                    if moved is not None:
+                        relocations.append(moved)
+            if relocations:
+                piece.out.relocations = relocations
+        modinfo = self._modinfo()
+        if modinfo is not None:
+            out.sections.append(modinfo)
+        out.sections.append(Section(".note.GNU-stack", SHT_PROGBITS, 0, b""))
+        return out
+
+    def _retarget(
+        self,
+        relocation: Relocation,
+        source: Section,
+        piece: _Slice,
+        section_symbols: dict[int, Symbol],
+        symbol_map: dict[int, Symbol],
+        out: ElfObject,
+    ) -> Relocation | None:
+        offset = piece.map(relocation.offset)
+        assert offset is not None
+        symbol = relocation.symbol
+        where = f"{source.name}+{relocation.offset:#x}"
+        if symbol.type == STT_SECTION and symbol.section is not None:
+            target_piece = self.slices.get(id(symbol.section))
+            if target_piece is not None:
+                place = _place(relocation, source)
+                mapped = target_piece.map(place, allow_end=True)
+                if mapped is None:
+                    self.refusals.append(
+                        f"{where}: refers to {symbol.section.name}+{place:#x}, "
+                        "which the patch does not carry"
+                    )
+                    return None
+                return Relocation(offset, relocation.type, section_symbols[id(symbol.section)],
+                                  relocation.addend + mapped - place)
+            target = self.patched.target_of(relocation, source.is_text)
+            if not isinstance(target, SymbolTarget):
+                self.refusals.append(f"{where}: refers to unnamed {symbol.section.name} data")
+                return None
+            return self._external(target.symbol, target.delta, offset, relocation, out, where)
+        copy = symbol_map.get(id(symbol))
+        if copy is not None:
+            return Relocation(offset, relocation.type, copy, relocation.addend)
+        if symbol.section is not None and id(symbol.section) in self.slices:
+            self.refusals.append(f"{where}: refers to {symbol.name}, outside the carried part")
+            return None
+        return self._external(symbol, relocation.addend, offset, relocation, out, where)
+
+    def _external(
+        self,
+        symbol: Symbol,
+        addend: int,
+        offset: int,
+        relocation: Relocation,
+        out: ElfObject,
+        where: str,
+    ) -> Relocation | None:
+        resolution = self._resolution_for(symbol)
+        if resolution is None:
+            if symbol.section is not None and self.correlation.orig_of(symbol) is None:
+                self.refusals.append(f"{where}: refers to new symbol {symbol.name} not carried")
+            return None
+        undefined = self._undefined(resolution.name, out)
+        return Relocation(offset, relocation.type, undefined, addend)
+
+    def _undefined(self, name: str, out: ElfObject) -> Symbol:
+        cache = getattr(self, "_undefined_cache", None)
+        if cache is None:
+            cache = self._undefined_cache = {}
+        symbol = cache.get(name)
+        if symbol is None:
+            symbol = cache[name] = Symbol(name, bind=STB_GLOBAL)
+            out.symbols.append(symbol)
+        return symbol
+
+    def _modinfo(self) -> Section | None:
+        """Namespace imports the patched code needs (`import_ns=`); other modinfo stays home."""
+        source = self.patched.obj.section_by_name(".modinfo")
+        if source is None:
+            return None
+        imports = [
+            entry
+            for entry in source.data.split(b"\0")
+            if entry.startswith(b"import_ns=")
+        ]
+        if not imports:
+            return None
+        data = b"\0".join(dict.fromkeys(imports)) + b"\0"
+        return Section(".modinfo", source.type, source.flags, data, addralign=1)
+
+
+def _place(relocation: Relocation, source: Section) -> int:
+    """The offset a relocation designates in its symbol's section (addend minus the PC bias)."""
+    base = relocation.addend
+    if relocation.symbol.type != STT_SECTION:
+        base += relocation.symbol.value
+    if source.is_text and relocation.type in PC_RELATIVE_TYPES:
+        return base + 4
+    return base
+
+
+def include_and_build(
+    correlation: Correlation,
+    comparison: Comparison,
+    resolver: Resolver,
+    sizes: EntrySizes,
+) -> Inclusion:
+    """Run selection and, when nothing was refused, build the patch object."""
+    builder = PatchBuilder(correlation, comparison, resolver, sizes)
+    builder.select()
+    refusals = list(builder.refusals)
+    output = None
+    if not refusals:
+        output = builder.build()
+        refusals = list(builder.refusals)
+    old_sympos: dict[str, int] = {}
+    for verdict in comparison.changed:
+        original = verdict.orig
+        if original is None or parent_function_name(original.name) is not None:
+            continue
+        try:
+            old_sympos[original.name] = resolver.old_sympos(
+                original.name, local=original.bind == STB_LOCAL
+            )
+        except ResolveError as error:
+            refusals.append(error.message)
+    kept = [(piece.source.name, piece.size()) for piece in builder.slices.values()]
+    return Inclusion(
+        output=None if refusals else output,
+        included_functions=builder.functions,
+        resolutions=builder.resolutions,
+        kept_sections=kept,
+        refusals=refusals,
+        notes=builder.notes,
+        old_sympos=old_sympos,
+    )

@@ -1,0 +1,182 @@
+"""Lookup tables over one object, built once: what the passes ask of it again and again.
+
+Which named symbols live in a section and where, the relocations of each section sorted by
+offset, and what a relocation really points at. The assembler rewrites references to local
+symbols as "section symbol + offset", so ``target_of`` turns them back into "symbol + delta"
+(or a string literal, or an anonymous piece of a section) before anything is compared.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from kpatchbuild.elf.model import (
+    PC_RELATIVE_TYPES,
+    STT_FILE,
+    STT_SECTION,
+    ElfObject,
+    Relocation,
+    Section,
+    Symbol,
+)
+
+# Compiler-made suffixes: `.123` (static locals, clones), `.cold`, `.part.N`, `.isra.N`,
+# `.constprop.N`, `.lto_priv.N`. The numbers are a per-file counter and move between builds.
+_NUMBER_PART = re.compile(r"\.\d+(?=\.|$)")
+_SUBFUNCTION_PART = re.compile(r"\.(cold|part|isra|constprop|lto_priv|llvm)(\.\d+)?")
+
+
+def normalized_name(name: str) -> str:
+    """The name without the compiler's numbering, to pair `foo.123` with `foo.456`."""
+    return _NUMBER_PART.sub("", name)
+
+
+def is_numbered(name: str) -> bool:
+    return bool(_NUMBER_PART.search(name))
+
+
+def parent_function_name(name: str) -> str | None:
+    """`foo.cold` -> `foo`: the function a `.cold` part belongs to (None if not a cold part)."""
+    if name.endswith(".cold") or re.search(r"\.cold\.\d+$", name):
+        return re.sub(r"\.cold(\.\d+)?$", "", name)
+    return None
+
+
+def base_function_name(name: str) -> str:
+    """`foo.isra.0` -> `foo`: the source function a compiler clone was made from."""
+    return _SUBFUNCTION_PART.split(name, maxsplit=1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolTarget:
+    """A relocation pointing at ``symbol`` + ``delta`` (delta as the addend would read)."""
+
+    symbol: Symbol
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class StringTarget:
+    """A relocation into a string-literal section: what matters is the string itself."""
+
+    section: Section
+    offset: int  # start of the string in the section
+    text: bytes
+    delta: int  # addend - offset: the instruction's own adjustment
+
+
+@dataclass(frozen=True, slots=True)
+class AnonymousTarget:
+    """A relocation into a part of a section that no symbol names (constants, jump tables)."""
+
+    section: Section
+    addend: int
+
+
+Target = SymbolTarget | StringTarget | AnonymousTarget
+
+
+class ObjectIndex:
+    """Precomputed views of one ElfObject for the differ's passes."""
+
+    def __init__(self, obj: ElfObject) -> None:
+        self.obj = obj
+        self.source_file = next((s.name for s in obj.symbols if s.type == STT_FILE), None)
+        self.section_symbols: dict[int, Symbol] = {}
+        self.named_in_section: dict[int, list[Symbol]] = {}
+        self._starts: dict[int, list[int]] = {}
+        for symbol in obj.symbols:
+            if symbol.section is None:
+                continue
+            if symbol.type == STT_SECTION:
+                self.section_symbols.setdefault(id(symbol.section), symbol)
+            elif symbol.type != STT_FILE and symbol.name:
+                self.named_in_section.setdefault(id(symbol.section), []).append(symbol)
+        for key, symbols in self.named_in_section.items():
+            # Sized symbols before zero-sized labels at the same address.
+            symbols.sort(key=lambda s: (s.value, -s.size))
+            self._starts[key] = [s.value for s in symbols]
+        self.relocations: dict[int, list[Relocation]] = {}
+        self._reloc_offsets: dict[int, list[int]] = {}
+        for section in obj.sections:
+            if section.relocations:
+                ordered = sorted(section.relocations, key=lambda r: r.offset)
+                self.relocations[id(section)] = ordered
+                self._reloc_offsets[id(section)] = [r.offset for r in ordered]
+        self.functions = [
+            s for s in obj.symbols if s.is_function and s.section is not None and s.name
+        ]
+        self.by_name: dict[str, Symbol] = {}
+        for symbol in obj.symbols:
+            if symbol.name and symbol.type not in (STT_SECTION, STT_FILE):
+                # A defined symbol wins over an undefined one of the same name.
+                if symbol.name not in self.by_name or symbol.section is not None:
+                    self.by_name[symbol.name] = symbol
+
+    def symbols_in(self, section: Section) -> list[Symbol]:
+        return self.named_in_section.get(id(section), [])
+
+    def containing(self, section: Section, offset: int) -> Symbol | None:
+        """The named symbol whose extent covers ``offset`` (zero-sized ones cover their start)."""
+        symbols = self.named_in_section.get(id(section))
+        if not symbols:
+            return None
+        position = bisect_right(self._starts[id(section)], offset) - 1
+        while position >= 0:
+            symbol = symbols[position]
+            if symbol.value <= offset < symbol.value + max(symbol.size, 1):
+                return symbol
+            if symbol.size and symbol.value + symbol.size <= offset:
+                return None
+            position -= 1
+        return None
+
+    def relocations_between(self, section: Section, start: int, end: int) -> list[Relocation]:
+        """Relocations of ``section`` patching bytes in [start, end), sorted by offset."""
+        ordered = self.relocations.get(id(section))
+        if not ordered:
+            return []
+        offsets = self._reloc_offsets[id(section)]
+        low = bisect_right(offsets, start - 1)
+        high = bisect_right(offsets, end - 1)
+        return ordered[low:high]
+
+    def symbol_bytes(self, symbol: Symbol) -> bytes:
+        section = symbol.section
+        assert section is not None
+        if section.type == 8:  # NOBITS: zeros
+            return bytes(symbol.size)
+        return section.data[symbol.value : symbol.value + symbol.size]
+
+    def target_of(self, relocation: Relocation, in_code: bool) -> Target:
+        """What ``relocation`` designates, independent of how the assembler spelled it.
+
+        ``in_code``: the relocation patches an instruction, so a PC-relative addend also
+        holds the distance from the field to the end of the instruction (usually 4).
+        """
+        symbol = relocation.symbol
+        if symbol.type != STT_SECTION or symbol.section is None:
+            return SymbolTarget(symbol, relocation.addend)
+        section = symbol.section
+        addend = relocation.addend
+        pc_relative = in_code and relocation.type in PC_RELATIVE_TYPES
+        if section.is_strings:
+            return self._string_target(section, addend, pc_relative)
+        place = addend + 4 if pc_relative else addend
+        named = self.containing(section, place)
+        if named is not None:
+            return SymbolTarget(named, addend - named.value)
+        return AnonymousTarget(section, addend)
+
+    def _string_target(self, section: Section, addend: int, pc_relative: bool) -> Target:
+        data = section.data
+        adjustments = (4, 5, 6, 8) if pc_relative else (0,)
+        for adjust in adjustments:
+            offset = addend + adjust
+            if 0 <= offset < len(data) and (offset == 0 or data[offset - 1] == 0):
+                end = data.find(b"\0", offset)
+                text = data[offset : end if end >= 0 else len(data)]
+                return StringTarget(section, offset, text, addend - offset)
+        return AnonymousTarget(section, addend)

@@ -1,0 +1,108 @@
+"""How each symbol the patch refers to, but does not carry, will be found at load time.
+
+Exported symbols are resolved by the module loader like any module's. Everything else becomes
+a livepatch relocation naming the target object, the symbol and its position among namesakes
+in kallsyms (sympos); such a symbol is written into the patch object under the name livepatch
+itself uses, `.klp.sym.<object>.<name>,<sympos>`, so every object is self-describing and two
+objects' references to the same symbol merge when linked into one module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kpatchbuild.differ.index import ObjectIndex
+from kpatchbuild.errors import KpbError
+from kpatchbuild.symbols import Export, SymbolTable, module_objname
+
+EXPORTED = "exported"
+KLP = "klp"
+INCLUDED = "included"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """One external reference of the patch object."""
+
+    name: str  # the undefined symbol's name in the patch object
+    target_name: str  # the symbol's name in the running kernel
+    how: str  # EXPORTED or KLP
+    objname: str  # "vmlinux" or the module that holds (KLP) or exports (EXPORTED) it
+    sympos: int | None = None  # KLP only
+
+
+class ResolveError(KpbError):
+    """A referenced symbol cannot be found unambiguously in the target."""
+
+    exit_code = 2
+
+
+class Resolver:
+    """Decides EXPORTED vs KLP (with sympos) for the original object's symbols."""
+
+    def __init__(
+        self,
+        orig: ObjectIndex,
+        target: str,
+        table: SymbolTable | None,
+        exports: dict[str, Export] | None,
+    ) -> None:
+        self.orig = orig
+        self.objname = "vmlinux" if target == "vmlinux" else module_objname(target)
+        self.table = table
+        self.exports = exports
+        self.neighbours = frozenset(
+            s.name for s in orig.obj.symbols if s.section is not None and s.name
+        )
+        self._cache: dict[tuple[str, bool, bool], Resolution] = {}
+
+    def resolve(self, name: str, *, defined: bool, local: bool) -> Resolution:
+        """``defined``/``local``: how the original object has the symbol (undefined if absent)."""
+        key = (name, defined, local)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._resolve(name, defined, local)
+        return cached
+
+    def _resolve(self, name: str, defined: bool, local: bool) -> Resolution:
+        export = self.exports.get(name) if self.exports is not None and not local else None
+        if export is not None:
+            exporter = "vmlinux" if export.module == "vmlinux" else module_objname(export.module)
+            # A module's own symbols must go through livepatch: the patch may load first.
+            if self.objname == "vmlinux" or exporter != self.objname:
+                return Resolution(name, name, EXPORTED, exporter)
+        if self.table is None:
+            raise ResolveError(
+                f"symbol {name}: not exported and no symbol table of {self.objname} given"
+            )
+        if name not in self.table:
+            if not defined and self.exports is None:
+                # Without Module.symvers an undefined reference may still be an export.
+                return Resolution(name, name, EXPORTED, "unknown")
+            raise ResolveError(
+                f"symbol {name}: not exported and not in the {self.objname} symbol table"
+            )
+        try:
+            sympos = self.table.sympos(
+                name,
+                local=local,
+                neighbours=self.neighbours,
+                source_file=self.orig.source_file,
+            )
+        except KpbError as error:
+            raise ResolveError(f"symbol {name}: {error.message}") from None
+        klp_name = f".klp.sym.{self.objname}.{name},{sympos}"
+        return Resolution(klp_name, name, KLP, self.objname, sympos)
+
+    def old_sympos(self, name: str, *, local: bool) -> int:
+        """Position of a patched function itself (klp_func.old_sympos)."""
+        if self.table is None or name not in self.table:
+            if self.table is None:
+                return 0
+            raise ResolveError(f"function {name}: not in the {self.objname} symbol table")
+        try:
+            return self.table.sympos(
+                name, local=local, neighbours=self.neighbours, source_file=self.orig.source_file
+            )
+        except KpbError as error:
+            raise ResolveError(f"function {name}: {error.message}") from None
