@@ -145,16 +145,14 @@ class SymbolTable:
     def _by_neighbourhood(
         self, name: str, candidates: list[TargetSymbol], neighbours: frozenset[str]
     ) -> TargetSymbol:
-        # The linker places an object's symbols together, so the right candidate is the one
-        # surrounded by the most of the object's other symbol names.
+        # The linker lays out an object's code in one run, so the right candidate is the one
+        # inside the longest run of the object's other symbols (a few strangers allowed).
         others = neighbours - {name}
-        window = max(32, 2 * len(others))
-        scores = []
-        for candidate in candidates:
-            low = max(0, candidate.order - window)
-            nearby = {e.name for e in self.entries[low : candidate.order + window + 1]}
-            scores.append((len(nearby & others), candidate))
-        scores.sort(key=lambda pair: pair[0], reverse=True)
+        scores = sorted(
+            ((self._run_length(candidate.order, others), candidate) for candidate in candidates),
+            key=lambda pair: pair[0],
+            reverse=True,
+        )
         best, chosen = scores[0]
         if best == 0 or best == scores[1][0]:
             raise AmbiguousSymbol(
@@ -162,6 +160,20 @@ class SymbolTable:
                 f"tells which one this object defines"
             )
         return chosen
+
+    def _run_length(self, order: int, members: frozenset[str], tolerance: int = 3) -> int:
+        found = 0
+        for step in (-1, 1):
+            strangers = 0
+            position = order + step
+            while 0 <= position < len(self.entries) and strangers <= tolerance:
+                if self.entries[position].name in members:
+                    found += 1
+                    strangers = 0
+                else:
+                    strangers += 1
+                position += step
+        return found
 
 
 def module_objname(name: str) -> str:

@@ -25,6 +25,7 @@ from kpatchbuild.differ.index import (
     StringTarget,
     SymbolTarget,
     Target,
+    normalized_name,
     parent_function_name,
 )
 from kpatchbuild.differ.special import SectionRole, role_of
@@ -244,7 +245,7 @@ def _compare_data(correlation: Correlation, result: Comparison) -> None:
             if original is None or original.section is None:
                 if section.name.startswith(".data..percpu"):
                     result.refusals.append(f"new per-cpu variable {where}: not supported")
-                elif symbol in correlation.unpaired_locals and _needs_pairing(symbol, orig):
+                elif symbol in correlation.unpaired_locals and _needs_pairing(symbol, correlation):
                     result.refusals.append(
                         f"static variable {where}: cannot tell which original variable it is"
                     )
@@ -295,11 +296,19 @@ _FRESH_COPY_OK = (
 )
 
 
-def _needs_pairing(symbol: Symbol, orig: ObjectIndex) -> bool:
-    """A writable static local with an original namesake must be paired, not duplicated."""
+def _needs_pairing(symbol: Symbol, correlation: Correlation) -> bool:
+    """A writable static local whose original namesake lost its pair must not be duplicated.
+
+    If every original `name.N` found its partner, this one is genuinely new (a new static in
+    new or changed code); if one is left over, the two may be the same variable renumbered.
+    """
     if symbol.section is None or not symbol.section.flags & SHF_WRITE:
         return False
-    base = symbol.name.split(".", 1)[0]
-    if symbol.name.startswith(_FRESH_COPY_OK) or base in _FRESH_COPY_OK:
+    base = normalized_name(symbol.name)
+    if symbol.name.startswith(_FRESH_COPY_OK) or base.split(".", 1)[0] in _FRESH_COPY_OK:
         return False
-    return any(other.name.split(".", 1)[0] == base for other in orig.obj.symbols if other.section)
+    return any(
+        normalized_name(other.name) == base and correlation.patched_of(other) is None
+        for other in correlation.orig.obj.symbols
+        if other.section is not None and other.is_local
+    )

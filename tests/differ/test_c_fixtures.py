@@ -1,0 +1,203 @@
+"""The differ on small C objects: each case asserts the exact functions and the outcome."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.differ import CannotPatch
+from kpatchbuild.elf import read_elf, write_elf_file
+from tests.differ.cfixtures import build_pair, diff_pair, names
+
+BASE = """
+extern int printk(const char *fmt, ...);
+extern void __might_sleep(const char *file, int line);
+int shared_total;
+static int table[4] = {1, 2, 3, 4};
+
+static __attribute__((noinline)) int scale(int x)
+{
+	return x * 7;
+}
+
+int count_calls(void)
+{
+	static int calls;
+	return ++calls;
+}
+
+int report(int v)
+{
+	printk("value %d\\n", v);
+	return scale(v) + table[v & 3];
+}
+
+int unchanged(int v)
+{
+	return v + shared_total;
+}
+"""
+
+
+def _link(tmp_path: Path, result) -> Path:  # noqa: ANN001
+    out = tmp_path / "out.o"
+    write_elf_file(result.output, out)
+    assert subprocess.run(["readelf", "-a", "-W", str(out)], capture_output=True,
+                          text=True).stderr == ""
+    subprocess.run(["ld", "-r", "-o", str(tmp_path / "linked.o"), str(out)], check=True)
+    return out
+
+
+def _defined_functions(path: Path) -> set[str]:
+    return {s.name for s in read_elf(path).symbols if s.is_function and s.section is not None}
+
+
+def test_no_change(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, BASE, BASE)
+    result = diff_pair(pair)
+    assert not result.has_changes
+    assert result.changed_functions == [] and result.new_functions == []
+
+
+def test_string_change(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, BASE, BASE.replace("value %d", "patched value %d"))
+    result = diff_pair(pair)
+    assert names(result.changed_functions) == {"report"}
+    assert result.new_functions == []
+    out = _link(tmp_path, result)
+    assert _defined_functions(out) == {"report"}
+    by_name = {r.target_name: r for r in result.resolutions}
+    # scale and table are locals of the original: livepatch relocations, unique -> sympos 0.
+    assert by_name["scale"].how == "klp" and by_name["scale"].sympos == 0
+    assert by_name["table"].name == ".klp.sym.vmlinux.table,0"
+
+
+def test_new_function(tmp_path: Path) -> None:
+    patched = BASE.replace(
+        "int report(int v)\n{",
+        "static __attribute__((noinline)) int clamp(int v) { return v > 9 ? 9 : v; }\n"
+        "int report(int v)\n{\n\tv = clamp(v);",
+    )
+    result = diff_pair(build_pair(tmp_path, BASE, patched))
+    assert names(result.changed_functions) == {"report"}
+    assert names(result.new_functions) == {"clamp"}
+    assert _defined_functions(_link(tmp_path, result)) == {"report", "clamp"}
+
+
+def test_static_local_renumbered(tmp_path: Path) -> None:
+    """A new static local above renumbers `calls.N`; unchanged users stay unchanged."""
+    patched = BASE.replace(
+        "int shared_total;",
+        "int shared_total;\nint first(void) { static int calls; return calls += 2; }",
+    )
+    result = diff_pair(build_pair(tmp_path, BASE, patched))
+    assert result.changed_functions == []
+    assert names(result.new_functions) == {"first"}
+
+
+def test_static_local_kept_by_changed_function(tmp_path: Path) -> None:
+    patched = BASE.replace("return ++calls;", "calls += 2;\n\treturn calls;")
+    result = diff_pair(build_pair(tmp_path, BASE, patched))
+    assert names(result.changed_functions) == {"count_calls"}
+    # The counter is the running kernel's: referenced with a livepatch relocation.
+    klp = [r for r in result.resolutions if r.how == "klp"]
+    assert [r.target_name for r in klp if r.target_name.startswith("calls")]
+
+
+def test_changed_inline_callee(tmp_path: Path) -> None:
+    source = BASE.replace(
+        "int unchanged(int v)",
+        "static inline int twice(int v) { return v * 2; }\n"
+        "int user_a(int v) { return twice(v) + 1; }\n"
+        "int user_b(int v) { return twice(v) - 1; }\n"
+        "int unchanged(int v)",
+    )
+    patched = source.replace("return v * 2;", "return v * 2 + shared_total;")
+    result = diff_pair(build_pair(tmp_path, source, patched))
+    assert names(result.changed_functions) == {"user_a", "user_b"}
+
+
+def test_cold_split(tmp_path: Path) -> None:
+    source = BASE + """
+extern void slow_path(int) __attribute__((cold));
+int checked(int v, int w)
+{
+	int r = v * w;
+	if (__builtin_expect(v < 0, 0)) {
+		slow_path(v);
+		r += printk("negative %d %d\\n", v, w);
+	}
+	return r + 1;
+}
+"""
+    patched = source.replace("negative %d", "negative value %d")
+    pair = build_pair(tmp_path, source, patched)
+    assert "checked.cold" in _defined_functions(pair.orig)
+    result = diff_pair(pair)
+    assert names(result.changed_functions) == {"checked"}
+    out = _link(tmp_path, result)
+    assert _defined_functions(out) == {"checked", "checked.cold"}
+
+
+def test_line_only_shift(tmp_path: Path) -> None:
+    source = BASE + """
+int sleepy(int v)
+{
+	__might_sleep("unit.c", __LINE__);
+	return v + 3;
+}
+"""
+    patched = source.replace("extern int printk", "/* one */\n/* two */\nextern int printk")
+    result = diff_pair(build_pair(tmp_path, source, patched))
+    assert not result.has_changes
+    assert result.line_only_changes == ["sleepy"]
+
+
+def test_data_layout_change_refused(tmp_path: Path) -> None:
+    patched = BASE.replace("{1, 2, 3, 4}", "{1, 2, 3, 5}").replace("value %d", "v %d")
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, BASE, patched))
+    assert caught.value.exit_code == 2
+    assert "data table" in caught.value.message and "shadow variable" in caught.value.message
+
+
+def test_init_change_refused(tmp_path: Path) -> None:
+    source = BASE + """
+__attribute__((section(".init.text"), noinline)) int setup_thing(void)
+{
+	return printk("setup\\n");
+}
+"""
+    patched = source.replace('"setup\\n"', '"setup v2\\n"')
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, patched))
+    assert "setup_thing" in caught.value.message and "__init" in caught.value.message
+
+
+def test_new_global_variable_is_carried(tmp_path: Path) -> None:
+    patched = BASE.replace("int shared_total;", "int shared_total;\nint patch_hits;").replace(
+        "return v + shared_total;", "patch_hits++;\n\treturn v + shared_total;"
+    )
+    result = diff_pair(build_pair(tmp_path, BASE, patched))
+    assert names(result.changed_functions) == {"unchanged"}
+    included = {s.name: s for s in result.included_symbols}
+    assert included["patch_hits"].new and included["patch_hits"].kind == "data"
+    _link(tmp_path, result)
+
+
+def test_binding_change_global_to_local(tmp_path: Path) -> None:
+    patched = BASE.replace("int unchanged(int v)", "static int unchanged(int v)") + (
+        "int caller(int v) { return unchanged(v); }\n"
+    )
+    source = BASE + "int caller(int v) { return unchanged(v); }\n"
+    result = diff_pair(build_pair(tmp_path, source, patched))
+    assert "unchanged" not in names(result.changed_functions)
+
+
+def test_relocation_target_change_behind_equal_bytes(tmp_path: Path) -> None:
+    source = BASE + "int other_total;\nint pick(void) { return shared_total; }\n"
+    patched = BASE + "int other_total;\nint pick(void) { return other_total; }\n"
+    result = diff_pair(build_pair(tmp_path, source, patched))
+    assert names(result.changed_functions) == {"pick"}
