@@ -98,9 +98,9 @@ def _candidates(index: ObjectIndex) -> dict[tuple[bool, str, str], list[Symbol]]
     return groups
 
 
-def _referencing_functions(index: ObjectIndex) -> dict[int, set[str]]:
-    """id(data symbol) -> normalized names of the functions whose code refers to it."""
-    refs: dict[int, set[str]] = defaultdict(set)
+def _referencing_functions(index: ObjectIndex) -> dict[int, dict[str, int]]:
+    """id(data symbol) -> {normalized name of a function using it: offset of its first use}."""
+    refs: dict[int, dict[str, int]] = defaultdict(dict)
     for section in index.obj.sections:
         if not section.is_text:
             continue
@@ -110,7 +110,11 @@ def _referencing_functions(index: ObjectIndex) -> dict[int, set[str]]:
                 continue
             user = index.containing(section, relocation.offset)
             if user is not None:
-                refs[id(target.symbol)].add(normalized_name(user.name))
+                uses = refs[id(target.symbol)]
+                name = normalized_name(user.name)
+                offset = relocation.offset - user.value
+                if name not in uses or offset < uses[name]:
+                    uses[name] = offset
     return refs
 
 
@@ -164,20 +168,32 @@ def _pair_locals(
     result: Correlation,
     orig_list: list[Symbol],
     patched_list: list[Symbol],
-    orig_refs: dict[int, set[str]],
-    patched_refs: dict[int, set[str]],
+    orig_refs: dict[int, dict[str, int]],
+    patched_refs: dict[int, dict[str, int]],
 ) -> None:
-    """Pair numbered static locals by the set of functions that use them, when that is unique."""
-    orig_by_users: dict[frozenset[str], list[Symbol]] = defaultdict(list)
-    for symbol in orig_list:
-        orig_by_users[frozenset(orig_refs.get(id(symbol), ()))].append(symbol)
-    patched_by_users: dict[frozenset[str], list[Symbol]] = defaultdict(list)
-    for symbol in patched_list:
-        patched_by_users[frozenset(patched_refs.get(id(symbol), ()))].append(symbol)
-    for users, symbols in patched_by_users.items():
-        originals = orig_by_users.get(users, [])
-        if users and len(symbols) == 1 and len(originals) == 1:
-            result.pair(symbols[0], originals[0])
+    """Pair numbered static locals by the functions that use them.
+
+    Several statics of one name used by the same functions (lockdep keys, once-flags of
+    two WARN_ONCEs) pair in the order the code first uses them, when both sides have as many.
+    """
+
+    def by_users(
+        symbols: list[Symbol], refs: dict[int, dict[str, int]]
+    ) -> dict[frozenset[str], list[Symbol]]:
+        groups: dict[frozenset[str], list[Symbol]] = defaultdict(list)
+        for symbol in symbols:
+            groups[frozenset(refs.get(id(symbol), {}))].append(symbol)
+        for users, members in groups.items():
+            first = sorted(users)[0] if users else ""
+            members.sort(key=lambda s: (refs.get(id(s), {}).get(first, 0), s.name))
+        return groups
+
+    orig_groups = by_users(orig_list, orig_refs)
+    for users, symbols in by_users(patched_list, patched_refs).items():
+        originals = orig_groups.get(users, [])
+        if users and len(symbols) == len(originals):
+            for patched_symbol, original in zip(symbols, originals, strict=True):
+                result.pair(patched_symbol, original)
         else:
             result.unpaired_locals.extend(symbols)
 

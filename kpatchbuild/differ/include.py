@@ -76,7 +76,13 @@ class _Slice:
             position += end - start
 
     def map(self, offset: int, *, allow_end: bool = False) -> int | None:
-        """New offset of ``offset``; None when it falls outside the kept ranges."""
+        """New offset of ``offset``; None when it falls outside the kept ranges.
+
+        A section carried whole keeps every offset, even one just outside it (an addend
+        biased by the instruction length, or a label at its end).
+        """
+        if self.ranges == [(0, self.source.size)]:
+            return offset
         index = bisect_right(self._starts, offset) - 1
         if index < 0:
             return None
@@ -354,7 +360,7 @@ class PatchBuilder:
                 id(symbol.section) in self.slices or self.correlation.orig_of(symbol) is None
             ):
                 continue  # carried by the patch
-            resolution = self._resolution_for(symbol)
+            resolution = self._resolution_for(symbol, record=False)
             if resolution is None or resolution.how != KLP:
                 continue
             self._dropped_entries.add((id(section), start))
@@ -404,7 +410,7 @@ class PatchBuilder:
 
     # -- resolution ----------------------------------------------------------------------------
 
-    def _resolution_for(self, symbol: Symbol) -> Resolution | None:
+    def _resolution_for(self, symbol: Symbol, *, record: bool = True) -> Resolution | None:
         """How a symbol outside the patch is found; None (with a refusal) when it cannot be."""
         if symbol.section is None:
             original = self.correlation.orig.by_name.get(symbol.name)
@@ -421,7 +427,8 @@ class PatchBuilder:
         except ResolveError as error:
             self.refusals.append(error.message)
             return None
-        self.resolutions[resolution.name] = resolution
+        if record:
+            self.resolutions[resolution.name] = resolution
         return resolution
 
     # -- output --------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from kpatchbuild.elf.model import (
     PC_RELATIVE_TYPES,
+    SHF_MERGE,
+    SHF_WRITE,
     STT_FILE,
     STT_SECTION,
     ElfObject,
@@ -25,6 +27,7 @@ from kpatchbuild.elf.model import (
 # Compiler-made suffixes: `.123` (static locals, clones), `.cold`, `.part.N`, `.isra.N`,
 # `.constprop.N`, `.lto_priv.N`. The numbers are a per-file counter and move between builds.
 _NUMBER_PART = re.compile(r"\.\d+(?=\.|$)")
+_CONTENT_NAMES = ("__func__.", "__FUNCTION__.", "__PRETTY_FUNCTION__.", ".LC")
 _SUBFUNCTION_PART = re.compile(r"\.(cold|part|isra|constprop|lto_priv|llvm)(\.\d+)?")
 
 
@@ -35,6 +38,16 @@ def normalized_name(name: str) -> str:
 
 def is_numbered(name: str) -> bool:
     return bool(_NUMBER_PART.search(name))
+
+
+def is_content_symbol(symbol: Symbol) -> bool:
+    """Symbols that name constant bytes rather than an object with an identity of its own."""
+    section = symbol.section
+    if section is None or symbol.type == STT_SECTION:
+        return False
+    if section.flags & SHF_MERGE:
+        return True
+    return symbol.name.startswith(_CONTENT_NAMES) and not section.flags & SHF_WRITE
 
 
 def parent_function_name(name: str) -> str | None:
@@ -157,22 +170,44 @@ class ObjectIndex:
         holds the distance from the field to the end of the instruction (usually 4).
         """
         symbol = relocation.symbol
-        if symbol.type != STT_SECTION or symbol.section is None:
-            return SymbolTarget(symbol, relocation.addend)
         section = symbol.section
-        addend = relocation.addend
+        if section is None:
+            return SymbolTarget(symbol, relocation.addend)
         pc_relative = in_code and relocation.type in PC_RELATIVE_TYPES
-        if section.is_strings:
+        if symbol.type != STT_SECTION:
+            if not is_content_symbol(symbol):
+                return SymbolTarget(symbol, relocation.addend)
+            # Labels of merged constants (.LC12) and __func__ strings: the bytes are the identity.
+            if not section.flags & SHF_MERGE:
+                text = self.symbol_bytes(symbol)
+                return StringTarget(section, symbol.value, text, relocation.addend)
+            addend = relocation.addend + symbol.value
+        else:
+            addend = relocation.addend
+        if section.is_strings or symbol.type != STT_SECTION:
             return self._string_target(section, addend, pc_relative)
-        place = addend + 4 if pc_relative else addend
-        named = self.containing(section, place)
-        if named is not None:
-            return SymbolTarget(named, addend - named.value)
+        adjustments = (4, 5, 6, 8) if pc_relative else (0,)
+        for adjust in adjustments:
+            named = self.containing(section, addend + adjust)
+            if named is not None:
+                if is_content_symbol(named):
+                    text = self.symbol_bytes(named)
+                    return StringTarget(section, named.value, text, addend - named.value)
+                return SymbolTarget(named, addend - named.value)
         return AnonymousTarget(section, addend)
 
     def _string_target(self, section: Section, addend: int, pc_relative: bool) -> Target:
         data = section.data
         adjustments = (4, 5, 6, 8) if pc_relative else (0,)
+        if not section.is_strings:
+            # Merged constants (.rodata.cst16): their bytes, one entry long, are the identity.
+            width = max(section.entsize, 1)
+            for adjust in adjustments:
+                offset = addend + adjust
+                if 0 <= offset < len(data) and offset % width == 0:
+                    text = data[offset : offset + width]
+                    return StringTarget(section, offset, text, addend - offset)
+            return AnonymousTarget(section, addend)
         for adjust in adjustments:
             offset = addend + adjust
             if 0 <= offset < len(data) and (offset == 0 or data[offset - 1] == 0):

@@ -1,0 +1,238 @@
+"""Original/patched object pairs compiled from a prepared Debian kernel tree.
+
+Each case edits one source file, compiles the object before and after with the kernel's own
+flags plus -ffunction-sections -fdata-sections, and restores the source. Shared by the corpus
+tests and bench/diff_corpus.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KCFLAGS = "-ffunction-sections -fdata-sections"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    source: str  # path in the tree
+    edit: Callable[[str], str]
+    exit_code: int  # 0 written, 2 refused, 3 no change
+    changed: frozenset[str] = frozenset()
+    new: frozenset[str] = frozenset()
+    kept_sections: frozenset[str] = frozenset()  # sections the output must carry
+    refusal: str = ""  # words the refusal must contain
+    carried: frozenset[str] = frozenset()  # functions OUT.o must define besides changed/new
+    notes: tuple[str, ...] = field(default=())
+
+
+def replace_once(old: str, new: str, after: str = "") -> Callable[[str], str]:
+    """An edit replacing the first ``old`` found after the text ``after``."""
+
+    def edit(text: str) -> str:
+        start = text.index(after) if after else 0
+        position = text.index(old, start)
+        return text[:position] + new + text[position + len(old) :]
+
+    return edit
+
+
+def insert_lines_after_includes(count: int) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        last = list(re.finditer(r"^#include .*$", text, re.M))[-1]
+        return text[: last.end()] + "\n" * count + text[last.end() :]
+
+    return edit
+
+
+CMDLINE = "fs/proc/cmdline.c"
+BASE = "fs/proc/base.c"
+READDIR = "fs/readdir.c"
+
+CASES = [
+    Case("no_op", CMDLINE, lambda t: t + "\n/* nothing but a comment */\n", 3),
+    Case(
+        "string_change",
+        CMDLINE,
+        replace_once("seq_putc(m, '\\n');", 'seq_puts(m, " kpatched\\n");'),
+        0,
+        changed=frozenset({"cmdline_proc_show"}),
+        kept_sections=frozenset({".text.cmdline_proc_show", "__mcount_loc", ".orc_unwind_ip"}),
+    ),
+    Case(
+        "new_function",
+        CMDLINE,
+        lambda t: replace_once("seq_puts(m, saved_command_line);", "kpb_show_twice(m);",
+                               after="static int cmdline_proc_show")(
+            replace_once(
+                "static int cmdline_proc_show",
+                "static noinline void kpb_show_twice(struct seq_file *m)\n{\n"
+                "\tseq_puts(m, saved_command_line);\n\tseq_puts(m, saved_command_line);\n}\n\n"
+                "static int cmdline_proc_show",
+            )(t)
+        ),
+        0,
+        changed=frozenset({"cmdline_proc_show"}),
+        new=frozenset({"kpb_show_twice"}),
+    ),
+    Case(
+        "static_local",
+        CMDLINE,
+        replace_once(
+            "seq_puts(m, saved_command_line);",
+            "static unsigned long kpb_reads;\n\n\tkpb_reads++;\n\tseq_puts(m, saved_command_line);",
+        ),
+        0,
+        changed=frozenset({"cmdline_proc_show"}),
+    ),
+    Case(
+        "new_global",
+        CMDLINE,
+        lambda t: replace_once("seq_puts(m, saved_command_line);",
+                               "kpb_cmdline_reads++;\n\tseq_puts(m, saved_command_line);")(
+            replace_once("static int cmdline_proc_show",
+                         "unsigned long kpb_cmdline_reads;\n\nstatic int cmdline_proc_show")(t)
+        ),
+        0,
+        changed=frozenset({"cmdline_proc_show"}),
+    ),
+    Case(
+        "warn_in_changed_function",
+        CMDLINE,
+        replace_once("seq_puts(m, saved_command_line);",
+                     "WARN_ON_ONCE(!saved_command_line);\n\tseq_puts(m, saved_command_line);"),
+        0,
+        changed=frozenset({"cmdline_proc_show"}),
+        kept_sections=frozenset({"__bug_table"}),
+    ),
+    Case(
+        "init_change",
+        CMDLINE,
+        replace_once('proc_create_single("cmdline", 0,', 'proc_create_single("cmdline", 0444,'),
+        2,
+        refusal="proc_cmdline_init",
+    ),
+    Case(
+        "cold_split_and_bug",
+        BASE,
+        replace_once("\t\treturn -ESRCH;\n\tret = get_task_cmdline",
+                     "\t\treturn -ENOENT;\n\tret = get_task_cmdline"),
+        0,
+        changed=frozenset({"proc_pid_cmdline_read"}),
+        carried=frozenset({"proc_pid_cmdline_read.cold"}),
+        kept_sections=frozenset({"__bug_table"}),
+    ),
+    Case(
+        "changed_inline_callee",
+        BASE,
+        replace_once(
+            "return !proc_pid(inode)->tasks[PIDTYPE_PID].first;",
+            "return !proc_pid(inode)->tasks[PIDTYPE_PID].first || !inode->i_nlink;",
+        ),
+        0,
+        changed=frozenset({"pid_delete_dentry", "proc_task_readdir"}),
+    ),
+    Case("line_shift_only", BASE, insert_lines_after_includes(3), 3),
+    Case(
+        "jump_label",
+        BASE,
+        replace_once(
+            "rc = dname_to_vma_addr(dentry, &vm_start, &vm_end);",
+            "rc = dname_to_vma_addr(dentry, &vm_start, &vm_end);\n"
+            "\tif (!rc && vm_start == vm_end)\n\t\trc = -EINVAL;",
+        ),
+        0,
+        changed=frozenset({"map_files_get_link"}),
+        kept_sections=frozenset({"__jump_table"}),
+    ),
+    Case(
+        "static_call",
+        BASE,
+        replace_once("if (pos >= PID_MAX_LIMIT + TGID_OFFSET)\n\t\treturn 0;",
+                     "if (pos >= PID_MAX_LIMIT + TGID_OFFSET - 1)\n\t\treturn 0;"),
+        0,
+        changed=frozenset({"proc_pid_readdir"}),
+        notes=("cond_resched",),
+    ),
+    Case(
+        "data_layout_change",
+        BASE,
+        replace_once('REG("environ",    S_IRUSR, proc_environ_operations),',
+                     'REG("environ",    S_IRUSR|S_IRGRP, proc_environ_operations),'),
+        2,
+        refusal="tgid_base_stuff",
+    ),
+    Case(
+        "exception_table",
+        READDIR,
+        replace_once("if (reclen > buf->count)\n\t\treturn false;",
+                     "if (reclen > buf->count || namlen > 4000)\n\t\treturn false;",
+                     after="static bool filldir64("),
+        0,
+        changed=frozenset({"filldir64"}),
+        kept_sections=frozenset({"__ex_table"}),
+    ),
+]
+
+
+@dataclass(frozen=True)
+class BuiltPair:
+    case: Case
+    orig: Path
+    patched: Path
+
+
+class CorpusBuilder:
+    """Compiles objects in a (scratch) kernel tree; originals are built once per file."""
+
+    def __init__(self, tree: Path, release: str, workdir: Path) -> None:
+        self.tree = tree
+        self.release = release
+        self.workdir = workdir
+        self._originals: dict[str, Path] = {}
+
+    def make_object(self, source: str) -> Path:
+        target = source[:-2] + ".o"
+        subprocess.run(
+            ["make", "-s", "-C", str(self.tree), f"KERNELRELEASE={self.release}",
+             f"KCFLAGS={KCFLAGS}", target],
+            check=True,
+            capture_output=True,
+        )
+        return self.tree / target
+
+    def original(self, source: str) -> Path:
+        if source not in self._originals:
+            destination = self.workdir / "orig" / (source.replace("/", "__")[:-2] + ".o")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.make_object(source), destination)
+            self._originals[source] = destination
+        return self._originals[source]
+
+    def build(self, case: Case) -> BuiltPair:
+        orig = self.original(case.source)
+        path = self.tree / case.source
+        pristine = path.read_text()
+        patched_text = case.edit(pristine)
+        assert patched_text != pristine, f"{case.name}: the edit changed nothing"
+        destination = self.workdir / case.name / Path(case.source).with_suffix(".o").name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _replace_file(path, patched_text)
+            shutil.copyfile(self.make_object(case.source), destination)
+        finally:
+            _replace_file(path, pristine)
+        return BuiltPair(case, orig, destination)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    # A new inode each time: a hard-linked tree copy never sees the edit.
+    temporary = path.with_name(path.name + ".kpb-tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -1,0 +1,133 @@
+"""The differ on real Debian 6.1 objects: one source edit per case, built twice in the tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.__main__ import main
+from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
+from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
+from tests.differ.kernel_corpus import CASES, BuiltPair, Case, CorpusBuilder, _replace_file
+from tests.elf.snapshot import snapshot
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="session")
+def corpus(debian_kernel_tree, tmp_path_factory: pytest.TempPathFactory) -> CorpusBuilder:  # noqa: ANN001
+    return CorpusBuilder(
+        debian_kernel_tree.path, debian_kernel_tree.release, tmp_path_factory.mktemp("corpus")
+    )
+
+
+@pytest.fixture(scope="session")
+def entry_sizes(corpus: CorpusBuilder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Special-section entry sizes measured by compiling the probe against the tree."""
+    probe_source = corpus.tree / "fs" / "proc" / "kpb_probe.c"
+    _replace_file(probe_source, PROBE_SOURCE)
+    try:
+        sizes = sizes_from_probe(read_elf(corpus.make_object("fs/proc/kpb_probe.c")))
+    finally:
+        probe_source.unlink()
+    path = tmp_path_factory.mktemp("sizes") / "sizes.json"
+    path.write_text(json.dumps(sizes))
+    return path
+
+
+def test_probe_measures_the_6_1_sizes(entry_sizes: Path) -> None:
+    sizes = json.loads(entry_sizes.read_text())
+    assert sizes == {
+        "__bug_table": 12,
+        "__ex_table": 12,
+        ".altinstructions": 12,
+        "__jump_table": 16,
+        ".static_call_sites": 8,
+        ".orc_unwind": 6,
+        ".parainstructions": 16,
+        "__dyndbg": 56,
+    }
+
+
+@pytest.mark.parametrize("source", ["fs/proc/cmdline.c", "fs/proc/base.c", "fs/readdir.c"])
+def test_round_trip_real_objects(corpus: CorpusBuilder, source: str, tmp_path: Path) -> None:
+    original_path = corpus.original(source)
+    original = read_elf(original_path)
+    written = write_elf(original)
+    assert snapshot(read_elf_bytes(written)) == snapshot(original)
+    rewritten = tmp_path / "rewritten.o"
+    rewritten.write_bytes(written)
+    readelf = subprocess.run(["readelf", "-a", "-W", str(rewritten)], capture_output=True,
+                             text=True)
+    assert readelf.returncode == 0 and readelf.stderr == ""
+    subprocess.run(["ld", "-r", "-o", str(tmp_path / "linked.o"), str(rewritten)], check=True)
+
+
+def _functions_in(path: Path) -> set[str]:
+    text = subprocess.run(["objdump", "-dr", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    import re
+
+    # objdump also labels code sections that have no symbol (.altinstr_replacement).
+    labels = set(re.findall(r"^[0-9a-f]+ <([^>]+)>:$", text, re.M))
+    return {label for label in labels if not label.startswith(".")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_corpus_case(
+    case: Case,
+    corpus: CorpusBuilder,
+    debian_kernel_tree,  # noqa: ANN001
+    entry_sizes: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pair: BuiltPair = corpus.build(case)
+    out = tmp_path / "out.o"
+    report = tmp_path / "report.json"
+    code = main([
+        "diff", str(pair.orig), str(pair.patched), "-o", str(out),
+        "--symbols", str(debian_kernel_tree.system_map), "--target", "vmlinux",
+        "--symvers", str(debian_kernel_tree.module_symvers),
+        "--entry-sizes", str(entry_sizes), "--json", str(report),
+    ])
+    captured = capsys.readouterr()
+    assert code == case.exit_code, captured.err
+    if case.exit_code == 2:
+        assert case.refusal in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+        assert not out.exists()
+        return
+    data = json.loads(report.read_text())
+    assert {f["name"] for f in data["changed_functions"]} == case.changed
+    assert {f["name"] for f in data["new_functions"]} == case.new
+    if case.exit_code == 3:
+        assert data["status"] == "no-change" and not out.exists()
+        return
+    lines = captured.out.splitlines()
+    assert sorted(lines) == sorted(
+        [f"{Path(pair.patched).name}: changed function: {n}" for n in case.changed]
+        + [f"{Path(pair.patched).name}: new function: {n}" for n in case.new]
+    )
+    kept = {s["name"] for s in data["sections"]}
+    assert case.kept_sections <= kept, kept
+    for note in case.notes:
+        assert any(note in n for n in data["notes"]), data["notes"]
+    # The output is a valid object: readelf is silent, ld -r links it, objdump shows exactly
+    # the carried functions.
+    readelf = subprocess.run(["readelf", "-a", "-W", str(out)], capture_output=True, text=True)
+    assert readelf.returncode == 0 and readelf.stderr == ""
+    subprocess.run(["ld", "-r", "-o", str(tmp_path / "linked.o"), str(out)], check=True)
+    assert _functions_in(out) == case.changed | case.new | case.carried
+    # Every undefined symbol of the output has a resolution in the report.
+    resolved = {s["name"] for s in data["symbols"] if s["resolution"] in ("exported", "klp")}
+    undefined = {s.name for s in read_elf(out).symbols if s.is_undefined and s.name}
+    assert undefined == resolved
+    for symbol in data["symbols"]:
+        if symbol["resolution"] == "klp":
+            assert symbol["name"] == (
+                f".klp.sym.vmlinux.{symbol['target_name']},{symbol['sympos']}"
+            )
