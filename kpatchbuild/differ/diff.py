@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatchbuild.differ.compare import compare_objects
+from kpatchbuild.differ.compare import Comparison, compare_objects
 from kpatchbuild.differ.correlate import correlate_symbols
 from kpatchbuild.differ.include import include_and_build
 from kpatchbuild.differ.index import ObjectIndex, parent_function_name
@@ -118,6 +118,7 @@ def diff_objects(
             raise CannotPatch(name, refusals)
         return result
 
+    refusals += _untraceable(orig_index, comparison)
     resolver = Resolver(orig_index, target, symbols, exports)
     inclusion = include_and_build(
         correlation, comparison, resolver, EntrySizes(entry_sizes, environ)
@@ -167,6 +168,28 @@ def diff_objects(
     if not result.changed_functions and not result.new_functions:
         return DiffResult(object_name=name, line_only_changes=result.line_only_changes)
     return result
+
+
+def _untraceable(orig: ObjectIndex, comparison: Comparison) -> list[str]:
+    """Livepatch redirects a function through its ftrace call: one without it cannot change.
+
+    Checked only when the object was built for ftrace at all (some function calls __fentry__).
+    """
+    if "__fentry__" not in orig.by_name:
+        return []
+    refusals = []
+    for verdict in comparison.changed:
+        original = verdict.orig
+        if original is None or parent_function_name(original.name) is not None:
+            continue
+        assert original.section is not None
+        head = orig.relocations_between(original.section, original.value, original.value + 16)
+        if not any(r.symbol.name == "__fentry__" for r in head):
+            refusals.append(
+                f"changed function {original.name} has no __fentry__ call (notrace or "
+                "noinstr): livepatch cannot redirect it"
+            )
+    return refusals
 
 
 def _new_exports(orig: ElfObject, patched: ElfObject) -> list[str]:

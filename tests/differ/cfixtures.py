@@ -19,7 +19,9 @@ class Pair:
     patched: Path
 
 
-def build_pair(tmp_path: Path, original: str, patched: str, name: str = "unit") -> Pair:
+def build_pair(
+    tmp_path: Path, original: str, patched: str, name: str = "unit", extra: tuple[str, ...] = ()
+) -> Pair:
     paths = []
     for tag, text in (("orig", original), ("patched", patched)):
         folder = tmp_path / tag
@@ -27,7 +29,7 @@ def build_pair(tmp_path: Path, original: str, patched: str, name: str = "unit") 
         source = folder / f"{name}.c"
         source.write_text(text)
         obj = folder / f"{name}.o"
-        subprocess.run(["gcc", *CFLAGS, "-o", str(obj), str(source)], check=True)
+        subprocess.run(["gcc", *CFLAGS, *extra, "-o", str(obj), str(source)], check=True)
         paths.append(obj)
     return Pair(*paths)
 

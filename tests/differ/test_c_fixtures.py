@@ -201,3 +201,13 @@ def test_relocation_target_change_behind_equal_bytes(tmp_path: Path) -> None:
     patched = BASE + "int other_total;\nint pick(void) { return other_total; }\n"
     result = diff_pair(build_pair(tmp_path, source, patched))
     assert names(result.changed_functions) == {"pick"}
+
+
+def test_notrace_function_refused(tmp_path: Path) -> None:
+    """Built for ftrace (-pg -mfentry), a function without its __fentry__ call cannot change."""
+    source = BASE + "__attribute__((no_instrument_function)) int quiet(int v) { return v ^ 5; }\n"
+    patched = source.replace("v ^ 5", "v ^ 6").replace("value %d", "value: %d")
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, patched, extra=("-pg", "-mfentry")))
+    assert "quiet" in caught.value.message and "__fentry__" in caught.value.message
+    assert "report" not in caught.value.message
