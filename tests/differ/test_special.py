@@ -1,0 +1,48 @@
+"""Special-section entries follow their code; entry sizes come from the environment first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.differ import CannotPatch
+from kpatchbuild.differ.special import ENTRY_TABLES, EntrySizes
+from kpatchbuild.elf.model import Section
+from tests.differ.cfixtures import build_pair, diff_pair
+
+# Two functions, each with one hand-made 12-byte bug entry (address, file, line, flags).
+SOURCE = r"""
+#define BUG_HERE(line) asm volatile("1: ud2\n.pushsection __bug_table,\"aw\"\n" \
+	".long 1b - .\n.long 0\n.word " #line ", 0\n.popsection")
+int first(int v) { if (v == 3) BUG_HERE(10); return v + 1; }
+int second(int v) { if (v == 4) BUG_HERE(20); return v + 2; }
+"""
+
+
+def test_entries_follow_included_functions(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, SOURCE, SOURCE.replace("v + 2", "v + 5"))
+    result = diff_pair(pair)
+    assert [f.name for f in result.changed_functions] == ["second"]
+    table = next(s for s in result.output.sections if s.name == "__bug_table")
+    assert len(table.data) == 12
+    assert int.from_bytes(table.data[8:10], "little") == 20  # second's entry, not first's
+    (anchor,) = table.relocations
+    assert anchor.offset == 0 and anchor.symbol.section.name == ".text.second"
+
+
+def test_environment_size_wins_and_bad_size_is_refused(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, SOURCE, SOURCE.replace("v + 2", "v + 5"))
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(pair, environ={"BUG_STRUCT_SIZE": "7"})
+    assert "__bug_table" in caught.value.message and "BUG_STRUCT_SIZE" in caught.value.message
+
+
+def test_size_precedence() -> None:
+    kind = ENTRY_TABLES["__jump_table"]
+    section = Section("__jump_table", entsize=24)
+    assert EntrySizes({}, {}).size_of(kind, section) == (24, "sh_entsize")
+    assert EntrySizes({"__jump_table": 32}, {}).size_of(kind, section) == (32, "measured")
+    env = {"JUMP_STRUCT_SIZE": "16"}
+    assert EntrySizes({"__jump_table": 32}, env).size_of(kind, section) == (16, "$JUMP_STRUCT_SIZE")
+    assert EntrySizes({}, {}).size_of(kind, Section("__jump_table")) == (16, "default")
