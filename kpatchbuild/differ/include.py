@@ -48,6 +48,9 @@ from kpatchbuild.elf.model import (
     Symbol,
 )
 
+_LOADER_ONLY = frozenset(
+    {".altinstr_replacement"} | {k.name for k in ENTRY_TABLES.values() if k.loader_resolved_only}
+)
 _INIT_PREFIXES = (".init", ".exit", ".head.text", ".ref.text", ".meminit", ".cpuinit")
 
 
@@ -526,14 +529,15 @@ class PatchBuilder:
             if not isinstance(target, SymbolTarget):
                 self.refusals.append(f"{where}: refers to unnamed {symbol.section.name} data")
                 return None
-            return self._external(target.symbol, target.delta, offset, relocation, out, where)
+            return self._external(target.symbol, target.delta, offset, relocation, out, where,
+                                  source)
         copy = symbol_map.get(id(symbol))
         if copy is not None:
             return Relocation(offset, relocation.type, copy, relocation.addend)
         if symbol.section is not None and id(symbol.section) in self.slices:
             self.refusals.append(f"{where}: refers to {symbol.name}, outside the carried part")
             return None
-        return self._external(symbol, relocation.addend, offset, relocation, out, where)
+        return self._external(symbol, relocation.addend, offset, relocation, out, where, source)
 
     def _external(
         self,
@@ -543,11 +547,20 @@ class PatchBuilder:
         relocation: Relocation,
         out: ElfObject,
         where: str,
+        source: Section,
     ) -> Relocation | None:
         resolution = self._resolution_for(symbol)
         if resolution is None:
             if symbol.section is not None and self.correlation.orig_of(symbol) is None:
                 self.refusals.append(f"{where}: refers to new symbol {symbol.name} not carried")
+            return None
+        if resolution.how == KLP and source.name in _LOADER_ONLY:
+            # Alternatives are copied into place at module load, before livepatch relocations
+            # are applied: the copy would keep an unresolved address.
+            self.refusals.append(
+                f"{where}: uses {resolution.target_name}, which is not exported, in code the "
+                "module loader patches in before livepatch relocations are applied"
+            )
             return None
         undefined = self._undefined(resolution.name, out)
         return Relocation(offset, relocation.type, undefined, addend)
