@@ -1,0 +1,24 @@
+"""doit entry point: ``doit list``, ``doit build``, ``doit build recipe=NAME``.
+
+Only wiring: the pipeline's steps live in kpatchbuild/, their tasks in kpatchbuild/tasks.py.
+"""
+
+import sys
+
+from doit import get_var
+
+from kpatchbuild.errors import KpbError
+from kpatchbuild.store import Store
+from kpatchbuild.tasks import DOIT_CONFIG, generate_tasks, pipelines
+
+__all__ = ["DOIT_CONFIG", "task_pipeline"]
+
+try:
+    PIPELINES = pipelines(Store(), get_var("recipe"))
+except KpbError as error:
+    print(f"kpatchbuild: error: {error.message}", file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
+def task_pipeline():
+    yield from generate_tasks(PIPELINES)

@@ -1,0 +1,145 @@
+"""The original stage: the unpatched kernel tree later stages compile and link against.
+
+Two shapes, one result (an OriginalStage):
+- a Debian kernel is *prepared*, not built: Debian's source, configured with Debian's config,
+  ``modules_prepare``d for Debian's release, with Debian's Module.symvers in place. Later
+  stages compile only the objects a patch touches;
+- a configured kernel is *built* in full, keeping kbuild's ``.*.cmd`` files, which say what
+  every object was built from.
+Each is keyed by everything that shapes its objects, so recipes with the same kernel target
+share one stage, and a config edit makes a new one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kpatchbuild import kbuild, kconfig
+from kpatchbuild.errors import BuildError, RecipeError
+from kpatchbuild.source import SourceTree, copy_tree
+from kpatchbuild.steps import format_elapsed, run_step, say
+from kpatchbuild.store import Artifact, Store, content_key, file_hash
+
+# Bump when the way a stage is made changes, so old stages are not taken for new ones.
+STAGE_FORMAT = 1
+BUILT_OUTPUTS = ("vmlinux", "arch/x86/boot/bzImage", "Module.symvers", "System.map")
+
+
+@dataclass(frozen=True)
+class OriginalStage:
+    """A published original tree and what it stands for."""
+
+    kind: str  # "prepared" (Debian) or "built"
+    key: str
+    path: Path  # the artifact directory; the kernel tree is path / "tree"
+    release: str
+
+    @property
+    def tree(self) -> Path:
+        return self.path / "tree"
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> OriginalStage:
+        return cls(artifact.kind, artifact.key, artifact.path, artifact.manifest["release"])
+
+
+def prepared_key(source: SourceTree, config_text: str, release: str,
+                 compiler: kbuild.CompilerVersion, symvers_hash: str) -> str:
+    return content_key("prepared", STAGE_FORMAT, source.key, config_text, release,
+                       compiler.text, kbuild.KCFLAGS, symvers_hash)
+
+
+def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, release: str,
+                        module_symvers: Path, *, label: str) -> OriginalStage:
+    """Debian's source, configured and prepared as Debian built ``release``; no kernel build."""
+    compiler = kbuild.check_compiler(config_text, label)
+    key = prepared_key(source, config_text, release, compiler, file_hash(module_symvers))
+    artifact = store.lookup("prepared", key)
+    if artifact:
+        return OriginalStage.from_artifact(artifact)
+    log = store.log_path(f"prepare-{label}")
+    log.unlink(missing_ok=True)
+    manifest: dict[str, Any] = {"release": release, "source": source.origin,
+                                "compiler": compiler.text, "kcflags": kbuild.KCFLAGS}
+    with store.publishing("prepared", key, manifest) as work:
+        tree = work / "tree"
+        say(f"  preparing {release} (copy source, olddefconfig, modules_prepare); log: {log}")
+        copy_tree(source.path, tree)
+        (tree / ".config").write_text(config_text)
+        kbuild.pin_release(tree, release)
+        kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
+        manifest["config_changes"] = _config_changes(config_text, (tree / ".config").read_text())
+        kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
+        shutil.copyfile(module_symvers, tree / "Module.symvers")
+        _check_release(tree, release, log)
+    return OriginalStage.from_artifact(store.lookup("prepared", key))  # type: ignore[arg-type]
+
+
+def built_key(source: SourceTree, config_text: str, compiler: kbuild.CompilerVersion) -> str:
+    return content_key("built", STAGE_FORMAT, source.key, config_text, compiler.text,
+                       kbuild.KCFLAGS)
+
+
+def build_kernel(store: Store, source: SourceTree, config_text: str, *,
+                 label: str) -> OriginalStage:
+    """Build the kernel of ``config_text`` in full, keeping every ``.cmd`` record."""
+    compiler = kbuild.host_compiler()
+    key = built_key(source, config_text, compiler)
+    artifact = store.lookup("built", key)
+    if artifact:
+        return OriginalStage.from_artifact(artifact)
+    log = store.log_path(f"build-orig-{label}")
+    log.unlink(missing_ok=True)
+    manifest: dict[str, Any] = {"source": source.origin, "compiler": compiler.text,
+                                "kcflags": kbuild.KCFLAGS, "config_hash": content_key(config_text)}
+    with store.publishing("built", key, manifest) as work:
+        tree = work / "tree"
+        say(f"  building {label} in full (make -j{kbuild.jobs()} all); log: {log}")
+        copy_tree(source.path, tree)
+        (tree / ".config").write_text(config_text)
+        kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
+        if kconfig.parse_config((tree / ".config").read_text()) != kconfig.parse_config(
+            config_text
+        ):
+            raise BuildError(f"{label}: olddefconfig changed the resolved config; "
+                             f"log: {log}")
+        started = time.monotonic()
+        run_step(kbuild.make_command(tree, "all"), step=f"{label}: make all", log=log)
+        missing = [name for name in BUILT_OUTPUTS if not (tree / name).is_file()]
+        if missing:
+            raise BuildError(f"{label}: the build did not produce {', '.join(missing)}; "
+                             f"log: {log}")
+        manifest["release"] = kbuild.kernelrelease(tree)
+        elapsed = time.monotonic() - started
+        manifest["build_seconds"] = round(elapsed, 1)
+        say(f"  built {label} ({manifest['release']}) in {format_elapsed(elapsed)}")
+    return OriginalStage.from_artifact(store.lookup("built", key))  # type: ignore[arg-type]
+
+
+def _check_release(tree: Path, release: str, log: Path) -> None:
+    reported = kbuild.kernelrelease(tree)
+    uts = (tree / "include/generated/utsrelease.h").read_text()
+    if reported != release or f'"{release}"' not in uts:
+        raise BuildError(f"prepared tree reports release '{reported}', not '{release}'; "
+                         f"log: {log}")
+
+
+def _config_changes(before: str, after: str) -> dict[str, list[str | None]]:
+    """Options olddefconfig changed in a distribution's config (recorded, not refused)."""
+    old, new = kconfig.parse_config(before), kconfig.parse_config(after)
+    return {name: [old.get(name), new.get(name)]
+            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}
+
+
+def check_livepatch_config(config_text: str, label: str) -> None:
+    """A distribution kernel without CONFIG_LIVEPATCH cannot take a livepatch: say so early."""
+    options = kconfig.parse_config(config_text)
+    missing = [o.name for o in kconfig.LIVEPATCH_REQUIREMENTS
+               if o.name != "CONFIG_DEBUG_KERNEL" and not kconfig.is_on(options.get(o.name))]
+    if missing:
+        raise RecipeError(f"{label}: this kernel's config lacks {', '.join(missing)}; it cannot "
+                          "load livepatch modules: choose another kernel")

@@ -1,0 +1,332 @@
+"""The doit task graph: the only module that knows doit.
+
+Per recipe and kernel target (task names ``<step>:<recipe>/<target>``):
+
+    fetch -> config -> prepare (Debian kernel) | build-orig (built kernel) -> check-patches
+
+and ``build``, which runs the whole pipeline for every recipe, or for one with
+``doit build recipe=NAME``. Each step records its result in a small JSON or text file under
+``<cache>/work/<recipe>/<target>/``; those files are the targets and file dependencies doit
+tracks, by xxhash of their contents. The heavy artifacts they point to live in the
+content-addressed store, so two recipes on the same kernel share one original stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from doit.dependency import FileChangedChecker
+from doit.exceptions import TaskFailed
+from doit.reporter import ConsoleReporter
+
+from kpatchbuild import debian, kbuild, kconfig, original, patching, source
+from kpatchbuild.errors import KpbError
+from kpatchbuild.recipe import KernelTarget, Recipe, find_recipes
+from kpatchbuild.steps import say
+from kpatchbuild.store import PROJECT_ROOT, Store, default_root, write_atomically
+
+RECIPES_ENV = "KPATCHBUILD_RECIPES"
+
+
+class XxhashChecker(FileChangedChecker):
+    """doit's file-change check by content (xxh3-64), with mtime+size as the fast path.
+
+    Timestamps alone rebuild on a touch and miss a same-second rewrite; md5 is slow on the
+    packages and trees this project moves around.
+    """
+
+    def check_modified(self, file_path: str, file_stat: os.stat_result, state: Any) -> bool:
+        mtime, size, digest = state
+        if file_stat.st_mtime == mtime:
+            return False
+        if file_stat.st_size != size:
+            return True
+        return digest != _xxh64_file(file_path)
+
+    def get_state(self, dep: str, current_state: Any) -> Any:
+        mtime = os.path.getmtime(dep)
+        if current_state and current_state[0] == mtime:
+            return None
+        return mtime, os.path.getsize(dep), _xxh64_file(dep)
+
+
+def _xxh64_file(path: str) -> str:
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class OneLineReporter(ConsoleReporter):
+    """doit's console reporter, printing a failed task as one line instead of a traceback."""
+
+    desc = "one line per failure"
+
+    def _write_failure(self, result: dict, write_exception: bool = True) -> None:
+        fail = result["exception"]
+        message = fail.message.strip() if fail.message else fail.get_msg().strip()
+        self.write(f"kpatchbuild: error: {result['task'].name}: {message}\n")
+
+    def complete_run(self) -> None:
+        if self.runtime_errors:
+            self.write("kpatchbuild: error: " + "; ".join(self.runtime_errors) + "\n")
+
+
+DOIT_DB_ENV = "KPATCHBUILD_DOIT_DB"
+
+
+def doit_db_path() -> str:
+    """doit's own record of what ran, beside the artifacts it describes."""
+    return os.environ.get(DOIT_DB_ENV) or str(default_root() / "doit-deps.json")
+
+
+DOIT_CONFIG = {
+    "default_tasks": ["build"],
+    "dep_file": doit_db_path(),
+    "verbosity": 2,
+    "check_file_uptodate": XxhashChecker,
+    "reporter": OneLineReporter,
+    "backend": "json",
+}
+
+
+def _reporting_errors(function: Callable[[], None]) -> Callable[[], TaskFailed | None]:
+    """Turn KpbError into doit's TaskFailed so the reporter prints its one line."""
+
+    def action() -> TaskFailed | None:
+        try:
+            function()
+        except KpbError as error:
+            return TaskFailed(error.message)
+        return None
+
+    action.__name__ = getattr(function, "__name__", "action")
+    return action
+
+
+@dataclass(frozen=True)
+class TargetPipeline:
+    """The steps of one recipe on one kernel target, and the files that link them."""
+
+    store: Store
+    recipe: Recipe
+    target: KernelTarget
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe.name}/{self.target.name}"
+
+    @property
+    def work(self) -> Path:
+        return self.store.root / "work" / self.recipe.name / self.target.name
+
+    @property
+    def fetch_record(self) -> Path:
+        return self.work / "fetch.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.work / "config"
+
+    @property
+    def original_record(self) -> Path:
+        return self.work / "original.json"
+
+    @property
+    def patches_record(self) -> Path:
+        return self.work / "patches.json"
+
+    def read(self, record: Path) -> dict:
+        return json.loads(record.read_text())
+
+    def write(self, record: Path, data: dict) -> None:
+        write_atomically(record, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def source_tree(self) -> source.SourceTree:
+        data = self.read(self.fetch_record)["source"]
+        return source.SourceTree(Path(data["path"]), data["key"], data["origin"])
+
+    # --- fetch ---
+
+    def fetch(self) -> None:
+        if self.target.debian:
+            kernel = debian.resolve_release(self.target.debian, self.store)
+            files = debian.kernel_files(self.store, kernel)
+            tarball = debian.source_tarball(self.store, kernel.packages["source"])
+            pkg = kernel.packages["source"]
+            tree = source.unpack_tarball(
+                self.store, tarball, source.content_key("debian-source", pkg.sha256),
+                {"debian": pkg.name, "version": pkg.version, "sha256": pkg.sha256},
+            )
+            record = {"kind": "debian", "kernel": kernel.to_json(), "files": str(files.path)}
+        else:
+            assert self.target.source is not None
+            tree = source.obtain_source(self.store, self.target.source,
+                                        f"{self.target.place}.source")
+            record = {"kind": "built"}
+        record["source"] = {"path": str(tree.path), "key": tree.key, "origin": tree.origin}
+        self.write(self.fetch_record, record)
+
+    def fetch_still_current(self) -> bool:
+        """False when what the recipe names now resolves to something else (Debian moved on,
+        a local tree changed), so fetch runs again even though no file it depends on did."""
+        if not self.fetch_record.is_file():
+            return False
+        record = self.read(self.fetch_record)
+        if not Path(record["source"]["path"]).is_dir():
+            return False
+        try:
+            if self.target.debian and not self.target.debian.image:
+                release, version = debian.newest_release(self.target.debian)
+                return (release, version) == (record["kernel"]["release"],
+                                              record["kernel"]["version"])
+            spec = self.target.source
+            if spec and spec.kind == "tree":
+                assert spec.path is not None
+                return source.tree_fingerprint(spec.path) == record["source"]["key"]
+            if spec and spec.kind == "debian" and not spec.version:
+                assert spec.package is not None
+                newest = debian.newest(debian.available_versions([spec.package])[spec.package])
+                return newest == record["source"]["origin"]["version"]
+        except KpbError:
+            return True  # offline or index gone: keep what was fetched
+        return True
+
+    # --- config ---
+
+    def configure(self) -> None:
+        record = self.read(self.fetch_record)
+        if record["kind"] == "debian":
+            text = (Path(record["files"]) / "config").read_text()
+            original.check_livepatch_config(text, self.label)
+            kbuild.check_compiler(text, f"{self.label} (Debian's config)")
+        else:
+            assert self.target.config is not None
+            log = self.store.log_path(f"config-{self.recipe.name}-{self.target.name}")
+            log.unlink(missing_ok=True)
+            scratch = self.store.tmp / f"config-{os.getpid()}"
+            try:
+                text = kconfig.make_config(self.source_tree().path, self.target.config,
+                                           scratch, log)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        write_atomically(self.config_file, text)
+
+    def config_deps(self) -> list[str]:
+        deps = [str(self.recipe.path), str(self.fetch_record)]
+        if self.target.config:
+            deps += [str(p) for p in self.target.config.fragments]
+            if self.target.config.base_path:
+                deps.append(str(self.target.config.base_path))
+        return deps
+
+    # --- original stage ---
+
+    def make_original(self) -> None:
+        record = self.read(self.fetch_record)
+        config_text = self.config_file.read_text()
+        tree = self.source_tree()
+        if record["kind"] == "debian":
+            files = Path(record["files"])
+            stage = original.prepare_debian_tree(
+                self.store, tree, config_text, record["kernel"]["release"],
+                files / "Module.symvers", label=self.label.replace("/", "-"),
+            )
+        else:
+            stage = original.build_kernel(self.store, tree, config_text,
+                                          label=self.label.replace("/", "-"))
+        self.write(self.original_record, {"kind": stage.kind, "key": stage.key,
+                                          "path": str(stage.path), "release": stage.release})
+        say(f"  {self.label}: original stage {stage.release} at {stage.tree}")
+
+    def original_still_there(self) -> bool:
+        if not self.original_record.is_file():
+            return False
+        return (Path(self.read(self.original_record)["path"]) / "manifest.json").is_file()
+
+    # --- patches ---
+
+    def check_patches(self) -> None:
+        tree = Path(self.read(self.original_record)["path"]) / "tree"
+        touched = patching.check_patches_apply(self.recipe.patches, tree)
+        self.write(self.patches_record, {"patches": [str(p) for p in self.recipe.patches],
+                                         "touched": touched})
+
+
+def recipes_dir() -> Path:
+    return Path(os.environ.get(RECIPES_ENV) or PROJECT_ROOT / "recipes")
+
+
+def pipelines(store: Store, only: str | None) -> list[TargetPipeline]:
+    recipes = find_recipes(recipes_dir(), only)
+    return [TargetPipeline(store, recipe, target)
+            for recipe in recipes for target in recipe.targets]
+
+
+STEP_DOCS = {
+    "fetch": "fetch a target's Debian packages or kernel source",
+    "config": "produce and verify a target's kernel .config",
+    "prepare": "prepare Debian's source for its kernel (modules_prepare; no kernel build)",
+    "build-orig": "build a configured target kernel in full",
+    "check-patches": "check that a recipe's patches apply to its target's source",
+}
+
+
+def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
+    """Every step of every pipeline, as doit task dicts."""
+    for basename, doc in STEP_DOCS.items():
+        yield {"basename": basename, "name": None, "doc": doc}
+    finals = []
+    for item in items:
+        name = item.label
+        yield {
+            "basename": "fetch", "name": name,
+            "doc": f"fetch the kernel packages or source of {name}",
+            "actions": [_reporting_errors(item.fetch)],
+            "file_dep": [str(item.recipe.path)],
+            "targets": [str(item.fetch_record)],
+            "uptodate": [item.fetch_still_current],
+            "verbosity": 2,
+        }
+        yield {
+            "basename": "config", "name": name,
+            "doc": f"produce and verify the kernel .config of {name}",
+            "actions": [_reporting_errors(item.configure)],
+            "file_dep": item.config_deps(),
+            "targets": [str(item.config_file)],
+            "verbosity": 2,
+        }
+        stage = "prepare" if item.target.kind == "debian" else "build-orig"
+        yield {
+            "basename": stage, "name": name,
+            "doc": ("prepare Debian's source tree (modules_prepare, no kernel build) of "
+                    if stage == "prepare" else "build in full the original kernel of ") + name,
+            "actions": [_reporting_errors(item.make_original)],
+            "file_dep": [str(item.fetch_record), str(item.config_file)],
+            "targets": [str(item.original_record)],
+            "uptodate": [item.original_still_there],
+            "verbosity": 2,
+        }
+        yield {
+            "basename": "check-patches", "name": name,
+            "doc": f"check that the recipe's patches apply to {name}",
+            "actions": [_reporting_errors(item.check_patches)],
+            "file_dep": [str(item.original_record), *map(str, item.recipe.patches)],
+            "targets": [str(item.patches_record)],
+            "verbosity": 2,
+        }
+        finals.append(f"check-patches:{name}")
+    yield {
+        "basename": "build",
+        "doc": "run the pipeline for every recipe (or one: doit build recipe=NAME)",
+        "actions": None,
+        "task_dep": finals,
+    }
