@@ -21,7 +21,7 @@ from pathlib import Path
 from kpatchbuild.errors import FetchError
 from kpatchbuild.recipe import DebianKernel
 from kpatchbuild.steps import say
-from kpatchbuild.store import Artifact, Store, content_key, file_hash
+from kpatchbuild.store import Artifact, Store, content_key, file_hash, sha256_file
 
 ROLES = ("image", "dbg", "headers", "source")
 
@@ -266,22 +266,12 @@ def fetch_package(store: Store, package: DebianPackage) -> Path:
             detail = result.stderr.strip().splitlines()
             raise FetchError(f"apt-get download {package.spec} failed: "
                              f"{detail[-1] if detail else 'no file written'}")
-        actual = _sha256(deb)
+        actual = sha256_file(deb)
         if actual != package.sha256:
             raise FetchError(f"{package.filename}: sha256 {actual} does not match Debian's "
                              f"index ({package.sha256}); run apt-get update and retry")
         manifest["xxh3"] = file_hash(deb)
     return _deb_path(store, package)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract_members(deb: Path, members: list[str], dest: Path, *, first_only: bool = False) -> None:

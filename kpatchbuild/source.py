@@ -6,7 +6,6 @@ and builds run in a copy, so one unpacked source serves every config built from 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from kpatchbuild import debian
 from kpatchbuild.errors import FetchError, RecipeError
 from kpatchbuild.recipe import SourceSpec
 from kpatchbuild.steps import run_step, say
-from kpatchbuild.store import Store, content_key
+from kpatchbuild.store import Store, content_key, sha256_file
 
 
 @dataclass(frozen=True)
@@ -25,14 +24,6 @@ class SourceTree:
     path: Path
     key: str  # stands for the tree's content
     origin: dict  # what it came from, recorded in every manifest built on it
-
-
-def tarball_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def unpack_tarball(store: Store, tarball: Path, key: str, origin: dict) -> SourceTree:
@@ -75,7 +66,7 @@ def obtain_source(store: Store, spec: SourceSpec, where: str) -> SourceTree:
         return unpack_tarball(store, tarball, content_key("debian-source", package.sha256), origin)
     if spec.kind == "tarball":
         assert spec.path is not None and spec.sha256 is not None
-        actual = tarball_sha256(spec.path)
+        actual = sha256_file(spec.path)
         if actual != spec.sha256:
             raise RecipeError(f"{where}: tarball {spec.path} has sha256 {actual}, the recipe says "
                               f"{spec.sha256}; fix the recipe if the tarball is the one you meant")

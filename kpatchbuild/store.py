@@ -9,6 +9,7 @@ run sweeps away and redoes. The diskcache index records what each artifact was m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,15 @@ def content_key(*parts: Any) -> str:
 def file_hash(path: Path) -> str:
     """xxh3-128 of a file's contents, read in chunks so big packages stay out of memory."""
     digest = xxhash.xxh3_128()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file: what Debian's index and recipes give for packages and tarballs."""
+    digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
