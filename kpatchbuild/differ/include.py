@@ -24,6 +24,7 @@ from kpatchbuild.differ.index import (
 )
 from kpatchbuild.differ.resolve import KLP, Resolution, ResolveError, Resolver
 from kpatchbuild.differ.special import (
+    DYNDBG_CLASSES_SECTION,
     DYNDBG_TABLE,
     ENTRY_TABLES,
     ORC_TABLE,
@@ -168,6 +169,27 @@ class PatchBuilder:
             self._select_table_entries()
             if not self.queue:
                 break
+        self._check_dyndbg_classes()
+
+    def _check_dyndbg_classes(self) -> None:
+        """Carried descriptors may name a class whose map (`__dyndbg_classes`) stays behind.
+
+        The map points at the module's parameters and names; copying it would register a
+        second class map, and dropping it leaves classed descriptors unreachable: refuse.
+        """
+        classes = self.patched.obj.section_by_name(DYNDBG_CLASSES_SECTION)
+        if classes is None or not classes.size:
+            return
+        carried = [
+            piece.source.name
+            for piece in self.slices.values()
+            if role_of(piece.source) is SectionRole.REFERENCED_ENTRIES
+        ]
+        if carried:
+            self.refusals.append(
+                f"{carried[0]}: dynamic-debug descriptors of an object with class maps "
+                f"({DYNDBG_CLASSES_SECTION}) cannot be carried without their map"
+            )
 
     def _include_code(self, section: Section, because: Symbol) -> None:
         if id(section) in self.slices:
@@ -360,9 +382,13 @@ class PatchBuilder:
                 continue
             symbol = target.symbol
             if symbol.section is not None and (
-                id(symbol.section) in self.slices or self.correlation.orig_of(symbol) is None
+                id(symbol.section) in self.slices
+                or self.correlation.orig_of(symbol) is None
+                or role_of(symbol.section) is SectionRole.REFERENCED_ENTRIES
             ):
-                continue  # carried by the patch
+                # Carried by the patch; a dynamic-debug descriptor only a jump entry uses
+                # (print_hex_dump_debug) comes along when the kept entry is walked.
+                continue
             resolution = self._resolution_for(symbol, record=False)
             if resolution is None or resolution.how != KLP:
                 continue

@@ -27,17 +27,20 @@ from kpatchbuild.elf.model import (
 # Compiler-made suffixes: `.123` (static locals, clones), `.cold`, `.part.N`, `.isra.N`,
 # `.constprop.N`, `.lto_priv.N`. The numbers are a per-file counter and move between builds.
 _NUMBER_PART = re.compile(r"\.\d+(?=\.|$)")
+# `__UNIQUE_ID_<name><N>` (dynamic-debug descriptors, BUILD_BUG labels...) carries the
+# file's __COUNTER__, which moves for every later use when one is added above.
+_UNIQUE_ID_COUNTER = re.compile(r"^(__UNIQUE_ID_\w*?)\d+(?=\.|$)")
 _CONTENT_NAMES = ("__func__.", "__FUNCTION__.", "__PRETTY_FUNCTION__.", ".LC")
 _SUBFUNCTION_PART = re.compile(r"\.(cold|part|isra|constprop|lto_priv|llvm)(\.\d+)?")
 
 
 def normalized_name(name: str) -> str:
     """The name without the compiler's numbering, to pair `foo.123` with `foo.456`."""
-    return _NUMBER_PART.sub("", name)
+    return _NUMBER_PART.sub("", _UNIQUE_ID_COUNTER.sub(r"\1", name))
 
 
 def is_numbered(name: str) -> bool:
-    return bool(_NUMBER_PART.search(name))
+    return bool(_NUMBER_PART.search(name) or _UNIQUE_ID_COUNTER.match(name))
 
 
 def is_content_symbol(symbol: Symbol) -> bool:

@@ -69,6 +69,10 @@ ENTRY_TABLES: dict[str, TableKind] = {
 }
 ORC_TABLE = TableKind(".orc_unwind", "ORC_STRUCT_SIZE", 6)
 DYNDBG_TABLE = TableKind("__dyndbg", None, 56)
+# Dynamic-debug descriptors: `__dyndbg`, called `__verbose` in older kernels (RHEL 8's 4.18).
+DYNDBG_SECTIONS = frozenset({"__dyndbg", "__verbose"})
+# Class maps (`DECLARE_DYNDBG_CLASSMAP`, 6.1+) that descriptors with a class_id depend on.
+DYNDBG_CLASSES_SECTION = "__dyndbg_classes"
 PRINTK_INDEX_TABLE = TableKind(".printk_index", "PRINTK_INDEX_STRUCT_SIZE", 8)
 
 # Out-of-line code reached from functions: kept piece by piece for the included functions.
@@ -100,7 +104,7 @@ def role_of(section: Section) -> SectionRole:
         return SectionRole.ORC if name == ".orc_unwind_ip" else SectionRole.ENTRIES
     if name == ".orc_unwind":
         return SectionRole.ORC_DATA
-    if name == "__dyndbg":
+    if name in DYNDBG_SECTIONS:
         return SectionRole.REFERENCED_ENTRIES
     if name in CODE_PIECE_SECTIONS:
         return SectionRole.CODE_PIECES

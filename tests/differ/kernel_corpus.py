@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kpatchbuild.elf import read_elf
+from kpatchbuild.elf.model import STT_SECTION
+
 KCFLAGS = "-ffunction-sections -fdata-sections"
 
 
@@ -30,6 +33,8 @@ class Case:
     refusal: str = ""  # words the refusal must contain
     carried: frozenset[str] = frozenset()  # functions OUT.o must define besides changed/new
     notes: tuple[str, ...] = field(default=())
+    # Functions whose dynamic-debug descriptors OUT.o must carry: all of theirs, no others.
+    dyndbg: frozenset[str] = frozenset()
 
 
 def replace_once(old: str, new: str, after: str = "") -> Callable[[str], str]:
@@ -54,6 +59,8 @@ def insert_lines_after_includes(count: int) -> Callable[[str], str]:
 CMDLINE = "fs/proc/cmdline.c"
 BASE = "fs/proc/base.c"
 READDIR = "fs/readdir.c"
+# Four pr_debug() calls in two functions, built in (CONFIG_DYNAMIC_DEBUG=y, jump labels).
+ASYNC = "kernel/async.c"
 
 CASES = [
     Case("no_op", CMDLINE, lambda t: t + "\n/* nothing but a comment */\n", 3),
@@ -178,6 +185,40 @@ CASES = [
         changed=frozenset({"filldir64"}),
         kept_sections=frozenset({"__ex_table"}),
     ),
+    Case(
+        "dyndbg_in_changed_function",
+        ASYNC,
+        replace_once('pr_debug("calling  %lli_%pS', 'pr_debug("kpatched: calling %lli_%pS'),
+        0,
+        changed=frozenset({"async_run_entry_fn"}),
+        kept_sections=frozenset({"__dyndbg", "__jump_table"}),
+        dyndbg=frozenset({"async_run_entry_fn"}),
+    ),
+    Case(
+        # The new descriptor shifts the __COUNTER__ in every later descriptor's name
+        # (__UNIQUE_ID_ddebugN): the functions using those must still compare equal.
+        "dyndbg_added_above_others",
+        ASYNC,
+        replace_once("\tspin_lock_irqsave(&async_lock, flags);\n",
+                     '\tpr_debug("kpatched: lowest\\n");\n'
+                     "\tspin_lock_irqsave(&async_lock, flags);\n"),
+        0,
+        changed=frozenset({"lowest_in_progress"}),
+        kept_sections=frozenset({"__dyndbg", "__jump_table"}),
+        dyndbg=frozenset({"lowest_in_progress"}),
+    ),
+    Case(
+        # print_hex_dump_debug's descriptor is named by its jump entry only, not by the code.
+        "dyndbg_descriptor_only_in_jump_entry",
+        ASYNC,
+        replace_once("\tspin_lock_irqsave(&async_lock, flags);\n",
+                     '\tprint_hex_dump_debug("kpb: ", DUMP_PREFIX_NONE, 16, 1, domain, 16, false);'
+                     "\n\tspin_lock_irqsave(&async_lock, flags);\n"),
+        0,
+        changed=frozenset({"lowest_in_progress"}),
+        kept_sections=frozenset({"__dyndbg", "__jump_table"}),
+        dyndbg=frozenset({"lowest_in_progress"}),
+    ),
 ]
 
 
@@ -236,3 +277,27 @@ def _replace_file(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".kpb-tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def dyndbg_descriptors(path: Path) -> list[tuple[str, str]]:
+    """(function, format) of each dynamic-debug descriptor in an object, sorted.
+
+    Reads the `function` and `format` pointers of struct _ddebug (offsets 8 and 24 since
+    Linux 2.6.30) through their relocations into the string sections.
+    """
+    obj = read_elf(path)
+    table = obj.section_by_name("__dyndbg")
+    if table is None:
+        return []
+    pointers = {}
+    for relocation in table.relocations:
+        target = relocation.symbol
+        assert target.section is not None, f"{path}: __dyndbg points outside the object"
+        start = relocation.addend + (0 if target.type == STT_SECTION else target.value)
+        data = target.section.data
+        pointers[relocation.offset] = data[start : data.index(b"\0", start)].decode()
+    descriptors = []
+    for symbol in obj.symbols:
+        if symbol.section is table and symbol.type != STT_SECTION:
+            descriptors.append((pointers[symbol.value + 8], pointers[symbol.value + 24]))
+    return sorted(descriptors)

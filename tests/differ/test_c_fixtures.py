@@ -9,6 +9,7 @@ import pytest
 
 from kpatchbuild.differ import CannotPatch
 from kpatchbuild.elf import read_elf, write_elf_file
+from kpatchbuild.elf.model import STT_SECTION
 from tests.differ.cfixtures import build_pair, diff_pair, names
 
 BASE = """
@@ -211,3 +212,85 @@ def test_notrace_function_refused(tmp_path: Path) -> None:
         diff_pair(build_pair(tmp_path, source, patched, extra=("-pg", "-mfentry")))
     assert "quiet" in caught.value.message and "__fentry__" in caught.value.message
     assert "report" not in caught.value.message
+
+
+# Dynamic-debug descriptors as the kernel lays them out: a static per call site in the
+# descriptor section, and a jump entry whose key lies inside it. As with print_hex_dump_debug,
+# the code names the descriptor only through its jump entry.
+DYNDBG = """
+extern int printk(const char *fmt, ...);
+struct ddesc { const char *function; const char *format; long key[2]; } __attribute__((aligned(8)));
+
+#define DDESC(name, function, fmt) \\
+	static struct ddesc name __attribute__((section("SECTION"), used)) = { function, fmt }
+
+static inline __attribute__((always_inline)) int debug_on(void *key)
+{
+	asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\\n"
+	".pushsection __jump_table, \\"aw\\"\\n .balign 8\\n"
+	".long 1b - ., %l[yes] - .\\n .quad %c0 - .\\n .popsection"
+	: : "i"(key) : : yes);
+	return 0;
+yes:
+	return 1;
+}
+
+int dumper(int v)
+{
+	DDESC(desc, "dumper", "dump");
+	if (debug_on(&desc.key))
+		printk("dump %d\\n", v);
+	return v + 1;
+}
+
+DDESC(other_desc, "other", "other");
+
+int other(int v)
+{
+	if (debug_on(&other_desc.key))
+		printk("other %d\\n", v);
+	return v * 3;
+}
+"""
+
+
+def _descriptor_functions(path: Path, section_name: str) -> list[str]:
+    """The function each descriptor of ``section_name`` names (its first field)."""
+    obj = read_elf(path)
+    table = obj.section_by_name(section_name)
+    assert table is not None
+    functions = []
+    for relocation in table.relocations:
+        assert relocation.symbol.section is not None
+        if relocation.offset % 32 == 0:  # struct ddesc: `function` first, 32 bytes each
+            data = relocation.symbol.section.data
+            start = relocation.addend + (
+                relocation.symbol.value if relocation.symbol.type != STT_SECTION else 0
+            )
+            functions.append(data[start : data.index(b"\0", start)].decode())
+    return sorted(functions)
+
+
+@pytest.mark.parametrize("section_name", ["__dyndbg", "__verbose"])
+def test_dyndbg_descriptor_follows_its_function(tmp_path: Path, section_name: str) -> None:
+    """The unchanged descriptor of a changed function is copied, not referenced (its jump
+    entry is applied by the module loader, before livepatch relocations exist); the other
+    function's descriptor stays behind. Older kernels call the section `__verbose`."""
+    source = DYNDBG.replace("SECTION", section_name)
+    result = diff_pair(build_pair(tmp_path, source, source.replace("v + 1", "v + 2")))
+    assert names(result.changed_functions) == {"dumper"}
+    out = _link(tmp_path, result)
+    assert _descriptor_functions(out, section_name) == ["dumper"]
+    jump_table = read_elf(out).section_by_name("__jump_table")
+    keys = [r for r in jump_table.relocations if r.offset % 16 == 8]
+    assert [k.symbol.section.name for k in keys] == [section_name]
+
+
+def test_dyndbg_class_map_refused(tmp_path: Path) -> None:
+    source = DYNDBG.replace("SECTION", "__dyndbg") + (
+        'static const char *classes[2] __attribute__((section("__dyndbg_classes"), used))'
+        ' = { "A", "B" };\n'
+    )
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, source.replace("v + 1", "v + 2")))
+    assert "__dyndbg_classes" in caught.value.message

@@ -11,7 +11,14 @@ import pytest
 from kpatchbuild.__main__ import main
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
-from tests.differ.kernel_corpus import CASES, BuiltPair, Case, CorpusBuilder, _replace_file
+from tests.differ.kernel_corpus import (
+    CASES,
+    BuiltPair,
+    Case,
+    CorpusBuilder,
+    _replace_file,
+    dyndbg_descriptors,
+)
 from tests.elf.snapshot import snapshot
 
 pytestmark = pytest.mark.kernel
@@ -122,6 +129,10 @@ def test_corpus_case(
     assert readelf.returncode == 0 and readelf.stderr == ""
     subprocess.run(["ld", "-r", "-o", str(tmp_path / "linked.o"), str(out)], check=True)
     assert _functions_in(out) == case.changed | case.new | case.carried
+    # Dynamic-debug descriptors follow their functions: all of theirs come, no others.
+    expected_descriptors = [d for d in dyndbg_descriptors(pair.patched) if d[0] in case.dyndbg]
+    assert dyndbg_descriptors(out) == expected_descriptors
+    assert bool(expected_descriptors) == bool(case.dyndbg)
     # Every undefined symbol of the output has a resolution in the report.
     resolved = {s["name"] for s in data["symbols"] if s["resolution"] in ("exported", "klp")}
     undefined = {s.name for s in read_elf(out).symbols if s.is_undefined and s.name}
