@@ -48,6 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SIZES.json",
         help='special-section entry sizes measured on the target kernel, {"__bug_table": 12}',
     )
+    parser.add_argument(
+        "--provided-by-patch",
+        metavar="NAMES",
+        help="file of global symbol names (one a line) other objects of the same patch define",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     table = load_symbol_table(args.symbols, objname)
     exports = load_module_symvers(args.symvers) if args.symvers else None
     sizes = _load_sizes(args.entry_sizes) if args.entry_sizes else None
+    provided = _load_names(args.provided_by_patch) if args.provided_by_patch else ()
     result = diff_objects(
         orig,
         patched,
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         exports=exports,
         entry_sizes=sizes,
         object_name=Path(args.patched).name,
+        provided_by_patch=provided,
     )
     for line in result.decision_lines():
         print(line)
@@ -91,3 +98,11 @@ def _load_sizes(path: str) -> dict[str, int]:
     ):
         raise KpbError(f"{path}: entry sizes must be a JSON object of section name -> int")
     return data
+
+
+def _load_names(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError) as error:
+        raise KpbError(f"{path}: cannot read symbol names: {error}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,7 @@ def diff_objects(
     entry_sizes: Mapping[str, int] | None = None,
     environ: Mapping[str, str] | None = None,
     object_name: str | None = None,
+    provided_by_patch: Collection[str] = (),
 ) -> DiffResult:
     """Diff one object pair built with -ffunction-sections -fdata-sections.
 
@@ -95,6 +96,9 @@ def diff_objects(
     target's symbol table (for livepatch positions), ``exports`` Module.symvers (for what the
     module loader resolves). ``entry_sizes`` are measured special-section entry sizes
     ({section name: size}); the create-diff-object environment variables override them.
+    ``provided_by_patch`` names the globals other objects of the same patch define (a new
+    function added in another file): references to them stay plain undefined symbols, bound
+    when the patch's objects are linked together, instead of being looked up in the target.
     Raises CannotPatch when the change is unsafe; returns a result without output when
     nothing changed functionally.
     """
@@ -119,7 +123,7 @@ def diff_objects(
         return result
 
     refusals += _untraceable(orig_index, comparison)
-    resolver = Resolver(orig_index, target, symbols, exports)
+    resolver = Resolver(orig_index, target, symbols, exports, provided_by_patch)
     inclusion = include_and_build(
         correlation, comparison, resolver, EntrySizes(entry_sizes, environ)
     )

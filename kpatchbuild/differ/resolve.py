@@ -1,6 +1,8 @@
 """How each symbol the patch refers to, but does not carry, will be found at load time.
 
-Exported symbols are resolved by the module loader like any module's. Everything else becomes
+Exported symbols are resolved by the module loader like any module's. A symbol another object
+of the same patch defines (a new global function added in a.c, called from b.c) stays a plain
+undefined symbol, bound when the patch's objects are linked into one module. Everything else becomes
 a livepatch relocation naming the target object, the symbol and its position among namesakes
 in kallsyms (sympos); such a symbol is written into the patch object under the name livepatch
 itself uses, `.klp.sym.<object>.<name>,<sympos>`, so every object is self-describing and two
@@ -9,6 +11,7 @@ objects' references to the same symbol merge when linked into one module.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from kpatchbuild.differ.index import ObjectIndex
@@ -18,6 +21,7 @@ from kpatchbuild.symbols import Export, SymbolTable, module_objname
 EXPORTED = "exported"
 KLP = "klp"
 INCLUDED = "included"
+PROVIDED = "provided"  # defined by another object of the same patch
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +30,9 @@ class Resolution:
 
     name: str  # the undefined symbol's name in the patch object
     target_name: str  # the symbol's name in the running kernel
-    how: str  # EXPORTED or KLP
-    objname: str  # "vmlinux" or the module that holds (KLP) or exports (EXPORTED) it
+    how: str  # EXPORTED, KLP or PROVIDED
+    # "vmlinux" or the module that holds (KLP) or exports (EXPORTED) it; "patch" (PROVIDED)
+    objname: str
     sympos: int | None = None  # KLP only
 
 
@@ -38,7 +43,10 @@ class ResolveError(KpbError):
 
 
 class Resolver:
-    """Decides EXPORTED vs KLP (with sympos) for the original object's symbols."""
+    """Decides EXPORTED, KLP (with sympos) or PROVIDED for the original object's symbols.
+
+    ``provided_by_patch``: names other objects of the same patch define as globals.
+    """
 
     def __init__(
         self,
@@ -46,8 +54,10 @@ class Resolver:
         target: str,
         table: SymbolTable | None,
         exports: dict[str, Export] | None,
+        provided_by_patch: Collection[str] = (),
     ) -> None:
         self.orig = orig
+        self.provided_by_patch = frozenset(provided_by_patch)
         self.objname = "vmlinux" if target == "vmlinux" else module_objname(target)
         self.table = table
         self.exports = exports
@@ -65,6 +75,10 @@ class Resolver:
         return cached
 
     def _resolve(self, name: str, defined: bool, local: bool) -> Resolution:
+        if not defined and name in self.provided_by_patch:
+            # Only a reference this object leaves undefined can mean another object's global;
+            # one this object defines itself (a static namesake, say) is its own.
+            return Resolution(name, name, PROVIDED, "patch")
         export = self.exports.get(name) if self.exports is not None and not local else None
         if export is not None:
             exporter = "vmlinux" if export.module == "vmlinux" else module_objname(export.module)

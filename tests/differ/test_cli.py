@@ -82,3 +82,21 @@ def test_bad_input_one_line(tmp_path: Path, damage: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "bad.o" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_provided_by_patch_names_file(tmp_path: Path) -> None:
+    """A call to a global another object of the patch adds resolves inside the patch."""
+    source = BASE + "extern int kpb_added(int);\nint caller(int v) { return v; }\n"
+    pair = build_pair(tmp_path, source, source.replace("return v; }", "return kpb_added(v); }"))
+    symvers = tmp_path / "Module.symvers"
+    symvers.write_text("")
+    refused = run_diff(*_args(pair, tmp_path, "--symvers", str(symvers)))
+    assert refused.returncode == 2 and "kpb_added" in refused.stderr
+    names_file = tmp_path / "provided.txt"
+    names_file.write_text("kpb_added\n")
+    report = tmp_path / "report.json"
+    result = run_diff(*_args(pair, tmp_path, "--symvers", str(symvers), "--json", str(report),
+                             "--provided-by-patch", str(names_file)))
+    assert result.returncode == 0, result.stderr
+    how = {s["target_name"]: s for s in json.loads(report.read_text())["symbols"]}
+    assert how["kpb_added"]["resolution"] == "provided" and how["kpb_added"]["object"] == "patch"
