@@ -30,12 +30,16 @@ SHF_INFO_LINK = 0x40
 SHF_LINK_ORDER = 0x80
 SHF_GROUP = 0x200
 SHF_COMPRESSED = 0x800
+# Linux livepatch (Documentation/livepatch/module-elf-format.rst): a relocation table the
+# module loader leaves to livepatch, and the section index of symbols livepatch resolves.
+SHF_RELA_LIVEPATCH = 0x00100000
 
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
 SHN_XINDEX = 0xFFFF
+SHN_LIVEPATCH = 0xFF20
 
 STB_LOCAL = 0
 STB_GLOBAL = 1
@@ -101,6 +105,9 @@ class Section:
     relocations: list[Relocation] | None = None
     rela_name: str | None = None
     rela_flags: int = SHF_INFO_LINK
+    # Further tables patching this section, written after ``relocations``: a livepatch
+    # module has one `.klp.rela.<object>.<section>` per target object besides the ordinary one.
+    extra_relocation_tables: list[RelocationTable] = field(default_factory=list)
     # SHT_GROUP only: its flag word, members and signature symbol.
     group_flags: int = 0
     group_members: list[Section] = field(default_factory=list)
@@ -169,6 +176,15 @@ class Relocation:
     type: int
     symbol: Symbol
     addend: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class RelocationTable:
+    """A relocation table beyond a section's first one (see Section.extra_relocation_tables)."""
+
+    name: str
+    relocations: list[Relocation]
+    flags: int = SHF_INFO_LINK
 
 
 @dataclass(eq=False, slots=True)

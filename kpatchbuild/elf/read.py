@@ -23,6 +23,7 @@ from elftools.elf.elffile import ELFFile
 from kpatchbuild.elf.model import (
     EM_X86_64,
     ET_REL,
+    SHF_RELA_LIVEPATCH,
     SHN_ABS,
     SHN_COMMON,
     SHN_LORESERVE,
@@ -38,6 +39,7 @@ from kpatchbuild.elf.model import (
     SHT_SYMTAB_SHNDX,
     ElfObject,
     Relocation,
+    RelocationTable,
     Section,
     Symbol,
 )
@@ -386,7 +388,8 @@ class _Reader:
             raise self.fail(f"relocation section {raw_section.name!r} not tied to the symbol table")
         if raw_section.entsize != ELF64_RELA.size or raw_section.size % ELF64_RELA.size:
             raise self.fail(f"relocation section {raw_section.name!r} has a bad entry size")
-        if target.relocations is not None:
+        livepatch = bool(raw_section.flags & SHF_RELA_LIVEPATCH)
+        if target.relocations is not None and not livepatch:
             raise self.fail(f"section {target.name!r} has two relocation sections")
         count = len(symbols)
         relocations = []
@@ -397,6 +400,13 @@ class _Reader:
                     raise self.fail(f"{raw_section.name}: relocation at {offset:#x} has no symbol")
                 raise self.fail(f"{raw_section.name}: symbol index {symbol_index} out of range")
             relocations.append(Relocation(offset, info & 0xFFFFFFFF, symbols[symbol_index], addend))
+        if livepatch:
+            # A livepatch module's .klp.rela.<object>.<section>: one per target object, beside
+            # the section's ordinary table.
+            target.extra_relocation_tables.append(
+                RelocationTable(raw_section.name, relocations, raw_section.flags)
+            )
+            return
         target.relocations = relocations
         target.rela_name = raw_section.name
         target.rela_flags = raw_section.flags

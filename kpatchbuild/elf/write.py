@@ -23,6 +23,7 @@ from kpatchbuild.elf.model import (
     SHT_SYMTAB_SHNDX,
     STB_LOCAL,
     ElfObject,
+    RelocationTable,
     Section,
     Symbol,
 )
@@ -91,12 +92,14 @@ class _Writer:
     def write(self) -> bytes:
         obj = self.obj
         # Number the sections: model sections with their relocation tables, then the tables.
-        order: list[tuple[str, Section]] = []
+        order: list[tuple[str, Section, RelocationTable | None]] = []
         for section in obj.sections:
-            order.append(("section", section))
+            order.append(("section", section, None))
             if section.relocations is not None:
-                order.append(("rela", section))
-        for position, (kind, section) in enumerate(order, start=1):
+                order.append(("rela", section, None))
+            for table in section.extra_relocation_tables:
+                order.append(("rela", section, table))
+        for position, (kind, section, _table) in enumerate(order, start=1):
             if kind == "section":
                 self.section_index[id(section)] = position
         symtab_index = len(order) + 1
@@ -116,11 +119,11 @@ class _Writer:
         names = StringTable()
         strings = StringTable()
         out: list[_OutSection] = [_OutSection(name="", type=0)]
-        for kind, section in order:
+        for kind, section, table in order:
             if kind == "section":
                 out.append(self._plain(section))
             else:
-                out.append(self._rela(section, symtab_index))
+                out.append(self._rela(section, symtab_index, table))
         symtab_data, shndx_data = self._symbols(ordered_symbols, strings, extended)
         out.append(
             _OutSection(
@@ -181,9 +184,12 @@ class _Writer:
             entry.info = self._symbol_of(section.group_signature, f"group {section.name!r}")
         return entry
 
-    def _rela(self, section: Section, symtab_index: int) -> _OutSection:
+    def _rela(
+        self, section: Section, symtab_index: int, table: RelocationTable | None
+    ) -> _OutSection:
         pack = ELF64_RELA.pack_tuple
         symbol_of = self._symbol_of
+        relocations = section.relocations if table is None else table.relocations
         where = f"relocations of {section.name!r}"
         data = b"".join(
             pack(
@@ -193,12 +199,16 @@ class _Writer:
                     rel.addend,
                 )
             )
-            for rel in section.relocations or ()
+            for rel in relocations or ()
         )
+        if table is None:
+            name, flags = section.rela_name or ".rela" + section.name, section.rela_flags
+        else:
+            name, flags = table.name, table.flags
         return _OutSection(
-            name=section.rela_name or ".rela" + section.name,
+            name=name,
             type=SHT_RELA,
-            flags=section.rela_flags,
+            flags=flags,
             data=data,
             size=len(data),
             link=symtab_index,
