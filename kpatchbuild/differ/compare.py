@@ -38,32 +38,33 @@ from kpatchbuild.elf.model import (
     Symbol,
 )
 
-# Functions called with __FILE__/__LINE__ (or a line-carrying constant) as arguments.
-LINE_MACRO_CALLEES = frozenset(
-    {
-        "__might_sleep",
-        "__might_fault",
-        "__might_resched",
-        "___might_sleep",
-        "__cant_sleep",
-        "__cant_migrate",
-        "__warn_printk",
-        "warn_slowpath_fmt",
-        "warn_slowpath_null",
-        "lockdep_rcu_suspicious",
-        "__ubsan_handle_out_of_bounds",
-        "rcu_read_lock_held",
-        "_printk",
-        "printk",
-        "__dynamic_pr_debug",
-        "__btrfs_handle_fs_error",
-        "__ext4_error",
-        "__ext4_warning",
-        "__ext4_std_error",
-        "__xfs_printk",
-    }
-)
+# Functions that take __LINE__ as an argument, with the opcode of `mov $imm32, %reg` that
+# loads it (x86_64 calling convention: 2nd argument %esi = 0xbe, 3rd %edx = 0xba). Only such
+# an argument may differ for a line-only change: printk() and friends take no line, so a
+# changed constant next to them is a real change.
+_ESI, _EDX = 0xBE, 0xBA
+LINE_ARGUMENT_OPCODE: dict[str, int] = {
+    "__might_sleep": _ESI,  # (file, line[, preempt_offset])
+    "___might_sleep": _ESI,
+    "__might_resched": _ESI,
+    "__might_fault": _ESI,
+    "__cant_sleep": _ESI,
+    "__cant_migrate": _ESI,
+    "warn_slowpath_fmt": _ESI,  # (file, line, taint, fmt, ...) before WARN used __bug_table
+    "warn_slowpath_null": _ESI,
+    "lockdep_rcu_suspicious": _ESI,  # (file, line, s)
+    "__ext4_error": _EDX,  # (sb, function, line, ...)
+    "__ext4_error_inode": _EDX,
+    "__ext4_error_file": _EDX,
+    "__ext4_warning": _EDX,
+    "__ext4_warning_inode": _EDX,
+    "__ext4_std_error": _EDX,
+    "__btrfs_handle_fs_error": _EDX,  # (fs_info, function, line, ...)
+    "__btrfs_abort_transaction": _EDX,
+}
+LINE_MACRO_CALLEES = frozenset(LINE_ARGUMENT_OPCODE)
 _LINE_CALL_WINDOW = 64
+_CALL_REL32 = 0xE8
 
 
 class Status(Enum):
@@ -201,33 +202,43 @@ def _promote_cold_parents(result: Comparison, patched: ObjectIndex) -> None:
 
 
 def _only_line_numbers(old: bytes, new: bytes, relocations: list[tuple]) -> bool:
-    """True when every differing byte sits in a `mov $imm32` feeding a line-taking call."""
+    """True when every differing byte is the line argument of a call to a line-taking function.
+
+    Each run of differing bytes must sit in the immediate of `mov $imm32, %reg` whose register
+    carries the line for the first call that follows it (within a few instructions).
+    """
     if len(old) != len(new) or not old:
         return False
     width = len(old)
     difference = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
     xored = difference.to_bytes(width, "little")
-    calls = [
-        offset
+    calls = sorted(
+        (offset, key[0][-1])
         for offset, kind, key in relocations
         if kind in (R_X86_64_PLT32, R_X86_64_PC32)
         and isinstance(key[0], tuple)
-        and key[0][-1] in LINE_MACRO_CALLEES
-    ]
-    if not calls:
+        and offset >= 1
+        and new[offset - 1] == _CALL_REL32
+    )
+    if not any(name in LINE_ARGUMENT_OPCODE for _, name in calls):
         return False
     for run in re.finditer(rb"[^\x00]+", xored):
-        if not _inside_mov_immediate(new, run.start(), run.end(), calls):
+        if not _line_argument(new, run.start(), run.end(), calls):
             return False
     return True
 
 
-def _inside_mov_immediate(code: bytes, start: int, end: int, calls: list[int]) -> bool:
-    # `mov $imm32, %r32` is opcode 0xb8+reg (with an optional REX prefix) then 4 bytes.
+def _line_argument(code: bytes, start: int, end: int, calls: list[tuple[int, str]]) -> bool:
     for opcode_at in range(max(0, start - 4), start):
-        if 0xB8 <= code[opcode_at] <= 0xBF and end <= opcode_at + 5:
-            after = opcode_at + 5
-            return any(after <= call < after + _LINE_CALL_WINDOW for call in calls)
+        opcode = code[opcode_at]
+        if opcode not in (_ESI, _EDX) or end > opcode_at + 5:
+            continue
+        after = opcode_at + 5
+        following = next(((offset, name) for offset, name in calls if offset > after), None)
+        if following is None or following[0] - 1 >= after + _LINE_CALL_WINDOW:
+            continue
+        if LINE_ARGUMENT_OPCODE.get(following[1]) == opcode:
+            return True
     return False
 
 

@@ -443,6 +443,10 @@ class PatchBuilder:
         """How a symbol outside the patch is found; None (with a refusal) when it cannot be."""
         if symbol.section is None:
             original = self.correlation.orig.by_name.get(symbol.name)
+            if original is not None and original.bind == STB_LOCAL:
+                # The patched code calls a global of that name elsewhere (the static it had
+                # was removed): the original's static namesake is another symbol.
+                original = None
             name = symbol.name
         else:
             original = self.correlation.orig_of(symbol)

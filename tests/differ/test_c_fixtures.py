@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.differ import CannotPatch
+from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.elf import read_elf, write_elf_file
 from kpatchbuild.elf.model import STT_SECTION
+from kpatchbuild.symbols import load_symbol_table
 from tests.differ.cfixtures import build_pair, diff_pair, names
 
 BASE = """
@@ -294,3 +295,54 @@ def test_dyndbg_class_map_refused(tmp_path: Path) -> None:
     with pytest.raises(CannotPatch) as caught:
         diff_pair(build_pair(tmp_path, source, source.replace("v + 1", "v + 2")))
     assert "__dyndbg_classes" in caught.value.message
+
+
+def test_changed_constant_next_to_printk_is_a_change(tmp_path: Path) -> None:
+    """printk takes no __LINE__: a changed immediate argument is not a line shift."""
+    source = BASE + 'int answer(void) { return printk("answer %d\\n", 42); }\n'
+    result = diff_pair(build_pair(tmp_path, source, source.replace("42)", "43)")))
+    assert names(result.changed_functions) == {"answer"}
+    assert result.line_only_changes == []
+
+
+def test_line_argument_must_be_the_line_register(tmp_path: Path) -> None:
+    """For __cant_sleep(file, line, offset) only the line (%esi) may differ for a line shift."""
+    source = BASE + """
+extern void __cant_sleep(const char *file, int line, int preempt_offset);
+int sleepy_offset(int v)
+{
+	__cant_sleep("unit.c", 10, 7);
+	return v + 1;
+}
+"""
+    result = diff_pair(build_pair(tmp_path, source, source.replace("10, 7)", "10, 8)")))
+    assert names(result.changed_functions) == {"sleepy_offset"}
+    (tmp_path / "shift").mkdir()
+    shifted = diff_pair(build_pair(tmp_path / "shift", source, source.replace("10, 7)", "12, 7)")))
+    assert shifted.line_only_changes == ["sleepy_offset"] and not shifted.has_changes
+
+
+def test_removed_static_replaced_by_external_global(tmp_path: Path) -> None:
+    """The patched code calls a global `helper` after dropping its own static `helper`: the
+    reference must go to the global, not to the original object's static namesake."""
+    source = BASE + """
+static __attribute__((noinline)) int helper(int v) { return v - 1; }
+int use_helper(int v) { return helper(v) * 2; }
+"""
+    patched = BASE + "extern int helper(int v);\nint use_helper(int v) { return helper(v) * 2; }\n"
+    pair = build_pair(tmp_path, source, patched)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "helper.c").write_text("int helper(int v) { return v + 100; }\n")
+    subprocess.run(["gcc", "-O2", "-c", "-o", str(other / "helper.o"), str(other / "helper.c")],
+                   check=True)
+    kernel = tmp_path / "vmlinux.o"
+    subprocess.run(["ld", "-r", "-o", str(kernel), str(pair.orig), str(other / "helper.o")],
+                   check=True)
+    table = load_symbol_table(kernel, "vmlinux")
+    result = diff_objects(pair.orig, pair.patched, symbols=table, exports={})
+    assert names(result.changed_functions) == {"use_helper"}
+    (helper,) = [r for r in result.resolutions if r.target_name == "helper"]
+    matches = table.named("helper")
+    assert len(matches) == 2 and helper.how == "klp"
+    assert matches[helper.sympos - 1].is_global
