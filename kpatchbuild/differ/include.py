@@ -269,6 +269,19 @@ class PatchBuilder:
         if self.correlation.orig_of(symbol) is not None:
             return  # existing data: referenced in the running kernel
         if role is SectionRole.DATA:
+            existing = sorted(
+                s.name for s in self.patched.symbols_in(section)
+                if self.correlation.orig_of(s) is not None
+            )
+            if existing and section.flags & SHF_WRITE:
+                # Sections are carried whole: the copy would detach the carried code from
+                # the running kernel's variables (`__read_mostly` and other named sections).
+                self.refusals.append(
+                    f"{source.name}: new variable {symbol.name} shares section {section.name} "
+                    f"with existing variable(s) {', '.join(existing[:3])}: carrying it would "
+                    "copy them; use a shadow variable"
+                )
+                return
             self._include_whole(section)
             return
         self.refusals.append(

@@ -346,3 +346,18 @@ int use_helper(int v) { return helper(v) * 2; }
     matches = table.named("helper")
     assert len(matches) == 2 and helper.how == "klp"
     assert matches[helper.sympos - 1].is_global
+
+
+def test_new_variable_sharing_a_section_with_existing_ones_refused(tmp_path: Path) -> None:
+    """A new `__read_mostly`-style variable cannot be carried without copying its neighbours,
+    which would leave the carried code reading a copy instead of the kernel's variable."""
+    existing = 'static int existing __attribute__((section(".data..read_mostly"))) = 5;\n'
+    source = BASE + existing + "int getit(void) { return existing; }\n"
+    patched = BASE + existing + (
+        'static int added __attribute__((section(".data..read_mostly"))) = 1;\n'
+        "int getit(void) { return existing + added; }\n"
+    )
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, patched))
+    assert "added" in caught.value.message and ".data..read_mostly" in caught.value.message
+    assert caught.value.exit_code == 2
