@@ -77,6 +77,7 @@ _STEP = re.compile(r"KPB-STEP (\S+) (ok|fail)(?: (.*))?$")
 _BEGIN = re.compile(r"KPB-BEGIN (\S+)")
 _INFO = re.compile(r"KPB-INFO (\S+) (.*)$")
 _END = "KPB-END"
+_PRINTK_TIME = re.compile(r"^\s*\[\s*\d+\.\d+\]\s*")
 _DMESG_BEGIN = "KPB-DMESG-BEGIN"
 _DMESG_END = "KPB-DMESG-END"
 
@@ -192,7 +193,7 @@ for module in /kpb/preload/*.ko; do
     [ -e "$module" ] || continue
     name=$(basename "$module" .ko | sed "s/^[0-9]*-//" | tr - _)
     begin "preload:$name"
-    out=$(insmod "$module" 2>&1) || fail "insmod $module: $out"
+    out=$(insmod "$module" 2>&1) || fail "insmod $module failed (exit $?) $out"
     ok "loaded"
 done
 
@@ -200,7 +201,7 @@ begin check-before
 expect_check_fails "before the patch"
 
 begin insmod
-out=$(insmod /kpb/$MODULE_FILE 2>&1) || fail "insmod $MODULE_FILE: $out"
+out=$(insmod /kpb/$MODULE_FILE 2>&1) || fail "insmod $MODULE_FILE failed (exit $?) $out"
 [ -d $LP ] || fail "loaded, but there is no $LP (patch name $PATCH_NAME)"
 ok "enabled=$(cat $LP/enabled)"
 
@@ -356,7 +357,7 @@ def parse_console(text: str) -> ConsoleReport:
         if in_dmesg:
             dmesg.append(line)
         if any(pattern.search(line) for pattern in PROBLEM_PATTERNS):
-            problems.append(line.strip())
+            problems.append(_PRINTK_TIME.sub("", line).strip())
     return ConsoleReport(tuple(steps), last_begun, ended, tuple(problems), info, tuple(dmesg))
 
 
@@ -370,7 +371,10 @@ def first_failure(report: ConsoleReport, expected: Sequence[str]) -> tuple[str, 
                 return where, f"kernel problem: {report.problems[0]}"
             return name, f"step never reported (the guest got as far as {where})"
         if not step.ok:
-            return name, step.detail or "failed"
+            detail = step.detail or "failed"
+            if report.problems:
+                detail += f"; kernel problem: {report.problems[0]}"
+            return name, detail
     if report.problems:
         return "dmesg", f"kernel problem: {report.problems[0]}"
     if taint := report.new_taint():

@@ -167,8 +167,10 @@ def test_panic_during_a_step_names_that_step() -> None:
 ])
 def test_kernel_problems_in_dmesg_fail_the_proof(line: str) -> None:
     report = vm.parse_console(passing_console(extra_dmesg=line))
-    assert report.problems == (line.strip(),)
-    assert vm.first_failure(report, vm.expected_steps()) == ("dmesg", f"kernel problem: {line}")
+    without_time = line.partition("] ")[2]
+    assert report.problems == (without_time,)
+    assert vm.first_failure(report, vm.expected_steps()) == (
+        "dmesg", f"kernel problem: {without_time}")
 
 
 def test_check_output_is_not_taken_for_kernel_messages() -> None:
