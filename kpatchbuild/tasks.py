@@ -26,7 +26,7 @@ from doit.dependency import FileChangedChecker
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from kpatchbuild import debian, kbuild, kconfig, original, patching, source
+from kpatchbuild import debian, kbuild, kconfig, objdiff, original, patched, patching, source
 from kpatchbuild.errors import KpbError
 from kpatchbuild.recipe import KernelTarget, Recipe, find_recipes
 from kpatchbuild.steps import say
@@ -144,6 +144,18 @@ class TargetPipeline:
     def patches_record(self) -> Path:
         return self.work / "patches.json"
 
+    @property
+    def objects_record(self) -> Path:
+        return self.work / "objects.json"
+
+    @property
+    def diffs_record(self) -> Path:
+        return self.work / "diffs.json"
+
+    @property
+    def build_log(self) -> Path:
+        return self.store.log_path(f"build-{self.recipe.name}-{self.target.name}")
+
     def read(self, record: Path) -> dict:
         return json.loads(record.read_text())
 
@@ -254,11 +266,58 @@ class TargetPipeline:
 
     # --- patches ---
 
+    def stage(self) -> original.OriginalStage:
+        record = self.read(self.original_record)
+        return original.OriginalStage(record["kind"], record["key"], Path(record["path"]),
+                                      record["release"])
+
     def check_patches(self) -> None:
         tree = Path(self.read(self.original_record)["path"]) / "tree"
         touched = patching.check_patches_apply(self.recipe.patches, tree)
         self.write(self.patches_record, {"patches": [str(p) for p in self.recipe.patches],
                                          "touched": touched})
+
+
+    # --- patched objects and their diffs ---
+
+    def build_patched_objects(self) -> None:
+        self.build_log.unlink(missing_ok=True)
+        pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
+                                           where=str(self.recipe.path), log=self.build_log)
+        for pair in pairs:
+            if pair.identical:
+                say(f"  {pair.object}: no change in the compiled object")
+        self.write(self.objects_record, {"objects": [p.to_json() for p in pairs]})
+
+    def symbol_files(self, target: str) -> objdiff.SymbolFiles:
+        """What references into ``target`` resolve against, for this kernel."""
+        if target != "vmlinux":
+            raise KpbError(f"{self.label}: the patch changes module {target}; patching "
+                           "modules is not supported yet")
+        if self.target.kind == "debian":
+            files = Path(self.read(self.fetch_record)["files"])
+            return objdiff.SymbolFiles(files / "System.map", files / "Module.symvers")
+        tree = self.stage().tree
+        return objdiff.SymbolFiles(tree / "System.map", tree / "Module.symvers")
+
+    def diff_objects(self) -> None:
+        pairs = [patched.ObjectPair(**o) for o in self.read(self.objects_record)["objects"]
+                 if not o["identical"]]
+        if not pairs:
+            raise KpbError(f"{self.recipe.path}: the patches change no compiled code "
+                           "(every rebuilt object is byte-identical)", exit_code=3)
+        workspace = patched.Workspace(self.store, self.stage())
+        sizes = objdiff.measured_entry_sizes(self.store, workspace)
+        diffs = []
+        for pair in pairs:
+            diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes)
+            for line in objdiff.decision_lines(diff):
+                say(f"  {line}")
+            diffs.append(diff)
+        if not any(d.output for d in diffs):
+            raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
+                           "only line numbers or nothing the kernel runs", exit_code=3)
+        self.write(self.diffs_record, {"diffs": [d.to_json() for d in diffs]})
 
 
 def recipes_dir() -> Path:
@@ -277,6 +336,8 @@ STEP_DOCS = {
     "prepare": "prepare Debian's source for its kernel (modules_prepare; no kernel build)",
     "build-orig": "build a configured target kernel in full",
     "check-patches": "check that a recipe's patches apply to its target's source",
+    "patched-objects": "compile the objects a recipe's patches change, before and after",
+    "diff": "diff each changed object into a livepatch object",
 }
 
 
@@ -323,7 +384,23 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "targets": [str(item.patches_record)],
             "verbosity": 2,
         }
-        finals.append(f"check-patches:{name}")
+        yield {
+            "basename": "patched-objects", "name": name,
+            "doc": f"compile the objects the patches of {name} change, before and after",
+            "actions": [_reporting_errors(item.build_patched_objects)],
+            "file_dep": [str(item.patches_record), *map(str, item.recipe.patches)],
+            "targets": [str(item.objects_record)],
+            "verbosity": 2,
+        }
+        yield {
+            "basename": "diff", "name": name,
+            "doc": f"diff the changed objects of {name}",
+            "actions": [_reporting_errors(item.diff_objects)],
+            "file_dep": [str(item.objects_record)],
+            "targets": [str(item.diffs_record)],
+            "verbosity": 2,
+        }
+        finals.append(f"diff:{name}")
     yield {
         "basename": "build",
         "doc": "run the pipeline for every recipe (or one: doit build recipe=NAME)",

@@ -1,0 +1,251 @@
+"""The patched stage: which objects a recipe's patches change, compiled before and after.
+
+Objects are compiled in a *workspace*: a private, writable copy of the original stage made
+once per stage (the stage itself is never written to). For each object the touched files are
+given the wanted content (original or patched), and the object is compiled by replaying the
+command kbuild recorded for it in its ``.cmd`` file (objtool included), or, the first time,
+by kbuild's single-target ``make path/file.o``; never a full-tree make.
+
+A compiled object is cached under (original stage, object, contents of every touched file):
+the stage fixes everything else the object is built from, so reverting an edit, or two
+recipes with the same edit, is a cache hit with no compiler run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import xxhash
+
+from kpatchbuild import kbuild
+from kpatchbuild.errors import BuildError, RecipeError
+from kpatchbuild.original import OriginalStage
+from kpatchbuild.patching import apply_patches
+from kpatchbuild.source import copy_tree
+from kpatchbuild.steps import run_step, say
+from kpatchbuild.store import Store, content_key
+
+# Code that runs outside the kernel proper, or before livepatch can exist, can't be patched.
+NOT_LIVE_PATCHABLE = ("arch/x86/boot/", "arch/x86/realmode/", "arch/x86/entry/vdso/",
+                      "arch/x86/purgatory/", "init/", "usr/", "firmware/")
+NOT_BUILT = ("Documentation/", "scripts/", "tools/", "samples/", "LICENSES/")
+_MODNAME = re.compile(r"-DKBUILD_MODNAME=['\"]*([A-Za-z0-9_]+)")
+
+
+@dataclass(frozen=True)
+class ObjectPair:
+    """One object a patch changes: where it links and its two builds."""
+
+    object: str  # path in the tree: fs/proc/cmdline.o
+    target: str  # "vmlinux", or the name of the module it links into
+    original: str  # path of the object compiled from the original sources
+    patched: str
+    identical: bool  # same bytes: the patch does not change this object's code
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Workspace:
+    """A writable copy of one original stage, where single objects are compiled."""
+
+    def __init__(self, store: Store, stage: OriginalStage) -> None:
+        self.store = store
+        self.stage = stage
+        self.root = store.root / "workspace" / stage.key
+        self.tree = self.root / "tree"
+
+    def ensure(self) -> None:
+        """Copy the stage once; the copy appears whole (rename) or not at all."""
+        if self.tree.is_dir():
+            return
+        say(f"  making a compile workspace for {self.stage.release} (a one-time copy)")
+        temp = self.store.tmp / f"workspace-{self.stage.key}-{os.getpid()}"
+        shutil.rmtree(temp, ignore_errors=True)
+        try:
+            copy_tree(self.stage.tree, temp / "tree")
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(temp, self.root)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One compiler at a time per workspace: compiles rewrite shared source files."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def set_contents(self, contents: dict[str, bytes]) -> None:
+        """Give each file the wanted bytes; a rewrite is a new inode and a new mtime."""
+        for rel, data in contents.items():
+            path = self.tree / rel
+            if path.is_file() and path.read_bytes() == data:
+                continue
+            path.unlink(missing_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    def compile(self, obj: str, log: Path) -> Path:
+        """Compile ``obj`` from the workspace's current sources and return its path."""
+        output = self.tree / obj
+        output.unlink(missing_ok=True)
+        record_file = output.with_name(f".{output.name}.cmd")
+        if record_file.is_file():
+            command = _unescape_make(kbuild.read_cmd_file(record_file).command)
+            run_step(["sh", "-c", command], step=f"compile {obj}", log=log, cwd=self.tree)
+        else:
+            run_step(kbuild.make_command(self.tree, obj, parallel=False),
+                     step=f"make {obj}", log=log)
+        if not output.is_file():
+            raise BuildError(f"compiling {obj} produced no object; log: {log}")
+        return output
+
+    def link_target(self, obj: str) -> str:
+        """vmlinux, or the module ``obj`` links into, from the flags kbuild compiled it with."""
+        command = kbuild.read_cmd_file(
+            (self.tree / obj).with_name(f".{Path(obj).name}.cmd")).command
+        if " -DMODULE " not in f" {command} ":
+            return "vmlinux"
+        found = _MODNAME.search(command)
+        if not found:
+            raise BuildError(f"{obj}: a module object without KBUILD_MODNAME in its command")
+        return found.group(1)
+
+
+def _unescape_make(command: str) -> str:
+    """A .cmd file holds the command as a make variable: ``$$`` is ``$``, ``\\#`` is ``#``."""
+    return command.replace("$$", "$").replace("\\#", "#")
+
+
+def patched_contents(patches: tuple[Path, ...], tree: Path) -> tuple[dict[str, bytes],
+                                                                     dict[str, bytes]]:
+    """(original, patched) contents of every file the patches touch (b"" for new files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kpb-patched-") as scratch:
+        touched = apply_patches(patches, tree, Path(scratch))
+        before = {rel: (tree / rel).read_bytes() if (tree / rel).is_file() else b""
+                  for rel in touched}
+        after = {rel: (Path(scratch) / rel).read_bytes() if (Path(scratch) / rel).is_file()
+                 else b"" for rel in touched}
+    return before, after
+
+
+def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
+                       changed: list[str], where: str) -> list[str]:
+    """The objects the changed files feed, or a refusal naming the file that can't be patched.
+
+    A built kernel knows exactly, from every object's recorded inputs. A Debian kernel was
+    not built here, so a ``.c`` file means its own object, and a header (whose includers are
+    unknown without a full build) is refused rather than missing a caller silently.
+    """
+    built = [rel for rel in changed if not rel.startswith(NOT_BUILT)
+             and not rel.endswith((".txt", ".rst", ".md"))]
+    if not built:
+        raise RecipeError(f"{where}: the patches touch only files kbuild does not build "
+                          f"({', '.join(changed)}); there is nothing to live-patch")
+    for rel in built:
+        if rel.startswith(NOT_LIVE_PATCHABLE):
+            raise RecipeError(f"{where}: {rel} is code that cannot be live-patched (boot, "
+                              "early init, vdso or realmode code runs outside the patchable "
+                              "kernel)")
+        if rel.endswith((".S", ".s", ".lds", ".lds.S")):
+            raise RecipeError(f"{where}: {rel} is assembly or a linker script; only C code can "
+                              "be live-patched")
+        if os.path.basename(rel).startswith(("Kconfig", "Makefile", "Kbuild")):
+            raise RecipeError(f"{where}: {rel} changes the build itself; a livepatch cannot "
+                              "change configuration or build rules")
+    if stage.kind == "built":
+        records = kbuild.object_records(stage.tree)
+        objects = sorted(obj for obj, record in records.items()
+                         if any(rel in record.sources for rel in built))
+        missing = [rel for rel in built if rel.endswith(".c")
+                   and not any(rel in records[o].sources for o in objects)]
+        if missing:
+            raise RecipeError(f"{where}: kbuild does not build {', '.join(missing)} in this "
+                              "kernel's config; nothing to live-patch there")
+        return objects
+    objects = []
+    for rel in built:
+        if rel.endswith(".h"):
+            raise RecipeError(
+                f"{where}: {rel} is a header; which objects include it is only known from a "
+                "full build, which a Debian target does not have: put the change in the .c "
+                "files that use it, or use a built kernel target")
+        if not rel.endswith(".c"):
+            raise RecipeError(f"{where}: {rel} is not C source; kpatchbuild cannot tell what "
+                              "it changes")
+        if not _listed_in_kbuild(workspace.tree, rel):
+            raise RecipeError(f"{where}: kbuild does not build {rel} (its directory's Makefile "
+                              "does not list it); nothing to live-patch there")
+        objects.append(rel[:-2] + ".o")
+    return objects
+
+
+def _listed_in_kbuild(tree: Path, rel: str) -> bool:
+    directory = (tree / rel).parent
+    stem = Path(rel).stem
+    for name in ("Kbuild", "Makefile"):
+        makefile = directory / name
+        if makefile.is_file() and re.search(rf"(^|[\s=/]){re.escape(stem)}\.o\b",
+                                            makefile.read_text(errors="replace"), re.M):
+            return True
+    return False
+
+
+def object_key(stage: OriginalStage, obj: str, contents: dict[str, bytes]) -> str:
+    return content_key("object", stage.key, obj,
+                       sorted((rel, xxhash.xxh3_128_hexdigest(data))
+                              for rel, data in contents.items()))
+
+
+def compiled_object(store: Store, workspace: Workspace, obj: str,
+                    contents: dict[str, bytes], log: Path) -> Path:
+    """``obj`` compiled with the touched files holding ``contents``: from the cache if known."""
+    key = object_key(workspace.stage, obj, contents)
+    artifact = store.lookup("object", key)
+    if artifact:
+        return artifact.path / Path(obj).name
+    with store.publishing("object", key, {"object": obj, "stage": workspace.stage.key,
+                                          "files": sorted(contents)}) as work:
+        with workspace.locked():
+            workspace.set_contents(contents)
+            built = workspace.compile(obj, log)
+            shutil.copyfile(built, work / Path(obj).name)
+    return store.path("object", key) / Path(obj).name
+
+
+def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, ...],
+                       *, where: str, log: Path) -> list[ObjectPair]:
+    """Compile every object the patches change, before and after; say which really differ."""
+    before, after = patched_contents(patches, stage.tree)
+    changed = [rel for rel in after if after[rel] != before[rel]]
+    if not changed:
+        raise RecipeError(f"{where}: the patches change no file")
+    workspace = Workspace(store, stage)
+    workspace.ensure()
+    objects = objects_to_rebuild(stage, workspace, changed, where)
+    pairs = []
+    for obj in objects:
+        original = compiled_object(store, workspace, obj, before, log)
+        patched = compiled_object(store, workspace, obj, after, log)
+        with workspace.locked():
+            target = workspace.link_target(obj)
+        identical = original.read_bytes() == patched.read_bytes()
+        pairs.append(ObjectPair(obj, target, str(original), str(patched), identical))
+    with workspace.locked():
+        workspace.set_contents(before)  # leave the workspace as the original stage
+    return pairs
