@@ -48,6 +48,7 @@ MEMORY_MB = 512
 # every second.
 GUEST_WAIT_SECONDS = 30
 KVM_PROBE_SECONDS = 10.0
+KVM_DEVICE = Path("/dev/kvm")
 
 # Taint flags the proof itself sets (kernel/panic.c): O out-of-tree module (12),
 # E unsigned module (13), K livepatch (15). Any other flag appearing during the proof
@@ -448,7 +449,7 @@ def probe_kvm(kernel: Path, workdir: Path, *, timeout: float = KVM_PROBE_SECONDS
     if kernel in _kvm_probe_results:
         return _kvm_probe_results[kernel]
     usable = False
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         workdir.mkdir(parents=True, exist_ok=True)
         initrd = initramfs.write_initramfs(workdir / "kvm-probe.cpio.gz",
                                            _base_entries(_PROBE_INIT, BUSYBOX))

@@ -220,3 +220,63 @@ def test_qemu_command_shape(tmp_path: Path) -> None:
     assert "-no-reboot" in command and "-nographic" in command
     assert command[command.index("-append") + 1] == "console=ttyS0 panic=-1 quiet"
     assert command[command.index("-kernel") + 1] == str(tmp_path / "vmlinuz")
+
+
+# --- choosing KVM ---
+
+class FakeQemu:
+    """Stands in for run_guest: writes a console and records each boot's accelerator."""
+
+    def __init__(self, console: str, *, timed_out: bool = False) -> None:
+        self.console, self.timed_out, self.boots = console, timed_out, []
+
+    def __call__(self, kernel: Path, initrd: Path, console_log: Path, *, accel: str,
+                 timeout: float, extra_args: str = "") -> vm.GuestRun:
+        self.boots.append((accel, timeout))
+        console_log.write_text(self.console)
+        return vm.GuestRun(console_log, 0.1, self.timed_out, None if self.timed_out else 0,
+                           accel)
+
+
+@pytest.fixture
+def kvm_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    device = tmp_path / "kvm"
+    device.write_bytes(b"")
+    monkeypatch.setattr(vm, "KVM_DEVICE", device)
+    monkeypatch.setattr(vm, "_kvm_probe_results", {})
+    monkeypatch.setenv(vm.ACCEL_ENV, "auto")
+    return device
+
+
+def test_auto_uses_kvm_after_a_probe_boot_succeeds_and_remembers_it(
+        kvm_device: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    qemu = FakeQemu("Booting from ROM...\r\nKPB-PROBE-OK\r\n")
+    monkeypatch.setattr(vm, "run_guest", qemu)
+    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "kvm"
+    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "kvm"
+    assert qemu.boots == [("kvm", vm.KVM_PROBE_SECONDS)]
+    probe_init = members(tmp_path / "work" / "kvm-probe.cpio.gz")["init"]
+    assert b"KPB-PROBE-OK" in probe_init.data and probe_init.mode & 0o111
+
+
+@pytest.mark.parametrize("console, timed_out", [
+    ("Booting from ROM...\r\n", True),                                      # the boot hung
+    ("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n", False),  # qemu gave up
+])
+def test_auto_falls_back_to_tcg_when_the_probe_fails(
+        kvm_device: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        console: str, timed_out: bool) -> None:
+    qemu = FakeQemu(console, timed_out=timed_out)
+    monkeypatch.setattr(vm, "run_guest", qemu)
+    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
+    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
+    assert len(qemu.boots) == 1
+
+
+def test_auto_does_not_probe_without_a_usable_kvm_device(
+        kvm_device: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    qemu = FakeQemu("KPB-PROBE-OK\n")
+    monkeypatch.setattr(vm, "run_guest", qemu)
+    monkeypatch.setattr(vm, "KVM_DEVICE", tmp_path / "absent")
+    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
+    assert qemu.boots == []
