@@ -140,7 +140,9 @@ LP=/sys/kernel/livepatch/$PATCH_NAME
 TICKS=$((WAIT_SECONDS * 10))
 
 begin() { CURRENT=$1; echo "KPB-BEGIN $1"; }
-ok() { echo "KPB-STEP $CURRENT ok $*"; }
+# A step's detail stays on its marker line, whatever the commands it quotes printed.
+oneline() { echo "$*" | tr '\n' ' '; }
+ok() { echo "KPB-STEP $CURRENT ok $(oneline "$*")"; }
 finish() {
     echo "KPB-INFO taint-end $(cat /proc/sys/kernel/tainted 2>/dev/null)"
     echo "KPB-DMESG-BEGIN"
@@ -150,7 +152,7 @@ finish() {
     reboot -f
     sleep 60
 }
-fail() { echo "KPB-STEP $CURRENT fail $*"; finish; }
+fail() { echo "KPB-STEP $CURRENT fail $(oneline "$*")"; finish; }
 
 # run_check: the recipe's check, its output prefixed so it can't pass for kernel messages.
 run_check() {
@@ -305,6 +307,7 @@ class ConsoleReport:
     problems: tuple[str, ...]
     info: dict[str, str] = field(default_factory=dict)
     dmesg: tuple[str, ...] = ()
+    qemu_messages: tuple[str, ...] = ()  # qemu's own errors and warnings
 
     def step(self, name: str) -> GuestStep | None:
         return next((step for step in self.steps if step.name == name), None)
@@ -329,6 +332,7 @@ def parse_console(text: str) -> ConsoleReport:
     problems: list[str] = []
     info: dict[str, str] = {}
     dmesg: list[str] = []
+    qemu_messages: list[str] = []
     last_begun = None
     ended = in_dmesg = False
     for raw in text.splitlines():
@@ -355,11 +359,14 @@ def parse_console(text: str) -> ConsoleReport:
             continue
         if "KPB-OUT " in line:
             continue  # the check's own output: whatever it says is not the kernel's
+        if line.startswith(f"{QEMU}:"):
+            qemu_messages.append(line)
         if in_dmesg:
             dmesg.append(line)
         if any(pattern.search(line) for pattern in PROBLEM_PATTERNS):
             problems.append(_PRINTK_TIME.sub("", line).strip())
-    return ConsoleReport(tuple(steps), last_begun, ended, tuple(problems), info, tuple(dmesg))
+    return ConsoleReport(tuple(steps), last_begun, ended, tuple(problems), info, tuple(dmesg),
+                         tuple(qemu_messages))
 
 
 def first_failure(report: ConsoleReport, expected: Sequence[str]) -> tuple[str, str] | None:
@@ -370,6 +377,8 @@ def first_failure(report: ConsoleReport, expected: Sequence[str]) -> tuple[str, 
             where = report.last_begun or "boot"
             if report.problems:
                 return where, f"kernel problem: {report.problems[0]}"
+            if report.last_begun is None and report.qemu_messages:
+                return "boot", f"qemu: {report.qemu_messages[-1]}"
             return name, f"step never reported (the guest got as far as {where})"
         if not step.ok:
             detail = step.detail or "failed"
@@ -498,6 +507,8 @@ def prove_livepatch(kernel: Path, module: Path, check: str, *, workdir: Path,
 
     Raises :class:`VmProofError` naming the failed step and the console log.
     """
+    if not kernel.is_file():
+        raise KpbError(f"kernel image not found: {kernel}")
     workdir.mkdir(parents=True, exist_ok=True)
     name = patch_name or module_name(module)
     initrd = build_proof_initramfs(workdir / "initramfs.cpio.gz", module, check,

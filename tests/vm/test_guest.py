@@ -280,3 +280,29 @@ def test_auto_does_not_probe_without_a_usable_kvm_device(
     monkeypatch.setattr(vm, "KVM_DEVICE", tmp_path / "absent")
     assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
     assert qemu.boots == []
+
+
+def test_qemu_error_before_the_guest_starts_is_reported() -> None:
+    text = ("qemu-system-x86_64: warning: host doesn't support requested feature\n"
+            "qemu-system-x86_64: could not load kernel '/nowhere/vmlinuz'\n")
+    report = vm.parse_console(text)
+    assert vm.first_failure(report, vm.expected_steps()) == (
+        "boot", "qemu: qemu-system-x86_64: could not load kernel '/nowhere/vmlinuz'")
+
+
+def test_missing_kernel_is_named(tmp_path: Path) -> None:
+    module = fake_module(tmp_path, "m.ko", b"")
+    with pytest.raises(KpbError, match="kernel image not found: .*nowhere"):
+        vm.prove_livepatch(tmp_path / "nowhere", module, "true", workdir=tmp_path / "w")
+
+
+def test_multi_line_details_stay_on_the_marker_line(tmp_path: Path) -> None:
+    """The guest's own shell library, run on the host with busybox: ok/fail flatten details."""
+    library = vm.guest_init("m.ko", "m").split("\nbegin mount\n")[0]
+    library = library.replace("/bin/busybox --install -s", "")
+    script = library + '\nfinish() { echo finished; }\nbegin demo\nfail "first\nsecond"\n'
+    output = subprocess.run([str(vm.BUSYBOX), "sh", "-c", script], capture_output=True,
+                            text=True, check=True).stdout
+    assert output.splitlines() == ["KPB-BEGIN demo", "KPB-STEP demo fail first second ",
+                                   "finished"]
+    assert vm.parse_console(output).step("demo") == vm.GuestStep("demo", False, "first second")
