@@ -19,9 +19,13 @@ unsigned livepatch module sets.
 
 Acceleration: TCG unless ``KPATCHBUILD_VM_ACCEL`` says ``kvm`` or ``auto``. With ``auto``,
 KVM is used only after a probe boot under KVM (the same kernel, an initramfs that only
-reboots) finishes within a few seconds; the answer is cached for the process. On the
-machines this was developed on, /dev/kvm exists but a KVM boot hung, so the default is the
-emulator, which boots Debian's cloud kernel and runs a whole proof in about 3 s.
+reboots) reaches its /init within KVM_PROBE_SECONDS; the answer is cached for the process.
+On the machines this was developed on, /dev/kvm exists but a KVM boot hangs (the probe then
+costs its 10 s), so the default is the emulator, which boots Debian's cloud kernel and runs
+a whole proof in about 3 s.
+
+The check runs in the guest under busybox ``sh``, with busybox's applets only (grep, cat,
+test, ...): the initramfs holds nothing else.
 """
 
 from __future__ import annotations
