@@ -70,7 +70,7 @@ class SymbolFiles:
 
 
 @dataclass(frozen=True)
-class ObjectDiff:
+class DiffFiles:
     """One object's diff: its report and, when something changed, its patch object."""
 
     object: str
@@ -84,7 +84,7 @@ class ObjectDiff:
 
 
 def diff_pair(store: Store, pair: ObjectPair, files: SymbolFiles, sizes: dict[str, int],
-              provided: tuple[str, ...] = ()) -> ObjectDiff:
+              provided: tuple[str, ...] = ()) -> DiffFiles:
     """Diff one pair, from the cache when the same inputs were diffed before.
 
     A refusal (CannotPatch) is not cached: it is raised again, the same, on every run.
@@ -119,11 +119,11 @@ def diff_pair(store: Store, pair: ObjectPair, files: SymbolFiles, sizes: dict[st
         artifact = store.lookup("diff", key)
         assert artifact is not None
     output_path = artifact.path / name
-    return ObjectDiff(pair.object, pair.target, artifact.path / "report.json",
+    return DiffFiles(pair.object, pair.target, artifact.path / "report.json",
                       output_path if output_path.is_file() else None)
 
 
-def decision_lines(diff: ObjectDiff) -> list[str]:
+def decision_lines(diff: DiffFiles) -> list[str]:
     """The kpatch-style lines of a diff, from its report."""
     report = json.loads(diff.report.read_text())
     lines = [f"{diff.object}: changed function: {f['name']}"

@@ -26,7 +26,19 @@ from doit.dependency import FileChangedChecker
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from kpatchbuild import debian, kbuild, kconfig, objdiff, original, patched, patching, source
+from kpatchbuild import (
+    buildid,
+    debian,
+    kbuild,
+    kconfig,
+    module,
+    objdiff,
+    original,
+    patched,
+    patching,
+    source,
+    vm,
+)
 from kpatchbuild.errors import KpbError
 from kpatchbuild.recipe import KernelTarget, Recipe, find_recipes
 from kpatchbuild.steps import say
@@ -151,6 +163,14 @@ class TargetPipeline:
     @property
     def diffs_record(self) -> Path:
         return self.work / "diffs.json"
+
+    @property
+    def module_record(self) -> Path:
+        return self.work / "module.json"
+
+    @property
+    def proof_record(self) -> Path:
+        return self.work / "proof.json"
 
     @property
     def build_log(self) -> Path:
@@ -320,6 +340,58 @@ class TargetPipeline:
         self.write(self.diffs_record, {"diffs": [d.to_json() for d in diffs]})
 
 
+    # --- the module and its proof ---
+
+    def kernel_image(self) -> Path:
+        """The original kernel to boot: Debian's own vmlinuz, or the bzImage built here."""
+        if self.target.kind == "debian":
+            return Path(self.read(self.fetch_record)["files"]) / "vmlinuz"
+        return self.stage().tree / "arch/x86/boot/bzImage"
+
+    def link(self) -> None:
+        diffs = [module.ObjectDiff.from_report(Path(d["report"]), Path(d["output"]))
+                 for d in self.read(self.diffs_record)["diffs"] if d["output"]]
+        stage = self.stage()
+        workspace = patched.Workspace(self.store, stage)
+        workspace.ensure()
+        workdir = self.work / "module"
+        log = self.store.log_path(f"module-{self.recipe.name}-{self.target.name}")
+        log.unlink(missing_ok=True)
+        with workspace.locked():
+            ko = module.link_module(
+                workspace.tree, self.recipe.module, diffs, workdir, release=stage.release,
+                log=log, replace=self.recipe.replace,
+                build_id=buildid.kernel_build_id(self.kernel_image()),
+                description=self.recipe.description,
+            )
+        final = self.work / ko.name
+        shutil.copyfile(ko, final.with_suffix(".ko.tmp"))
+        os.replace(final.with_suffix(".ko.tmp"), final)
+        say(f"  module: {final}")
+        for diff in diffs:
+            for change in diff.changed_functions:
+                say(f"    {diff.object_name}: changed function: {change.name}")
+            for change in diff.new_functions:
+                say(f"    {diff.object_name}: new function: {change.name}")
+        say(f"  build log: {log}")
+        self.write(self.module_record, {"module": str(final), "release": stage.release,
+                                        "log": str(log)})
+
+    def prove(self) -> None:
+        if not self.recipe.check:
+            raise KpbError(f"{self.recipe.path}: no 'check' command: the proof in a VM needs "
+                           "one that fails before the patch and passes after it")
+        ko = Path(self.read(self.module_record)["module"])
+        result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
+                                    workdir=self.work / "vm")
+        say(f"  proven in {self.read(self.module_record)['release']} under qemu "
+            f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
+        say(f"  console log: {result.console_log}")
+        self.write(self.proof_record, {"module": str(ko), "console_log": str(result.console_log),
+                                       "steps": [s.name for s in result.steps],
+                                       "elapsed": result.elapsed, "accel": result.accel})
+
+
 def recipes_dir() -> Path:
     return Path(os.environ.get(RECIPES_ENV) or PROJECT_ROOT / "recipes")
 
@@ -338,7 +410,14 @@ STEP_DOCS = {
     "check-patches": "check that a recipe's patches apply to its target's source",
     "patched-objects": "compile the objects a recipe's patches change, before and after",
     "diff": "diff each changed object into a livepatch object",
+    "module": "link the livepatch module of a recipe's target",
+    "prove": "boot the original kernel under qemu and prove the module patches it",
 }
+
+
+def module_inputs() -> list[Path]:
+    """The templates a module is generated from: an edit to them relinks every module."""
+    return sorted((PROJECT_ROOT / "kmod").glob("*"))
 
 
 def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
@@ -400,7 +479,23 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "targets": [str(item.diffs_record)],
             "verbosity": 2,
         }
-        finals.append(f"diff:{name}")
+        yield {
+            "basename": "module", "name": name,
+            "doc": f"link the livepatch module of {name}",
+            "actions": [_reporting_errors(item.link)],
+            "file_dep": [str(item.diffs_record), *map(str, module_inputs())],
+            "targets": [str(item.module_record)],
+            "verbosity": 2,
+        }
+        yield {
+            "basename": "prove", "name": name,
+            "doc": f"prove the module of {name} in its original kernel under qemu",
+            "actions": [_reporting_errors(item.prove)],
+            "file_dep": [str(item.module_record), str(item.recipe.path)],
+            "targets": [str(item.proof_record)],
+            "verbosity": 2,
+        }
+        finals.append(f"prove:{name}")
     yield {
         "basename": "build",
         "doc": "run the pipeline for every recipe (or one: doit build recipe=NAME)",

@@ -84,3 +84,18 @@ def test_patch_edits_recompile_only_the_patched_side_and_reverts_hit_the_cache(
         assert reverted["patched"] == first["patched"]
     finally:
         shutil.rmtree(default_root() / "work/t-edit", ignore_errors=True)
+
+
+@pytest.mark.kernel
+def test_default_recipe_module_is_proven_in_debians_kernel(
+        default_recipe_stage: RecipeStage) -> None:
+    module = json.loads((default_recipe_stage.work / "module.json").read_text())
+    assert Path(module["module"]).name == "livepatch_cmdline.ko"
+    assert module["release"] == default_recipe_stage.fetch["kernel"]["release"]
+    proof = json.loads((default_recipe_stage.work / "proof.json").read_text())
+    assert proof["steps"] == ["mount", "check-before", "insmod", "transition-enable",
+                              "check-patched", "disable", "transition-disable",
+                              "sysfs-removed", "rmmod", "check-after"]
+    console = Path(proof["console_log"]).read_text(errors="replace")
+    assert "KPB-STEP check-patched ok" in console
+    assert "livepatch: 'livepatch_cmdline': patching complete" in console
