@@ -39,22 +39,22 @@ def content_key(*parts: Any) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode())
 
 
-def file_hash(path: Path) -> str:
-    """xxh3-128 of a file's contents, read in chunks so big packages stay out of memory."""
-    digest = xxhash.xxh3_128()
+def _digest_file(path: Path, digest: Any) -> str:
+    """Feed a file to ``digest`` in chunks, so big packages and trees stay out of memory."""
     with open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    """xxh3-128 of a file's contents: the store's content key for a file."""
+    return _digest_file(path, xxhash.xxh3_128())
 
 
 def sha256_file(path: Path) -> str:
     """sha256 of a file: what Debian's index and recipes give for packages and tarballs."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return _digest_file(path, hashlib.sha256())
 
 
 @dataclass(frozen=True)
