@@ -25,7 +25,10 @@ from kpatchbuild.steps import format_elapsed, run_step, say
 from kpatchbuild.store import Artifact, Store, content_key, file_hash
 
 # Bump when the way a stage is made changes, so old stages are not taken for new ones.
-STAGE_FORMAT = 1
+STAGE_FORMAT = 2
+LINKER_SCRIPT_MACROS = "include/asm-generic/vmlinux.lds.h"
+_SECTION_MACROS_CONDITION = ("#if defined(CONFIG_LD_DEAD_CODE_DATA_ELIMINATION) || "
+                             "defined(CONFIG_LTO_CLANG)")
 BUILT_OUTPUTS = ("vmlinux", "arch/x86/boot/bzImage", "Module.symvers", "System.map")
 
 
@@ -100,6 +103,7 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         tree = work / "tree"
         say(f"  building {label} in full (make -j{kbuild.jobs()} all); log: {log}")
         copy_tree(source.path, tree)
+        link_function_sections_as_text(tree)
         (tree / ".config").write_text(config_text)
         kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
         if kconfig.parse_config((tree / ".config").read_text()) != kconfig.parse_config(
@@ -118,6 +122,25 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         manifest["build_seconds"] = round(elapsed, 1)
         say(f"  built {label} ({manifest['release']}) in {format_elapsed(elapsed)}")
     return OriginalStage.from_artifact(store.lookup("built", key))  # type: ignore[arg-type]
+
+
+def link_function_sections_as_text(tree: Path) -> None:
+    """Make vmlinux's linker script gather ``.text.<name>`` sections into ``.text``.
+
+    The differ needs one section per function, so the kernel is built with
+    -ffunction-sections. Its linker script gathers ``.text.*`` only for dead-code elimination
+    or clang LTO; otherwise ld places them as orphans past ``_etext``, in memory the kernel
+    frees at the end of boot, and the first call there faults forever. The macros serve only
+    linker scripts, so defining them whenever a linker script is preprocessed is exact.
+    """
+    header = tree / LINKER_SCRIPT_MACROS
+    text = header.read_text()
+    if _SECTION_MACROS_CONDITION not in text:
+        raise BuildError(f"{header}: this kernel's linker script macros are not the ones "
+                         "kpatchbuild knows how to extend for -ffunction-sections")
+    header.unlink()  # a new file, not a write through a link into the pristine source
+    header.write_text(text.replace(_SECTION_MACROS_CONDITION,
+                                   _SECTION_MACROS_CONDITION + " || defined(LINKER_SCRIPT)", 1))
 
 
 def _check_release(tree: Path, release: str, log: Path) -> None:

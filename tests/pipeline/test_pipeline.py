@@ -49,6 +49,11 @@ def test_built_kernel(built_recipe_stage: RecipeStage) -> None:
                               capture_output=True, text=True, check=True).stdout
     assert ".text.cmdline_proc_show" in sections
     assert ".init.text.proc_cmdline_init" in sections or ".init.text" in sections
+    # Per-function sections are linked inside .text, not as orphans past _etext (memory the
+    # kernel frees at the end of boot).
+    addresses = {name: int(address, 16) for address, _, name in
+                 (line.split()[:3] for line in (tree / "System.map").read_text().splitlines())}
+    assert addresses["_stext"] <= addresses["cmdline_proc_show"] < addresses["_etext"]
     record = kbuild.read_cmd_file(tree / "fs/proc/.cmdline.o.cmd")
     assert record.target == "fs/proc/cmdline.o"
     assert "-ffunction-sections -fdata-sections" in record.command
