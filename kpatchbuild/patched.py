@@ -14,6 +14,7 @@ recipes with the same edit, is a cache hit with no compiler run.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from kpatchbuild.original import OriginalStage
 from kpatchbuild.patching import apply_patches
 from kpatchbuild.source import copy_tree
 from kpatchbuild.steps import run_step, say
-from kpatchbuild.store import Store, content_key
+from kpatchbuild.store import Store, content_key, write_atomically
 
 # Code that runs outside the kernel proper, or before livepatch can exist, can't be patched.
 NOT_LIVE_PATCHABLE = ("arch/x86/boot/", "arch/x86/realmode/", "arch/x86/entry/vdso/",
@@ -88,15 +89,42 @@ class Workspace:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @property
+    def _edited_record(self) -> Path:
+        return self.root / "edited.json"
+
+    def _edited(self) -> set[str]:
+        if not self._edited_record.is_file():
+            return set()
+        return set(json.loads(self._edited_record.read_text()))
+
     def set_contents(self, contents: dict[str, bytes]) -> None:
-        """Give each file the wanted bytes; a rewrite is a new inode and a new mtime."""
+        """Give each file the wanted bytes, every other file its original ones.
+
+        Files an earlier compile edited (and a killed run may have left edited) are put back
+        from the stage first, so an object never sees another recipe's patch. The record of
+        edited files is written before the edits, so a crash between the two leaves it
+        naming too much, never too little.
+        """
+        edited = self._edited()
+        write_atomically(self._edited_record, json.dumps(sorted(edited | set(contents))))
+        for rel in sorted(edited - set(contents)):
+            self._write(rel, (self.stage.tree / rel).read_bytes()
+                        if (self.stage.tree / rel).is_file() else None)
         for rel, data in contents.items():
-            path = self.tree / rel
-            if path.is_file() and path.read_bytes() == data:
-                continue
+            self._write(rel, data)
+
+    def _write(self, rel: str, data: bytes | None) -> None:
+        """A rewrite is a new inode and a new mtime, so kbuild sees it; None removes the file."""
+        path = self.tree / rel
+        if data is None:
             path.unlink(missing_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            return
+        if path.is_file() and path.read_bytes() == data:
+            return
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     def compile(self, obj: str, log: Path) -> Path:
         """Compile ``obj`` from the workspace's current sources and return its path."""

@@ -99,3 +99,19 @@ def test_default_recipe_module_is_proven_in_debians_kernel(
     console = Path(proof["console_log"]).read_text(errors="replace")
     assert "KPB-STEP check-patched ok" in console
     assert "livepatch: 'livepatch_cmdline': patching complete" in console
+
+
+def test_workspace_puts_back_what_an_earlier_compile_edited(tmp_path: Path) -> None:
+    stage, workspace = prepared_stage(tmp_path)
+    (stage.tree / "fs/proc").mkdir(parents=True)
+    (stage.tree / "fs/proc/cmdline.c").write_bytes(b"original cmdline\n")
+    (stage.tree / "fs/proc/version.c").write_bytes(b"original version\n")
+    for name in ("cmdline.c", "version.c"):
+        shutil.copy(stage.tree / "fs/proc" / name, workspace.tree / "fs/proc" / name)
+    # Recipe A edits version.c (and, say, its run was killed before restoring it)...
+    workspace.set_contents({"fs/proc/version.c": b"patched by A\n", "fs/proc/new.c": b"A\n"})
+    # ...recipe B touches only cmdline.c: its objects must see the original version.c.
+    workspace.set_contents({"fs/proc/cmdline.c": b"patched by B\n"})
+    assert (workspace.tree / "fs/proc/version.c").read_bytes() == b"original version\n"
+    assert not (workspace.tree / "fs/proc/new.c").exists()
+    assert (workspace.tree / "fs/proc/cmdline.c").read_bytes() == b"patched by B\n"
