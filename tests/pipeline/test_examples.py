@@ -1,0 +1,37 @@
+"""The example recipes, each built and proven in its kernel under qemu by `doit build`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import build_recipe_stage
+
+pytestmark = pytest.mark.kernel
+
+EXAMPLES = {
+    # recipe: {object: (changed functions, new functions)}
+    "cmdline": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
+    "cmdline-tiny": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
+    "new-function": {"fs/proc/cmdline.o": (["cmdline_proc_show"], ["kpatch_show_marker"])},
+    "two-patches": {"fs/proc/cmdline.o": (["cmdline_proc_show"], []),
+                    "fs/proc/version.o": (["version_proc_show"], [])},
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(EXAMPLES))
+def test_example_is_built_and_proven(recipe: str) -> None:
+    stage = build_recipe_stage(recipe)
+    diffs = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    found = {}
+    for diff in diffs:
+        report = json.loads(Path(diff["report"]).read_text())
+        found[diff["object"]] = ([f["name"] for f in report["changed_functions"]],
+                                 [f["name"] for f in report["new_functions"]])
+    assert found == EXAMPLES[recipe]
+    proof = json.loads((stage.work / "proof.json").read_text())
+    assert proof["steps"][-1] == "check-after"
+    assert "check-patched" in proof["steps"]
+    assert Path(proof["module"]).is_file()
