@@ -64,7 +64,7 @@ class Workspace:
         self.tree = self.root / "tree"
 
     def ensure(self) -> None:
-        """Copy the stage once; the copy appears whole (rename) or not at all."""
+        """Copy the stage once; the copy appears whole (one rename) or not at all."""
         if self.tree.is_dir():
             return
         say(f"  making a compile workspace for {self.stage.release} (a one-time copy)")
@@ -72,16 +72,15 @@ class Workspace:
         shutil.rmtree(temp, ignore_errors=True)
         try:
             copy_tree(self.stage.tree, temp / "tree")
-            self.root.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(temp, self.root)
-        except BaseException:
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.rename(temp / "tree", self.tree)
+        finally:
             shutil.rmtree(temp, ignore_errors=True)
-            raise
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """One compiler at a time per workspace: compiles rewrite shared source files."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """The workspace, whole, for one compiler at a time: compiles rewrite its sources."""
+        self.ensure()
         with open(self.root / "lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

@@ -120,6 +120,8 @@ class Recipe:
     patches: tuple[Path, ...]
     check: str | None
     replace: bool
+    sources: tuple[Path, ...] = ()  # the recipe's own C files, compiled into the module
+    refused: str | None = None  # the words an expected refusal must contain
 
     @property
     def directory(self) -> Path:
@@ -262,7 +264,7 @@ def load_recipe(path: Path) -> Recipe:
     name = path.parent.name
     top = reader.mapping(
         root, "", required=("targets", "patches"),
-        optional=("description", "module", "check", "replace"),
+        optional=("description", "module", "check", "replace", "sources", "refused"),
     )
     module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
     if "module" in top:
@@ -293,6 +295,11 @@ def load_recipe(path: Path) -> Recipe:
         patches=patches,
         check=reader.string(top["check"], "check") if "check" in top else None,
         replace=reader.boolean(top["replace"], "replace") if "replace" in top else True,
+        sources=tuple(
+            reader.existing_file(node, f"sources[{index}]")
+            for index, node in enumerate(reader.sequence(top["sources"], "sources"))
+        ) if "sources" in top else (),
+        refused=reader.string(top["refused"], "refused") if "refused" in top else None,
     )
 
 

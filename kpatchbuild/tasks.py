@@ -39,6 +39,7 @@ from kpatchbuild import (
     source,
     vm,
 )
+from kpatchbuild.differ import CannotPatch
 from kpatchbuild.errors import KpbError
 from kpatchbuild.recipe import KernelTarget, Recipe, find_recipes
 from kpatchbuild.steps import say
@@ -329,11 +330,22 @@ class TargetPipeline:
         workspace = patched.Workspace(self.store, self.stage())
         sizes = objdiff.measured_entry_sizes(self.store, workspace)
         diffs = []
-        for pair in pairs:
-            diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes)
-            for line in objdiff.decision_lines(diff):
-                say(f"  {line}")
-            diffs.append(diff)
+        try:
+            for pair in pairs:
+                diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target),
+                                         sizes)
+                for line in objdiff.decision_lines(diff):
+                    say(f"  {line}")
+                diffs.append(diff)
+        except CannotPatch as refusal:
+            if self.recipe.refused and self.recipe.refused in refusal.message:
+                say(f"  refused, as the recipe expects: {refusal.message}")
+                self.write(self.diffs_record, {"diffs": [], "refused": refusal.message})
+                return
+            raise
+        if self.recipe.refused:
+            raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
+                           f"'{self.recipe.refused}', but the differ accepted the change")
         if not any(d.output for d in diffs):
             raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
                            "only line numbers or nothing the kernel runs", exit_code=3)
@@ -348,7 +360,16 @@ class TargetPipeline:
             return Path(self.read(self.fetch_record)["files"]) / "vmlinuz"
         return self.stage().tree / "arch/x86/boot/bzImage"
 
+    def expected_refusal(self, record: Path) -> bool:
+        """True when the diff was refused as the recipe expects: nothing to link or prove."""
+        if "refused" not in self.read(self.diffs_record):
+            return False
+        self.write(record, {"refused": self.read(self.diffs_record)["refused"]})
+        return True
+
     def link(self) -> None:
+        if self.expected_refusal(self.module_record):
+            return
         diffs = [module.ObjectDiff.from_report(Path(d["report"]), Path(d["output"]))
                  for d in self.read(self.diffs_record)["diffs"] if d["output"]]
         stage = self.stage()
@@ -362,7 +383,7 @@ class TargetPipeline:
                 workspace.tree, self.recipe.module, diffs, workdir, release=stage.release,
                 log=log, replace=self.recipe.replace,
                 build_id=buildid.kernel_build_id(self.kernel_image()),
-                description=self.recipe.description,
+                sources=self.recipe.sources, description=self.recipe.description,
             )
         final = self.work / ko.name
         shutil.copyfile(ko, final.with_suffix(".ko.tmp"))
@@ -378,6 +399,8 @@ class TargetPipeline:
                                         "log": str(log)})
 
     def prove(self) -> None:
+        if self.expected_refusal(self.proof_record):
+            return
         if not self.recipe.check:
             raise KpbError(f"{self.recipe.path}: no 'check' command: the proof in a VM needs "
                            "one that fails before the patch and passes after it")
@@ -467,7 +490,8 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "basename": "patched-objects", "name": name,
             "doc": f"compile the objects the patches of {name} change, before and after",
             "actions": [_reporting_errors(item.build_patched_objects)],
-            "file_dep": [str(item.patches_record), *map(str, item.recipe.patches)],
+            "file_dep": [str(item.original_record), str(item.patches_record),
+                         *map(str, item.recipe.patches)],
             "targets": [str(item.objects_record)],
             "verbosity": 2,
         }
@@ -475,7 +499,7 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "basename": "diff", "name": name,
             "doc": f"diff the changed objects of {name}",
             "actions": [_reporting_errors(item.diff_objects)],
-            "file_dep": [str(item.objects_record)],
+            "file_dep": [str(item.objects_record), str(item.recipe.path)],
             "targets": [str(item.diffs_record)],
             "verbosity": 2,
         }
@@ -483,7 +507,8 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "basename": "module", "name": name,
             "doc": f"link the livepatch module of {name}",
             "actions": [_reporting_errors(item.link)],
-            "file_dep": [str(item.diffs_record), *map(str, module_inputs())],
+            "file_dep": [str(item.diffs_record), *map(str, module_inputs()),
+                         *map(str, item.recipe.sources)],
             "targets": [str(item.module_record)],
             "verbosity": 2,
         }

@@ -18,6 +18,8 @@ EXAMPLES = {
     "new-function": {"fs/proc/cmdline.o": (["cmdline_proc_show"], ["kpatch_show_marker"])},
     "two-patches": {"fs/proc/cmdline.o": (["cmdline_proc_show"], []),
                     "fs/proc/version.o": (["version_proc_show"], [])},
+    "callbacks": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
+    "shadow-variable": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
 }
 
 
@@ -35,3 +37,12 @@ def test_example_is_built_and_proven(recipe: str) -> None:
     assert proof["steps"][-1] == "check-after"
     assert "check-patched" in proof["steps"]
     assert Path(proof["module"]).is_file()
+
+
+def test_expected_refusal_names_the_data_and_the_remedy() -> None:
+    stage = build_recipe_stage("refused-data-layout")
+    refusal = json.loads((stage.work / "diffs.json").read_text())["refused"]
+    assert refusal.startswith("drivers/char/mem.o: cannot live-patch: data devlist "
+                              "(section .rodata.devlist) changed (size 384 -> 480)")
+    assert "use a shadow variable" in refusal
+    assert not (stage.work / "module").exists()

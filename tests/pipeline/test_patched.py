@@ -115,3 +115,16 @@ def test_workspace_puts_back_what_an_earlier_compile_edited(tmp_path: Path) -> N
     assert (workspace.tree / "fs/proc/version.c").read_bytes() == b"original version\n"
     assert not (workspace.tree / "fs/proc/new.c").exists()
     assert (workspace.tree / "fs/proc/cmdline.c").read_bytes() == b"patched by B\n"
+
+
+def test_workspace_is_a_whole_copy_before_anything_touches_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cache")
+    stage = OriginalStage("built", "k2", tmp_path / "stage", "6.1.0-1-test")
+    (stage.tree / "kernel").mkdir(parents=True)
+    (stage.tree / "Makefile").write_text("all:\n")
+    workspace = Workspace(store, stage)
+    with workspace.locked():
+        workspace.set_contents({"kernel/probe.c": b"int x;\n"})
+    assert (workspace.tree / "Makefile").read_text() == "all:\n"
+    assert (workspace.tree / "kernel/probe.c").read_bytes() == b"int x;\n"
+    assert (stage.tree / "kernel").exists() and not (stage.tree / "kernel/probe.c").exists()

@@ -145,3 +145,13 @@ def test_unknown_recipe_lists_known_ones(tmp_path: Path) -> None:
     write_recipe(tmp_path, DEBIAN_TARGET, name="one")
     with pytest.raises(RecipeError, match="recipe 'two' not found .* \\(recipes: one\\)"):
         find_recipes(tmp_path, "two")
+
+
+def test_sources_and_expected_refusal(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, DEBIAN_TARGET + "sources: [extra.c]\nrefused: shadow\n")
+    (directory / "extra.c").write_text("/* callbacks */\n")
+    recipe = load_recipe(directory)
+    assert recipe.sources == ((directory / "extra.c").resolve(),)
+    assert recipe.refused == "shadow"
+    (directory / "extra.c").unlink()
+    assert "recipe.yaml:7: sources[0]: file 'extra.c' not found" in error_of(directory)
