@@ -218,7 +218,7 @@ class TargetPipeline:
             return False
         try:
             if self.target.debian and not self.target.debian.image:
-                release, version = debian.newest_release(self.target.debian)
+                release, version = debian.newest_release_known(self.target.debian, self.store)
                 return (release, version) == (record["kernel"]["release"],
                                               record["kernel"]["version"])
             spec = self.target.source

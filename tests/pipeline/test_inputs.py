@@ -227,3 +227,24 @@ def test_run_step_failure_names_the_log(tmp_path: Path) -> None:
     assert "broken" in log.read_text() and "[exit 3" in log.read_text()
 
 
+
+
+def test_newest_release_is_asked_again_only_when_the_index_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    calls = []
+
+    def resolve(spec: DebianKernel) -> tuple[str, str]:
+        calls.append(spec.label)
+        return f"6.1.0-{len(calls)}-cloud-amd64", "6.1.192-2"
+
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
+    monkeypatch.setattr(debian, "newest_release", resolve)
+    store = Store(tmp_path / "cache")
+    spec = DebianKernel(None, "6.1", "cloud-amd64")
+    assert debian.newest_release_known(spec, store)[0] == "6.1.0-1-cloud-amd64"
+    assert debian.newest_release_known(spec, store)[0] == "6.1.0-1-cloud-amd64"
+    assert len(calls) == 1
+    (lists / "new_Packages").write_text("")  # apt-get update renames new lists into place
+    assert debian.newest_release_known(spec, store)[0] == "6.1.0-2-cloud-amd64"
