@@ -43,7 +43,14 @@ from kpatchbuild.differ import CannotPatch
 from kpatchbuild.errors import KpbError
 from kpatchbuild.recipe import KernelTarget, Recipe, find_recipes
 from kpatchbuild.steps import say
-from kpatchbuild.store import PROJECT_ROOT, Store, default_root, write_atomically
+from kpatchbuild.store import (
+    PROJECT_ROOT,
+    Store,
+    content_key,
+    default_root,
+    file_hash,
+    write_atomically,
+)
 
 RECIPES_ENV = "KPATCHBUILD_RECIPES"
 
@@ -196,7 +203,7 @@ class TargetPipeline:
             tarball = debian.source_tarball(self.store, kernel.packages["source"])
             pkg = kernel.packages["source"]
             tree = source.unpack_tarball(
-                self.store, tarball, source.content_key("debian-source", pkg.sha256),
+                self.store, tarball, content_key("debian-source", pkg.sha256),
                 {"debian": pkg.name, "version": pkg.version, "sha256": pkg.sha256},
             )
             record = {"kind": "debian", "kernel": kernel.to_json(), "files": str(files.path)}
@@ -370,23 +377,34 @@ class TargetPipeline:
     def link(self) -> None:
         if self.expected_refusal(self.module_record):
             return
+        records = [d for d in self.read(self.diffs_record)["diffs"] if d["output"]]
         diffs = [module.ObjectDiff.from_report(Path(d["report"]), Path(d["output"]))
-                 for d in self.read(self.diffs_record)["diffs"] if d["output"]]
+                 for d in records]
         stage = self.stage()
-        workspace = patched.Workspace(self.store, stage)
-        workspace.ensure()
-        workdir = self.work / "module"
         log = self.store.log_path(f"module-{self.recipe.name}-{self.target.name}")
-        log.unlink(missing_ok=True)
-        with workspace.locked():
-            ko = module.link_module(
-                workspace.tree, self.recipe.module, diffs, workdir, release=stage.release,
-                log=log, replace=self.recipe.replace,
-                build_id=buildid.kernel_build_id(self.kernel_image()),
-                sources=self.recipe.sources, description=self.recipe.description,
-            )
-        final = self.work / ko.name
-        shutil.copyfile(ko, final.with_suffix(".ko.tmp"))
+        key = content_key(
+            "module", stage.key, self.recipe.module, self.recipe.replace,
+            self.recipe.description, objdiff.differ_version(), file_hash(Path(module.__file__)),
+            [(file_hash(Path(d["output"])), file_hash(Path(d["report"]))) for d in records],
+            [(p.name, file_hash(p)) for p in self.recipe.sources],
+            [(p.name, file_hash(p)) for p in module_inputs()],
+        )
+        name = f"{self.recipe.module}.ko"
+        if not self.store.lookup("module", key):
+            log.unlink(missing_ok=True)
+            workspace = patched.Workspace(self.store, stage)
+            with self.store.publishing("module", key, {"module": name,
+                                                       "stage": stage.key}) as work:
+                with workspace.locked():
+                    ko = module.link_module(
+                        workspace.tree, self.recipe.module, diffs, self.work / "module",
+                        release=stage.release, log=log, replace=self.recipe.replace,
+                        build_id=self.kernel_build_id(), sources=self.recipe.sources,
+                        description=self.recipe.description,
+                    )
+                shutil.copyfile(ko, work / name)
+        final = self.work / name
+        shutil.copyfile(self.store.path("module", key) / name, final.with_suffix(".ko.tmp"))
         os.replace(final.with_suffix(".ko.tmp"), final)
         say(f"  module: {final}")
         for diff in diffs:
@@ -397,6 +415,16 @@ class TargetPipeline:
         say(f"  build log: {log}")
         self.write(self.module_record, {"module": str(final), "release": stage.release,
                                         "log": str(log)})
+
+    def kernel_build_id(self) -> str:
+        """The build id of the kernel the module is for; decompressing vmlinuz once."""
+        image = self.kernel_image()
+        memory = ("build-id", file_hash(image))
+        known = self.store.recall(memory)
+        if not known:
+            known = buildid.kernel_build_id(image)
+            self.store.remember(memory, known)
+        return known
 
     def prove(self) -> None:
         if self.expected_refusal(self.proof_record):
