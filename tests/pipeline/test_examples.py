@@ -20,6 +20,7 @@ EXAMPLES = {
                     "fs/proc/version.o": (["version_proc_show"], [])},
     "callbacks": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
     "shadow-variable": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
+    "header-change": {"fs/proc/version.o": (["version_proc_show"], [])},
 }
 
 
@@ -46,3 +47,15 @@ def test_expected_refusal_names_the_data_and_the_remedy() -> None:
                               "(section .rodata.devlist) changed (size 384 -> 480)")
     assert "use a shadow variable" in refusal
     assert not (stage.work / "module").exists()
+
+
+def test_header_change_rebuilds_every_includer_and_keeps_only_changed_code() -> None:
+    stage = build_recipe_stage("header-change")
+    objects = json.loads((stage.work / "objects.json").read_text())["objects"]
+    changed = [o["object"] for o in objects if not o["identical"]]
+    unchanged = {o["object"] for o in objects if o["identical"]}
+    assert changed == ["fs/proc/version.o"]
+    # Includers of fs/proc/internal.h whose code the new inline does not touch.
+    assert {"fs/proc/generic.o", "fs/proc/inode.o", "fs/proc_namespace.o"} <= unchanged
+    # fs/proc/cmdline.c does not include it: not rebuilt.
+    assert "fs/proc/cmdline.o" not in unchanged
