@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -160,8 +161,6 @@ def _unescape_make(command: str) -> str:
 def patched_contents(patches: tuple[Path, ...], tree: Path) -> tuple[dict[str, bytes],
                                                                      dict[str, bytes]]:
     """(original, patched) contents of every file the patches touch (b"" for new files)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="kpb-patched-") as scratch:
         touched = apply_patches(patches, tree, Path(scratch))
         before = {rel: (tree / rel).read_bytes() if (tree / rel).is_file() else b""

@@ -56,14 +56,18 @@ def tree_fingerprint(tree: Path) -> str:
     return content_key("tree", entries)
 
 
+def debian_source_tree(store: Store, package: debian.DebianPackage) -> SourceTree:
+    """The pristine tree of a ``linux-source-X.Y`` package, fetched and unpacked once."""
+    tarball = debian.source_tarball(store, package)
+    origin = {"debian": package.name, "version": package.version, "sha256": package.sha256}
+    return unpack_tarball(store, tarball, content_key("debian-source", package.sha256), origin)
+
+
 def obtain_source(store: Store, spec: SourceSpec, where: str) -> SourceTree:
     """The pristine tree for ``spec``; ``where`` names the recipe key for error messages."""
     if spec.kind == "debian":
         assert spec.package is not None
-        package = debian.source_package(spec.package, spec.version)
-        tarball = debian.source_tarball(store, package)
-        origin = {"debian": package.name, "version": package.version, "sha256": package.sha256}
-        return unpack_tarball(store, tarball, content_key("debian-source", package.sha256), origin)
+        return debian_source_tree(store, debian.source_package(spec.package, spec.version))
     if spec.kind == "tarball":
         assert spec.path is not None and spec.sha256 is not None
         actual = sha256_file(spec.path)

@@ -200,12 +200,7 @@ class TargetPipeline:
         if self.target.debian:
             kernel = debian.resolve_release(self.target.debian, self.store)
             files = debian.kernel_files(self.store, kernel)
-            tarball = debian.source_tarball(self.store, kernel.packages["source"])
-            pkg = kernel.packages["source"]
-            tree = source.unpack_tarball(
-                self.store, tarball, content_key("debian-source", pkg.sha256),
-                {"debian": pkg.name, "version": pkg.version, "sha256": pkg.sha256},
-            )
+            tree = source.debian_source_tree(self.store, kernel.packages["source"])
             record = {"kind": "debian", "kernel": kernel.to_json(), "files": str(files.path)}
         else:
             assert self.target.source is not None
