@@ -6,6 +6,8 @@ exit code, and printed once, as one line, at the edge (the command line or doit'
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class KpbError(Exception):
     """A failure to report as one line; ``exit_code`` is what the process exits with."""
@@ -44,3 +46,14 @@ class ToolchainError(KpbError):
     """The host's compiler or tools cannot produce objects that match the target kernel."""
 
     exit_code = 5
+
+
+class VmProofError(KpbError):
+    """The livepatch could not be proven in the VM; the message names the step and log."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, step: str, console_log: Path) -> None:
+        super().__init__(message)
+        self.step = step
+        self.console_log = console_log

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatchbuild import initramfs
-from kpatchbuild.errors import KpbError
+from kpatchbuild.errors import KpbError, VmProofError
 
 BUSYBOX = Path("/bin/busybox")
 QEMU = "qemu-system-x86_64"
@@ -85,17 +85,6 @@ _END = "KPB-END"
 _PRINTK_TIME = re.compile(r"^\s*\[\s*\d+\.\d+\]\s*")
 _DMESG_BEGIN = "KPB-DMESG-BEGIN"
 _DMESG_END = "KPB-DMESG-END"
-
-
-class VmProofError(KpbError):
-    """The livepatch could not be proven in the VM; the message names the step and log."""
-
-    exit_code = 6
-
-    def __init__(self, message: str, *, step: str, console_log: Path) -> None:
-        super().__init__(message)
-        self.step = step
-        self.console_log = console_log
 
 
 # --- the guest ---
