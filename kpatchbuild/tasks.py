@@ -37,6 +37,7 @@ from kpatchbuild import (
     patched,
     patching,
     source,
+    target_modules,
     vm,
 )
 from kpatchbuild.differ import CannotPatch
@@ -312,16 +313,24 @@ class TargetPipeline:
                 say(f"  {pair.object}: no change in the compiled object")
         self.write(self.objects_record, {"objects": [p.to_json() for p in pairs]})
 
+    def target_modules(self) -> target_modules.DebianModules | target_modules.BuiltModules:
+        """Where this kernel's loadable modules come from: Debian's image, or the build."""
+        if self.target.kind == "debian":
+            kernel = debian.KernelRelease.from_json(self.read(self.fetch_record)["kernel"])
+            return target_modules.DebianModules(self.store, kernel.packages["image"],
+                                                kernel.release)
+        return target_modules.BuiltModules(self.stage().tree)
+
     def symbol_files(self, target: str) -> objdiff.SymbolFiles:
-        """What references into ``target`` resolve against, for this kernel."""
-        if target != "vmlinux":
-            raise KpbError(f"{self.label}: the patch changes module {target}; patching "
-                           "modules is not supported yet")
+        """What references into ``target`` resolve against: System.map, or the module's .ko."""
         if self.target.kind == "debian":
             files = Path(self.read(self.fetch_record)["files"])
+        else:
+            files = self.stage().tree
+        if target == "vmlinux":
             return objdiff.SymbolFiles(files / "System.map", files / "Module.symvers")
-        tree = self.stage().tree
-        return objdiff.SymbolFiles(tree / "System.map", tree / "Module.symvers")
+        return objdiff.SymbolFiles(self.target_modules().find(target),
+                                   files / "Module.symvers")
 
     def diff_objects(self) -> None:
         pairs = [patched.ObjectPair(**o) for o in self.read(self.objects_record)["objects"]
@@ -421,6 +430,17 @@ class TargetPipeline:
             self.store.remember(memory, known)
         return known
 
+    def patched_modules(self) -> list[Path]:
+        """The modules the patch changes, with their dependencies, to load before it."""
+        targets = sorted({d["target"] for d in self.read(self.diffs_record)["diffs"]
+                          if d["output"] and d["target"] != "vmlinux"})
+        modules = self.target_modules()
+        ordered: list[Path] = []
+        for name in targets:
+            ordered += [ko for ko in target_modules.with_dependencies(name, modules.find)
+                        if ko not in ordered]
+        return ordered
+
     def prove(self) -> None:
         if self.expected_refusal(self.proof_record):
             return
@@ -429,7 +449,7 @@ class TargetPipeline:
                            "one that fails before the patch and passes after it")
         ko = Path(self.read(self.module_record)["module"])
         result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
-                                    workdir=self.work / "vm")
+                                    workdir=self.work / "vm", preload=self.patched_modules())
         say(f"  proven in {self.read(self.module_record)['release']} under qemu "
             f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
         say(f"  console log: {result.console_log}")

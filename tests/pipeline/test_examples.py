@@ -21,6 +21,7 @@ EXAMPLES = {
     "callbacks": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
     "shadow-variable": {"fs/proc/cmdline.o": (["cmdline_proc_show"], [])},
     "header-change": {"fs/proc/version.o": (["version_proc_show"], [])},
+    "module-binfmt": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
 }
 
 
@@ -38,6 +39,16 @@ def test_example_is_built_and_proven(recipe: str) -> None:
     assert proof["steps"][-1] == "check-after"
     assert "check-patched" in proof["steps"]
     assert Path(proof["module"]).is_file()
+
+
+def test_module_patch_targets_the_module_and_loads_it_first() -> None:
+    stage = build_recipe_stage("module-binfmt")
+    (diff,) = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    assert diff["target"] == "binfmt_misc"
+    report = json.loads(Path(diff["report"]).read_text())
+    assert report["target"] == "binfmt_misc"
+    steps = json.loads((stage.work / "proof.json").read_text())["steps"]
+    assert steps.index("preload:binfmt_misc") < steps.index("insmod")
 
 
 def test_expected_refusal_names_the_data_and_the_remedy() -> None:
