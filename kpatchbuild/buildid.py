@@ -110,13 +110,14 @@ def elf_build_id(elf: bytes, where: str) -> str:
         )
         if p_type != PT_NOTE:
             continue
-        found = _build_id_in_notes(elf[p_offset : p_offset + p_filesz])
+        found = build_id_in_notes(elf[p_offset : p_offset + p_filesz])
         if found:
             return found
     raise BuildIdError(f"{where}: no GNU build id note")
 
 
-def _build_id_in_notes(notes: bytes) -> str | None:
+def build_id_in_notes(notes: bytes) -> str | None:
+    """NT_GNU_BUILD_ID in a run of ELF notes (a PT_NOTE segment, or /sys/kernel/notes)."""
     position = 0
     while position + 12 <= len(notes):
         namesz, descsz, note_type = struct.unpack_from("<III", notes, position)

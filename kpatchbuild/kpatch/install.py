@@ -1,0 +1,205 @@
+"""Installed patches: ``/var/lib/kpatch/<release>/<name>.ko`` and what loads them at boot.
+
+Two hooks, both written by ``install`` and removed by ``uninstall`` with the last module:
+
+- a systemd unit ``kpatch.service`` running ``kpatch load --all`` early in boot (before
+  ``sysinit.target`` is done, so before most services start), enabled by its
+  ``sysinit.target.wants`` link: written directly, no ``systemctl`` call, so it works in an
+  image being prepared as well as on the running system;
+- on systems using initramfs-tools, a hook that copies the running release's modules into
+  the initramfs and a ``init-premount`` script that inserts them there, before the root
+  filesystem is mounted; ``kpatch load --all`` then finds them loaded and skips them. The
+  initramfs is rebuilt with ``update-initramfs -u -k <release>`` when the system has it.
+
+Each file is written to a temporary name beside its destination and renamed into place, so
+an interrupted install leaves either the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kpatchbuild.kpatch.errors import KpatchError
+from kpatchbuild.kpatch.livepatch import check_livepatch_module, check_release, require_root
+from kpatchbuild.kpatch.modfile import ModuleFile
+from kpatchbuild.kpatch.system import System
+
+INSTALL_DIR = "/var/lib/kpatch"
+UNIT_PATH = "/etc/systemd/system/kpatch.service"
+UNIT_LINK = "/etc/systemd/system/sysinit.target.wants/kpatch.service"
+INITRAMFS_TOOLS = ("/etc/initramfs-tools", "/usr/share/initramfs-tools")
+INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/kpatch"
+INITRAMFS_SCRIPT = "/etc/initramfs-tools/scripts/init-premount/kpatch"
+UPDATE_INITRAMFS = "update-initramfs"
+
+
+def kpatch_command() -> str:
+    """How the boot unit runs this command: this interpreter and this package, by path."""
+    return f"{shlex.quote(sys.executable)} -m kpatchbuild.kpatch"
+
+
+def unit_text() -> str:
+    return f"""[Unit]
+Description=Apply the installed kernel livepatches (kpatch load --all)
+DefaultDependencies=no
+After=local-fs.target systemd-modules-load.service
+Before=sysinit.target shutdown.target
+Conflicts=shutdown.target
+ConditionPathIsDirectory=/sys/kernel/livepatch
+ConditionKernelCommandLine=!kpatch.enable=0
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={kpatch_command()} load --all
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+INITRAMFS_HOOK_TEXT = f"""#!/bin/sh
+# kpatch: copy the livepatch modules installed for the initramfs's kernel into it.
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+. /usr/share/initramfs-tools/hook-functions
+for module in {INSTALL_DIR}/"${{version}}"/*.ko; do
+    [ -e "$module" ] || continue
+    mkdir -p "${{DESTDIR}}/lib/kpatch"
+    cp "$module" "${{DESTDIR}}/lib/kpatch/"
+done
+"""
+
+INITRAMFS_SCRIPT_TEXT = """#!/bin/sh
+# kpatch: insert the livepatch modules copied into the initramfs, before root is mounted.
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+grep -q 'kpatch.enable=0' /proc/cmdline && exit 0
+for module in /lib/kpatch/*.ko; do
+    [ -e "$module" ] || continue
+    insmod "$module" || echo "kpatch: could not load $module" >&2
+done
+"""
+
+
+def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _link_atomically(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class Installed:
+    release: str
+    name: str
+    path: Path
+
+
+def installed_modules(system: System) -> list[Installed]:
+    """Every installed module, by release then name."""
+    base = system.path(INSTALL_DIR)
+    if not base.is_dir():
+        return []
+    return [Installed(release.name, module.stem, module)
+            for release in sorted(base.iterdir()) if release.is_dir()
+            for module in sorted(release.glob("*.ko"))]
+
+
+def uses_initramfs_tools(system: System) -> bool:
+    return any(system.path(path).is_dir() for path in INITRAMFS_TOOLS)
+
+
+def install(system: System, module: ModuleFile, release: str) -> list[str]:
+    """Keep ``module`` for ``release`` and make boot load it; returns what was written."""
+    require_root(system, "install")
+    check_livepatch_module(module)
+    check_release(module, release)
+    destination = system.path(INSTALL_DIR) / release / f"{module.name}.ko"
+    _write_atomically(destination, module.path.read_bytes())
+    written = [str(destination), *_write_boot_hooks(system)]
+    if uses_initramfs_tools(system):
+        written += _update_initramfs(system, release)
+    return written
+
+
+def uninstall(system: System, name: str, release: str) -> list[str]:
+    """Forget ``name`` for ``release``; the boot hooks go with the last module."""
+    require_root(system, "uninstall")
+    path = system.path(INSTALL_DIR) / release / f"{name}.ko"
+    if not path.is_file():
+        others = [i.release for i in installed_modules(system) if i.name == name]
+        hint = f" (installed for {', '.join(others)}: use -k)" if others else ""
+        raise KpatchError(f"{name}: not installed for {release}{hint}")
+    path.unlink()
+    removed = [str(path)]
+    if not any(path.parent.iterdir()):
+        path.parent.rmdir()
+    if not installed_modules(system):
+        removed += _remove_boot_hooks(system)
+    if uses_initramfs_tools(system):
+        _update_initramfs(system, release)
+    return removed
+
+
+def _write_boot_hooks(system: System) -> list[str]:
+    unit = system.path(UNIT_PATH)
+    _write_atomically(unit, unit_text().encode())
+    _link_atomically(system.path(UNIT_LINK), UNIT_PATH)
+    written = [str(unit), str(system.path(UNIT_LINK))]
+    if uses_initramfs_tools(system):
+        for path, text in ((INITRAMFS_HOOK, INITRAMFS_HOOK_TEXT),
+                           (INITRAMFS_SCRIPT, INITRAMFS_SCRIPT_TEXT)):
+            _write_atomically(system.path(path), text.encode(), 0o755)
+            written.append(str(system.path(path)))
+    return written
+
+
+def _remove_boot_hooks(system: System) -> list[str]:
+    removed = []
+    for path in (UNIT_LINK, UNIT_PATH, INITRAMFS_HOOK, INITRAMFS_SCRIPT):
+        target = system.path(path)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+            removed.append(str(target))
+    return removed
+
+
+def _update_initramfs(system: System, release: str) -> list[str]:
+    """Rebuild the release's initramfs on the real system, when the tool is there.
+
+    Under a root prefix (an image, a test tree) the initramfs belongs to that tree's own
+    tools, so nothing is run; the hook takes effect at its next rebuild.
+    """
+    tool = shutil.which(UPDATE_INITRAMFS)
+    if system.root != Path("/") or tool is None or not Path(f"/boot/config-{release}").exists():
+        return []
+    result = subprocess.run([tool, "-u", "-k", release], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KpatchError(f"{UPDATE_INITRAMFS} -u -k {release} failed: {last}; the module is "
+                          "installed and kpatch.service loads it at boot")
+    return [f"initramfs of {release} (update-initramfs)"]

@@ -1,0 +1,197 @@
+"""What a livepatch module file says about itself, read without loading it.
+
+- ``.modinfo``: ``name``, ``vermagic``, ``livepatch=Y``, ``description``, and the target a
+  kpatchbuild module records, ``kpatchbuild_release`` / ``kpatchbuild_build_id``;
+- the functions it patches, from the ``klp_func`` tables its registration
+  (kmod/livepatch.c.in) defines: ``kpb_objects`` lists one ``klp_object`` per patched
+  object, each pointing at a ``kpb_funcs_<n>`` array of ``klp_func``. The structures'
+  sizes differ between kernels, but their first fields do not (``klp_object``: name,
+  funcs; ``klp_func``: old_name, new_func, old_sympos), and only those fields carry
+  relocations, so the entry size is the array's size over its entry count plus the
+  terminator. Whether the patch is an atomic replace is ``klp_patch.replace``, after mod,
+  objs and states (Linux 5.5 and later).
+
+The module is a relocatable ELF file: pointers are zero in the data and live in its
+relocations, which is how strings and tables are followed here. pyelftools is used
+directly rather than through the build side's ELF model: this command runs on the patched
+machine and imports nothing of the build side.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
+
+from kpatchbuild.kpatch.errors import KpatchError
+
+KLP_PATCH_REPLACE_OFFSET = 24  # struct klp_patch { mod; objs; states; bool replace; ... }
+
+
+@dataclass(frozen=True)
+class PatchedFunction:
+    """A function the patch replaces: its object (``vmlinux`` or a module), name, sympos."""
+
+    object: str
+    function: str
+    sympos: int
+
+    def sysfs_name(self) -> str:
+        return f"{self.function},{self.sympos}"
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    path: Path
+    name: str
+    vermagic: str
+    livepatch: bool
+    release: str | None  # the kernel release kpatchbuild built it for
+    build_id: str | None  # that kernel's GNU build id
+    description: str
+    replace: bool | None  # None: the file does not say (not a kpatchbuild module)
+    functions: tuple[PatchedFunction, ...]
+
+    @property
+    def vermagic_release(self) -> str:
+        return self.vermagic.split(" ", 1)[0]
+
+    @property
+    def built_for(self) -> str:
+        """The kernel it was built for, as messages name it."""
+        release = self.release or self.vermagic_release or "an unknown kernel"
+        return f"{release} (build id {self.build_id})" if self.build_id else release
+
+
+def read_module(path: Path) -> ModuleFile:
+    """Read ``path``; a file that is not a kernel module is refused with one line."""
+    try:
+        with open(path, "rb") as stream:
+            return _read(path, ELFFile(stream))
+    except FileNotFoundError:
+        raise KpatchError(f"{path}: no such module file") from None
+    except IsADirectoryError:
+        raise KpatchError(f"{path}: is a directory, not a module file") from None
+    except PermissionError:
+        raise KpatchError(f"{path}: cannot read it (permission denied)") from None
+    except (ELFError, struct.error, ValueError, IndexError, KeyError) as error:
+        raise KpatchError(f"{path}: not a kernel module (unreadable ELF: {error})") from None
+
+
+def _read(path: Path, elf: ELFFile) -> ModuleFile:
+    if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or not elf.elfclass == 64:
+        raise KpatchError(f"{path}: not a kernel module (an x86_64 relocatable ELF file)")
+    modinfo_section = elf.get_section_by_name(".modinfo")
+    if modinfo_section is None:
+        raise KpatchError(f"{path}: not a kernel module (no .modinfo section)")
+    info: dict[str, str] = {}
+    for item in modinfo_section.data().split(b"\0"):
+        key, sep, value = item.decode(errors="replace").partition("=")
+        if sep:
+            info.setdefault(key, value)
+    name = info.get("name") or path.name.removesuffix(".ko").replace("-", "_")
+    tables = _Tables(elf)
+    return ModuleFile(
+        path=path,
+        name=name,
+        vermagic=info.get("vermagic", "").strip(),
+        livepatch=info.get("livepatch") == "Y",
+        release=info.get("kpatchbuild_release"),
+        build_id=info.get("kpatchbuild_build_id"),
+        description=info.get("description", ""),
+        replace=tables.replace(),
+        functions=tables.functions(),
+    )
+
+
+class _Tables:
+    """The registration's tables, followed through their relocations."""
+
+    def __init__(self, elf: ELFFile) -> None:
+        self.elf = elf
+        symtab = elf.get_section_by_name(".symtab")
+        self.symbols = list(symtab.iter_symbols()) if isinstance(symtab,
+                                                                 SymbolTableSection) else []
+        self.by_name = {s.name: s for s in self.symbols if s["st_info"]["type"] == "STT_OBJECT"}
+        self._relocations: dict[int, dict[int, tuple[object, int]]] = {}
+
+    def _relocs(self, section_index: int) -> dict[int, tuple[object, int]]:
+        """offset -> (symbol, addend) of the relocations applying to a section."""
+        if section_index not in self._relocations:
+            found: dict[int, tuple[object, int]] = {}
+            for section in self.elf.iter_sections():
+                if (isinstance(section, RelocationSection) and section.is_RELA()
+                        and section["sh_info"] == section_index
+                        and not section.name.startswith(".klp.rela.")):
+                    symtab = self.elf.get_section(section["sh_link"])
+                    for relocation in section.iter_relocations():
+                        symbol = symtab.get_symbol(relocation["r_info_sym"])
+                        found[relocation["r_offset"]] = (symbol, relocation["r_addend"])
+            self._relocations[section_index] = found
+        return self._relocations[section_index]
+
+    def _section_data(self, index: int) -> bytes:
+        return self.elf.get_section(index).data()
+
+    def _target(self, symbol: object, addend: int) -> tuple[int, int]:
+        """(section index, offset) a relocation points to."""
+        return symbol["st_shndx"], symbol["st_value"] + addend  # type: ignore[index]
+
+    def _string(self, symbol: object, addend: int) -> str:
+        section, offset = self._target(symbol, addend)
+        data = self._section_data(section)
+        return data[offset:data.index(b"\0", offset)].decode(errors="replace")
+
+    def replace(self) -> bool | None:
+        patch = self.by_name.get("kpb_patch")
+        if patch is None or not isinstance(patch["st_shndx"], int):
+            return None
+        data = self._section_data(patch["st_shndx"])
+        return data[patch["st_value"] + KLP_PATCH_REPLACE_OFFSET] != 0
+
+    def functions(self) -> tuple[PatchedFunction, ...]:
+        objects = self.by_name.get("kpb_objects")
+        if objects is None or not isinstance(objects["st_shndx"], int):
+            return ()
+        section = objects["st_shndx"]
+        relocs = self._relocs(section)
+        start, size = objects["st_value"], objects["st_size"]
+        tables = {(s["st_shndx"], s["st_value"]): s for name, s in self.by_name.items()
+                  if name.startswith("kpb_funcs_")}
+        # Each klp_object entry's .funcs points at one kpb_funcs_<n> table; .name, 8 bytes
+        # before it, points at the object's name, or is NULL (no relocation) for vmlinux.
+        pointers = sorted((offset, tables[self._target(*target)])
+                          for offset, target in relocs.items()
+                          if start <= offset < start + size and self._target(*target) in tables)
+        functions: list[PatchedFunction] = []
+        for offset, table in pointers:
+            entry = offset - 8  # .funcs follows .name
+            name_target = relocs.get(entry)
+            objname = self._string(*name_target) if name_target else "vmlinux"
+            functions += self._funcs(objname, table)
+        return tuple(functions)
+
+    def _funcs(self, objname: str, table: object) -> list[PatchedFunction]:
+        section = table["st_shndx"]  # type: ignore[index]
+        start, size = table["st_value"], table["st_size"]  # type: ignore[index]
+        relocs = self._relocs(section)
+        inside = sorted(offset for offset in relocs if start <= offset < start + size)
+        count = len(inside) // 2  # old_name and new_func per entry
+        if not count:
+            return []
+        entry_size = size // (count + 1)
+        data = self._section_data(section)
+        result = []
+        for index in range(count):
+            entry = start + index * entry_size
+            old_name = relocs.get(entry)
+            if old_name is None:
+                continue
+            (sympos,) = struct.unpack_from("<Q", data, entry + 16)
+            result.append(PatchedFunction(objname, self._string(*old_name), sympos))
+        return result
