@@ -28,6 +28,7 @@ from kpatchbuild.differ.special import (
     DYNDBG_TABLE,
     ENTRY_TABLES,
     ORC_TABLE,
+    RUNTIME_CONSTANT_PREFIXES,
     EntrySizes,
     SectionRole,
     TableKind,
@@ -170,6 +171,7 @@ class PatchBuilder:
             if not self.queue:
                 break
         self._check_dyndbg_classes()
+        self._check_unknown_code_tables()
 
     def _check_dyndbg_classes(self) -> None:
         """Carried descriptors may name a class whose map (`__dyndbg_classes`) stays behind.
@@ -190,6 +192,44 @@ class PatchBuilder:
                 f"{carried[0]}: dynamic-debug descriptors of an object with class maps "
                 f"({DYNDBG_CLASSES_SECTION}) cannot be carried without their map"
             )
+
+    def _check_unknown_code_tables(self) -> None:
+        """Refuse carried code that a table the differ does not know points into.
+
+        A pointer to a function's first byte is a function pointer: the running kernel's
+        copy is the one livepatch redirects. A pointer into the middle of a function marks
+        an instruction for someone to act on (as the known special sections do); dropping
+        such an entry could leave the carried copy wrong, so it is refused. Boot-time
+        constants (`runtime_ptr_*`, `runtime_shift_*`, Linux 6.11+) are the case met on real
+        kernels: the kernel patches their placeholders into vmlinux's code at boot and never
+        into a module's.
+        """
+        for section in self.patched.obj.sections:
+            if id(section) in self.slices or role_of(section) is not SectionRole.DATA:
+                continue
+            for relocation in self.patched.relocations.get(id(section), ()):
+                target = self.patched.target_of(relocation, in_code=False)
+                if not isinstance(target, SymbolTarget) or target.delta <= 0:
+                    continue
+                function = target.symbol
+                if not function.is_function or function.section is None:
+                    continue
+                if id(function.section) not in self.slices:
+                    continue
+                if section.name.startswith(RUNTIME_CONSTANT_PREFIXES):
+                    constant = section.name.split("_", 2)[2]
+                    self.refusals.append(
+                        f"function {function.name} uses the boot-time constant {constant} "
+                        f"(section {section.name}): the kernel patches it into vmlinux's code "
+                        "at boot, never into a module's, so the copy would keep a placeholder"
+                    )
+                else:
+                    self.refusals.append(
+                        f"section {section.name} points into carried function "
+                        f"{function.name}+{target.delta:#x}: a table the differ does not know; "
+                        "its entry cannot be kept or dropped safely"
+                    )
+                break
 
     def _include_code(self, section: Section, because: Symbol) -> None:
         if id(section) in self.slices:

@@ -75,6 +75,10 @@ DYNDBG_SECTIONS = frozenset({"__dyndbg", "__verbose"})
 DYNDBG_CLASSES_SECTION = "__dyndbg_classes"
 PRINTK_INDEX_TABLE = TableKind(".printk_index", "PRINTK_INDEX_STRUCT_SIZE", 8)
 
+# Boot-time constants (Linux 6.11+): each entry marks an instruction whose placeholder
+# immediate the kernel rewrites in vmlinux at boot; modules are never fixed up.
+RUNTIME_CONSTANT_PREFIXES = ("runtime_ptr_", "runtime_shift_")
+
 # Out-of-line code reached from functions: kept piece by piece for the included functions.
 CODE_PIECE_SECTIONS = frozenset({".altinstr_replacement", ".altinstr_aux", ".fixup"})
 
@@ -180,7 +184,9 @@ KPB_SIZE(static_call_sites, struct static_call_site);
 #ifdef CONFIG_UNWINDER_ORC
 KPB_SIZE(orc_unwind, struct orc_entry);
 #endif
-#if defined(CONFIG_PARAVIRT) && defined(CONFIG_PARAVIRT_XXL)
+/* Linux 6.8 folded paravirt patching into alternatives: PARAVIRT_PATCH and
+   struct paravirt_patch_site (and the .parainstructions table) went away together. */
+#if defined(CONFIG_PARAVIRT) && defined(CONFIG_PARAVIRT_XXL) && defined(PARAVIRT_PATCH)
 KPB_SIZE(parainstructions, struct paravirt_patch_site);
 #endif
 #ifdef CONFIG_DYNAMIC_DEBUG_CORE

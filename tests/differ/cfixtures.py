@@ -1,7 +1,15 @@
-"""Build original/patched object pairs from small C sources with the host's gcc."""
+"""Build original/patched object pairs from small C sources with the host's gcc.
+
+The differ must understand what each supported compiler emits, so the C fixture tests run
+once per compiler in COMPILERS: gcc-12 (Debian 12's own, which builds Debian's kernels) and
+gcc-11 (installed by ./run). Any further gcc-N found on PATH is exercised as well. A required
+compiler that is missing fails the tests rather than skipping them.
+"""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +19,20 @@ from kpatchbuild.symbols import load_symbol_table
 
 CFLAGS = ["-O2", "-ffunction-sections", "-fdata-sections", "-fno-asynchronous-unwind-tables",
           "-fno-pic", "-mcmodel=kernel", "-c"]
+
+
+REQUIRED_COMPILERS = ("gcc-12", "gcc-11")
+# The compiler build_pair uses; test_c_fixtures sets it per parametrised run.
+compiler = "gcc"
+
+
+def available_compilers() -> list[str]:
+    """REQUIRED_COMPILERS, then any other `gcc-N` on PATH, oldest last."""
+    found = set()
+    for directory in {Path(shutil.which("gcc") or "/usr/bin/gcc").parent, Path("/usr/bin")}:
+        found.update(p.name for p in directory.glob("gcc-*") if re.fullmatch(r"gcc-\d+", p.name))
+    extra = sorted(found - set(REQUIRED_COMPILERS), key=lambda n: -int(n[4:]))
+    return [*REQUIRED_COMPILERS, *extra]
 
 
 @dataclass
@@ -29,7 +51,7 @@ def build_pair(
         source = folder / f"{name}.c"
         source.write_text(text)
         obj = folder / f"{name}.o"
-        subprocess.run(["gcc", *CFLAGS, *extra, "-o", str(obj), str(source)], check=True)
+        subprocess.run([compiler, *CFLAGS, *extra, "-o", str(obj), str(source)], check=True)
         paths.append(obj)
     return Pair(*paths)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,18 @@ from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.elf import read_elf, write_elf_file
 from kpatchbuild.elf.model import STT_SECTION
 from kpatchbuild.symbols import load_symbol_table
-from tests.differ.cfixtures import build_pair, diff_pair, names
+from tests.differ import cfixtures
+from tests.differ.cfixtures import available_compilers, build_pair, diff_pair, names
+
+
+@pytest.fixture(autouse=True, params=available_compilers())
+def compiler(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs once per compiler; a required one that is missing fails."""
+    name = request.param
+    if shutil.which(name) is None:
+        pytest.fail(f"{name} is not installed: ./run installs it (apt-get install {name})")
+    monkeypatch.setattr(cfixtures, "compiler", name)
+    return name
 
 BASE = """
 extern int printk(const char *fmt, ...);
@@ -54,6 +66,15 @@ def _link(tmp_path: Path, result) -> Path:  # noqa: ANN001
 
 def _defined_functions(path: Path) -> set[str]:
     return {s.name for s in read_elf(path).symbols if s.is_function and s.section is not None}
+
+
+def test_objects_come_from_the_compiler(tmp_path: Path, compiler: str) -> None:
+    """The parametrisation is real: the object's .comment names that compiler's version."""
+    version = subprocess.run([compiler, "-dumpfullversion"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    pair = build_pair(tmp_path, BASE, BASE)
+    comment = read_elf(pair.orig).section_by_name(".comment")
+    assert comment is not None and f") {version}".encode() in comment.data
 
 
 def test_no_change(tmp_path: Path) -> None:
@@ -163,6 +184,55 @@ def test_data_layout_change_refused(tmp_path: Path) -> None:
         diff_pair(build_pair(tmp_path, BASE, patched))
     assert caught.value.exit_code == 2
     assert "data table" in caught.value.message and "shadow variable" in caught.value.message
+
+
+def _marked_instruction_source(table: str) -> str:
+    """A function whose instruction a ``table`` entry marks, as runtime_const_ptr() does."""
+    return BASE + """
+static inline unsigned long user_limit(void)
+{
+	unsigned long limit;
+
+	asm("movabs $0x0123456789abcdef, %0\\n1:\\n"
+	    ".pushsection TABLE,\\"a\\"\\n\\t.long 1b - 8 - .\\n\\t.popsection"
+	    : "=r"(limit));
+	return limit;
+}
+
+int below_limit(unsigned long v)
+{
+	return v <= user_limit();
+}
+
+int (*const checkers[])(unsigned long) = { below_limit };
+""".replace("TABLE", table)
+
+
+def test_boot_time_constant_in_changed_function_refused(tmp_path: Path) -> None:
+    source = _marked_instruction_source("runtime_ptr_USER_LIMIT")
+    patched = source.replace("v <= user_limit()", "v < user_limit()")
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, patched))
+    assert "below_limit" in caught.value.message
+    assert "boot-time constant USER_LIMIT" in caught.value.message
+
+
+def test_unknown_table_into_changed_function_refused(tmp_path: Path) -> None:
+    source = _marked_instruction_source(".kpb_unknown_sites")
+    patched = source.replace("v <= user_limit()", "v < user_limit()")
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, patched))
+    assert "section .kpb_unknown_sites points into carried function below_limit+0x" in (
+        caught.value.message
+    )
+
+
+def test_marked_instruction_in_unchanged_function_is_no_obstacle(tmp_path: Path) -> None:
+    # The table and the function-pointer array point at below_limit, which stays home.
+    source = _marked_instruction_source("runtime_ptr_USER_LIMIT")
+    result = diff_pair(build_pair(tmp_path, source, source.replace("value %d", "v=%d")))
+    assert names(result.changed_functions) == {"report"}
+    assert _defined_functions(_link(tmp_path, result)) == {"report"}
 
 
 def test_init_change_refused(tmp_path: Path) -> None:
@@ -334,8 +404,8 @@ int use_helper(int v) { return helper(v) * 2; }
     other = tmp_path / "other"
     other.mkdir()
     (other / "helper.c").write_text("int helper(int v) { return v + 100; }\n")
-    subprocess.run(["gcc", "-O2", "-c", "-o", str(other / "helper.o"), str(other / "helper.c")],
-                   check=True)
+    subprocess.run([cfixtures.compiler, "-O2", "-c", "-o", str(other / "helper.o"),
+                    str(other / "helper.c")], check=True)
     kernel = tmp_path / "vmlinux.o"
     subprocess.run(["ld", "-r", "-o", str(kernel), str(pair.orig), str(other / "helper.o")],
                    check=True)
