@@ -196,10 +196,24 @@ def _untraceable(orig: ObjectIndex, comparison: Comparison) -> list[str]:
     return refusals
 
 
+# EXPORT_SYMBOL leaves `__ksymtab_NAME` in each object up to Linux 6.4, and
+# `__export_symbol_NAME` (section .export_symbol, turned into the ksymtab by modpost) since 6.5.
+_EXPORT_MARKERS = ("__ksymtab_", "__export_symbol_")
+
+
+def _exported_names(obj: ElfObject) -> set[str]:
+    names = set()
+    for symbol in obj.symbols:
+        if symbol.section is None:
+            continue
+        for marker in _EXPORT_MARKERS:
+            if symbol.name.startswith(marker):
+                names.add(symbol.name[len(marker) :])
+    return names
+
+
 def _new_exports(orig: ElfObject, patched: ElfObject) -> list[str]:
-    before = {s.name for s in orig.symbols if s.name.startswith("__ksymtab_")}
     return [
-        f"new export {s.name[len('__ksymtab_') :]}: a live patch cannot export symbols"
-        for s in patched.symbols
-        if s.name.startswith("__ksymtab_") and s.name not in before and s.section is not None
+        f"new export {name}: a live patch cannot export symbols"
+        for name in sorted(_exported_names(patched) - _exported_names(orig))
     ]

@@ -194,8 +194,8 @@ static inline unsigned long user_limit(void)
 	unsigned long limit;
 
 	asm("movabs $0x0123456789abcdef, %0\\n1:\\n"
-	    ".pushsection TABLE,\\"a\\"\\n\\t.long 1b - 8 - .\\n\\t.popsection"
-	    : "=r"(limit));
+		".pushsection TABLE,\\"a\\"\\n\\t.long 1b - 8 - .\\n\\t.popsection"
+		: "=r"(limit));
 	return limit;
 }
 
@@ -233,6 +233,19 @@ def test_marked_instruction_in_unchanged_function_is_no_obstacle(tmp_path: Path)
     result = diff_pair(build_pair(tmp_path, source, source.replace("value %d", "v=%d")))
     assert names(result.changed_functions) == {"report"}
     assert _defined_functions(_link(tmp_path, result)) == {"report"}
+
+
+@pytest.mark.parametrize("marker, section", [("__ksymtab_", "___ksymtab+kpb_added"),
+                                             ("__export_symbol_", ".export_symbol")])
+def test_new_export_refused(tmp_path: Path, marker: str, section: str) -> None:
+    # What EXPORT_SYMBOL leaves in an object: before Linux 6.5, and since.
+    patched = BASE.replace("value %d", "v=%d") + f"""
+int kpb_added(int v) {{ return report(v) + 1; }}
+static const char {marker}kpb_added[] __attribute__((used, section("{section}"))) = "";
+"""
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, BASE, patched))
+    assert "new export kpb_added: a live patch cannot export symbols" in caught.value.message
 
 
 def test_init_change_refused(tmp_path: Path) -> None:
