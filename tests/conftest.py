@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class KernelTree:
     release: str
     system_map: Path
     module_symvers: Path
+    series: str  # "6.1", "6.12": what tests key per-series expectations on
 
 
 @pytest.fixture(scope="session")
@@ -89,4 +91,43 @@ def debian_kernel_tree(default_recipe_stage: RecipeStage,
                        check=True)
     files = Path(default_recipe_stage.fetch["files"])
     return KernelTree(path, default_recipe_stage.original["release"], files / "System.map",
-                      files / "Module.symvers")
+                      files / "Module.symvers", "6.1")
+
+
+SERIES_6_12_TARGET = "cmdline-6.12/debian-6.12-cloud-amd64"
+
+
+@pytest.fixture(scope="session")
+def debian_6_12_kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
+    """Debian's 6.12 cloud kernel: fetched by the pipeline, prepared in a scratch copy.
+
+    The recipe cmdline-6.12 fetches Debian's packages and source and checks the config
+    (doit's fetch and config steps). The tree is then configured with that config and
+    ``modules_prepare``d here, with KERNELRELEASE on every make command line, as Debian
+    builds it (the corpus compiles the same way). KPB_SCRATCH_TREE_6_12 names an existing
+    prepared copy to reuse.
+    """
+    result = run_doit("config:" + SERIES_6_12_TARGET)
+    if result.returncode != 0:
+        pytest.fail(f"doit config:{SERIES_6_12_TARGET} failed:\n{result.stdout}\n{result.stderr}")
+    work = default_root() / "work" / SERIES_6_12_TARGET
+    fetch = json.loads((work / "fetch.json").read_text())
+    release = fetch["kernel"]["release"]
+    files = Path(fetch["files"])
+    reuse = os.environ.get("KPB_SCRATCH_TREE_6_12")
+    if reuse:
+        path = Path(reuse)
+    else:
+        path = tmp_path_factory.mktemp("kernel-6.12") / "tree"
+        subprocess.run(["cp", "-a", "--reflink=auto", fetch["source"]["path"], str(path)],
+                       check=True)
+        (path / ".config").write_text((work / "config").read_text())
+        prepared = subprocess.run(
+            ["make", "-s", "-C", str(path), f"-j{os.cpu_count() or 1}",
+             f"KERNELRELEASE={release}", "olddefconfig", "modules_prepare"],
+            capture_output=True, text=True,
+        )
+        if prepared.returncode != 0:
+            pytest.fail(f"preparing {path} failed:\n{prepared.stderr[-3000:]}")
+        shutil.copyfile(files / "Module.symvers", path / "Module.symvers")
+    return KernelTree(path, release, files / "System.map", files / "Module.symvers", "6.12")

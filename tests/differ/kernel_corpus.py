@@ -3,6 +3,13 @@
 Each case edits one source file, compiles the object before and after with the kernel's own
 flags plus -ffunction-sections -fdata-sections, and restores the source. Shared by the corpus
 tests and bench/diff_corpus.py.
+
+The cases run on every kernel series in SERIES. What differs between series is said per case
+(``per_series``): the same edit yields the same decisions, but not always the same sections.
+Debian's 6.12 is built with IBT, so objtool runs on vmlinux.o only and its objects carry no
+ORC, static-call, retpoline/return/call-site tables; CONFIG_CALL_PADDING adds
+`__patchable_function_entries`; and CONFIG_FUNCTION_ALIGNMENT=16 with gcc 12 empties the
+kernel's `__cold` (compiler_types.h), so nothing is split into `.cold` parts.
 """
 
 from __future__ import annotations
@@ -11,14 +18,16 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import STT_SECTION
 
 KCFLAGS = "-ffunction-sections -fdata-sections"
+# The Debian kernel series the corpus runs on (see tests/conftest.py for their trees).
+SERIES = ("6.1", "6.12")
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,14 @@ class Case:
     notes: tuple[str, ...] = field(default=())
     # Functions whose dynamic-debug descriptors OUT.o must carry: all of theirs, no others.
     dyndbg: frozenset[str] = frozenset()
+    # Symbols OUT.o must leave to the running kernel (names as the report resolves them).
+    references: frozenset[str] = frozenset()
+    # Per kernel series, fields that differ from the ones above: {"6.12": {"carried": ...}}.
+    per_series: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def for_series(self, series: str) -> Case:
+        """The case as it reads on ``series``."""
+        return replace(self, **self.per_series.get(series, {}))
 
 
 def replace_once(old: str, new: str, after: str = "") -> Callable[[str], str]:
@@ -59,6 +76,7 @@ def insert_lines_after_includes(count: int) -> Callable[[str], str]:
 CMDLINE = "fs/proc/cmdline.c"
 BASE = "fs/proc/base.c"
 READDIR = "fs/readdir.c"
+MACCESS = "mm/maccess.c"
 # Four pr_debug() calls in two functions, built in (CONFIG_DYNAMIC_DEBUG=y, jump labels).
 ASYNC = "kernel/async.c"
 
@@ -71,6 +89,8 @@ CASES = [
         0,
         changed=frozenset({"cmdline_proc_show"}),
         kept_sections=frozenset({".text.cmdline_proc_show", "__mcount_loc", ".orc_unwind_ip"}),
+        per_series={"6.12": {"kept_sections": frozenset({
+            ".text.cmdline_proc_show", "__mcount_loc", "__patchable_function_entries"})}},
     ),
     Case(
         "new_function",
@@ -134,6 +154,7 @@ CASES = [
         changed=frozenset({"proc_pid_cmdline_read"}),
         carried=frozenset({"proc_pid_cmdline_read.cold"}),
         kept_sections=frozenset({"__bug_table"}),
+        per_series={"6.12": {"carried": frozenset()}},  # no `.cold` parts on 6.12
     ),
     Case(
         "changed_inline_callee",
@@ -166,6 +187,9 @@ CASES = [
         0,
         changed=frozenset({"proc_pid_readdir"}),
         notes=("cond_resched",),
+        references=frozenset({"__SCT__cond_resched"}),
+        # No `.static_call_sites` without objtool: the call stays on its trampoline.
+        per_series={"6.12": {"notes": ()}},
     ),
     Case(
         "data_layout_change",
@@ -183,6 +207,19 @@ CASES = [
                      after="static bool filldir64("),
         0,
         changed=frozenset({"filldir64"}),
+        kept_sections=frozenset({"__ex_table"}),
+        # 6.12's access_ok() compares with USER_PTR_MAX, a boot-time constant patched into
+        # vmlinux only: a module's copy of filldir64 would keep the placeholder.
+        per_series={"6.12": {"exit_code": 2, "refusal": "boot-time constant USER_PTR_MAX"}},
+    ),
+    Case(
+        # Exception-table entries without access_ok(): kernel-address faults handled inline.
+        "exception_table_nofault",
+        MACCESS,
+        replace_once("return -ERANGE;", "return -EINVAL;",
+                     after="long copy_from_kernel_nofault("),
+        0,
+        changed=frozenset({"copy_from_kernel_nofault"}),
         kept_sections=frozenset({"__ex_table"}),
     ),
     Case(

@@ -1,4 +1,4 @@
-"""The differ on real Debian 6.1 objects: one source edit per case, built twice in the tree."""
+"""The differ on real Debian objects (6.1 and 6.12): one source edit per case, built twice."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from kpatchbuild.__main__ import main
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
+from tests.conftest import KernelTree
 from tests.differ.kernel_corpus import (
     CASES,
+    SERIES,
     BuiltPair,
     Case,
     CorpusBuilder,
@@ -24,10 +26,20 @@ from tests.elf.snapshot import snapshot
 pytestmark = pytest.mark.kernel
 
 
+_TREE_FIXTURES = {"6.1": "debian_kernel_tree", "6.12": "debian_6_12_kernel_tree"}
+
+
+@pytest.fixture(scope="session", params=SERIES)
+def kernel_tree(request: pytest.FixtureRequest) -> KernelTree:
+    """Each Debian kernel series in turn: every test below runs once per series."""
+    return request.getfixturevalue(_TREE_FIXTURES[request.param])
+
+
 @pytest.fixture(scope="session")
-def corpus(debian_kernel_tree, tmp_path_factory: pytest.TempPathFactory) -> CorpusBuilder:  # noqa: ANN001
+def corpus(kernel_tree: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> CorpusBuilder:
     return CorpusBuilder(
-        debian_kernel_tree.path, debian_kernel_tree.release, tmp_path_factory.mktemp("corpus")
+        kernel_tree.path, kernel_tree.release,
+        tmp_path_factory.mktemp(f"corpus-{kernel_tree.series}"),
     )
 
 
@@ -45,9 +57,8 @@ def entry_sizes(corpus: CorpusBuilder, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
-def test_probe_measures_the_6_1_sizes(entry_sizes: Path) -> None:
-    sizes = json.loads(entry_sizes.read_text())
-    assert sizes == {
+EXPECTED_SIZES = {
+    "6.1": {
         "__bug_table": 12,
         "__ex_table": 12,
         ".altinstructions": 12,
@@ -56,7 +67,23 @@ def test_probe_measures_the_6_1_sizes(entry_sizes: Path) -> None:
         ".orc_unwind": 6,
         ".parainstructions": 16,
         "__dyndbg": 56,
-    }
+    },
+    # struct alt_instr grew a 32-bit ft_flags (6.3); paravirt patching went into
+    # alternatives (6.8), taking .parainstructions with it.
+    "6.12": {
+        "__bug_table": 12,
+        "__ex_table": 12,
+        ".altinstructions": 14,
+        "__jump_table": 16,
+        ".static_call_sites": 8,
+        ".orc_unwind": 6,
+        "__dyndbg": 56,
+    },
+}
+
+
+def test_probe_measures_the_series_sizes(entry_sizes: Path, kernel_tree: KernelTree) -> None:
+    assert json.loads(entry_sizes.read_text()) == EXPECTED_SIZES[kernel_tree.series]
 
 
 @pytest.mark.parametrize("source", ["fs/proc/cmdline.c", "fs/proc/base.c", "fs/readdir.c"])
@@ -78,27 +105,30 @@ def _functions_in(path: Path) -> set[str]:
                           check=True).stdout
     import re
 
-    # objdump also labels code sections that have no symbol (.altinstr_replacement).
+    # objdump also labels code sections that have no symbol (.altinstr_replacement), and
+    # the padding before a function (CONFIG_CALL_PADDING, 6.2+) as `name-0x10`.
     labels = set(re.findall(r"^[0-9a-f]+ <([^>]+)>:$", text, re.M))
-    return {label for label in labels if not label.startswith(".")}
+    return {re.sub(r"-0x[0-9a-f]+$", "", label) for label in labels
+            if not label.startswith(".")}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_corpus_case(
     case: Case,
     corpus: CorpusBuilder,
-    debian_kernel_tree,  # noqa: ANN001
+    kernel_tree: KernelTree,
     entry_sizes: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    case = case.for_series(kernel_tree.series)
     pair: BuiltPair = corpus.build(case)
     out = tmp_path / "out.o"
     report = tmp_path / "report.json"
     code = main([
         "diff", str(pair.orig), str(pair.patched), "-o", str(out),
-        "--symbols", str(debian_kernel_tree.system_map), "--target", "vmlinux",
-        "--symvers", str(debian_kernel_tree.module_symvers),
+        "--symbols", str(kernel_tree.system_map), "--target", "vmlinux",
+        "--symvers", str(kernel_tree.module_symvers),
         "--entry-sizes", str(entry_sizes), "--json", str(report),
     ])
     captured = capsys.readouterr()
@@ -137,6 +167,7 @@ def test_corpus_case(
     resolved = {s["name"] for s in data["symbols"] if s["resolution"] != "included"}
     undefined = {s.name for s in read_elf(out).symbols if s.is_undefined and s.name}
     assert undefined == resolved
+    assert case.references <= resolved, resolved
     for symbol in data["symbols"]:
         if symbol["resolution"] == "klp":
             assert symbol["name"] == (
