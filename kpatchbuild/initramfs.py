@@ -42,6 +42,28 @@ def char_device(path: str, major: int, minor: int, permissions: int = 0o600) -> 
     return Entry(path, stat.S_IFCHR | permissions, rdev=(major, minor))
 
 
+def with_parents(entries: list[Entry]) -> list[Entry]:
+    """``entries`` in order, each preceded by any parent directory not yet in the archive.
+
+    The first entry for a path wins: later duplicates (a directory two file groups both
+    need) are dropped, so independently built groups of entries can be concatenated.
+    """
+    seen: set[str] = set()
+    result: list[Entry] = []
+    for entry in entries:
+        path = entry.path.strip("/")
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in seen:
+                seen.add(parent)
+                result.append(directory(parent))
+        if path not in seen:
+            seen.add(path)
+            result.append(entry)
+    return result
+
+
 def _pad4(length: int) -> bytes:
     return b"\0" * (-length % 4)
 

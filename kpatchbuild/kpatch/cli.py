@@ -205,8 +205,9 @@ def info_state(system: System, spec: str) -> dict[str, Any]:
     else:
         functions, source = list(module.functions) if module else [], "file"
     result["functions_from"] = source
-    result["functions"] = [{"object": f.object, "function": f.function, "sympos": f.sympos}
-                           for f in functions]
+    # Positions as sysfs shows them (a unique name's 0 reads 1), whichever the source.
+    result["functions"] = [{"object": f.object, "function": f.function,
+                            "sympos": f.shown_sympos} for f in functions]
     return result
 
 

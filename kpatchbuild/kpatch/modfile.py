@@ -41,8 +41,13 @@ class PatchedFunction:
     function: str
     sympos: int
 
+    @property
+    def shown_sympos(self) -> int:
+        """The position as livepatch shows it in sysfs: 0 (the name is unique) reads 1."""
+        return self.sympos or 1
+
     def sysfs_name(self) -> str:
-        return f"{self.function},{self.sympos}"
+        return f"{self.function},{self.shown_sympos}"
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def test_info_of_a_file_reads_its_metadata_and_functions(machine: Machine) -> No
     assert state["replace"] is True and state["loaded"] is False
     assert state["functions_from"] == "file"
     assert state["functions"] == [
-        {"object": "vmlinux", "function": "cmdline_proc_show", "sympos": 0},
+        {"object": "vmlinux", "function": "cmdline_proc_show", "sympos": 1},
         {"object": "binfmt_misc", "function": "bm_status_read", "sympos": 2}]
     human = machine.kpatch("info", str(module)).out
     assert "binfmt_misc: bm_status_read,2" in human and "state:       not loaded" in human
