@@ -407,22 +407,25 @@ class GuestRun:
 
 
 def qemu_command(kernel: Path, initrd: Path, *, accel: str,
-                 extra_args: str = "") -> list[str]:
+                 extra_args: str = "", qemu_args: Sequence[str] = ()) -> list[str]:
+    """``extra_args`` go on the kernel's command line, ``qemu_args`` to qemu (devices)."""
     append = f"{KERNEL_ARGS} {extra_args}".strip()
     command = [QEMU, "-accel", accel, "-m", str(MEMORY_MB), "-smp", "1",
                "-nographic", "-no-reboot",
-               "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+               "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
+               *qemu_args]
     # No "-cpu host" under KVM: on these machines qemu 7.2 then aborts setting an MSR.
     return command
 
 
 def run_guest(kernel: Path, initrd: Path, console_log: Path, *, accel: str,
-              timeout: float, extra_args: str = "") -> GuestRun:
+              timeout: float, extra_args: str = "", qemu_args: Sequence[str] = ()) -> GuestRun:
     """Boot ``kernel`` with ``initrd`` and wait, at most ``timeout`` s, for qemu to exit.
 
     The serial console (and qemu's own messages) go to ``console_log``.
     """
-    command = qemu_command(kernel, initrd, accel=accel, extra_args=extra_args)
+    command = qemu_command(kernel, initrd, accel=accel, extra_args=extra_args,
+                           qemu_args=qemu_args)
     console_log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with console_log.open("wb") as log:
@@ -567,13 +570,15 @@ class ScriptRun:
 
 def run_guest_script(kernel: Path, script: str, *, workdir: Path,
                      files: Sequence[initramfs.Entry] = (), timeout: float = 120.0,
-                     accel: str | None = None, busybox: Path = BUSYBOX) -> ScriptRun:
+                     accel: str | None = None, qemu_args: Sequence[str] = (),
+                     busybox: Path = BUSYBOX) -> ScriptRun:
     """Boot ``kernel`` with a busybox initramfs holding ``files`` and run ``script`` in it.
 
     The script runs under busybox ``sh`` as ``/kpb/script.sh`` once /proc, /sys and /dev are
     mounted; ``files`` are added to the initramfs (missing parent directories are made).
     ``workdir`` receives the initramfs and ``console.log``, which is kept for the caller to
     name in its messages. What the script prints is on the console: give it markers to parse.
+    ``qemu_args`` add devices (a shared directory, a disk).
     """
     if not kernel.is_file():
         raise KpbError(f"kernel image not found: {kernel}")
@@ -586,7 +591,8 @@ def run_guest_script(kernel: Path, script: str, *, workdir: Path,
                                        initramfs.with_parents([*entries, *files]))
     accel = accel or choose_accel(kernel, workdir)
     console_log = workdir / "console.log"
-    run = run_guest(kernel, initrd, console_log, accel=accel, timeout=timeout)
+    run = run_guest(kernel, initrd, console_log, accel=accel, timeout=timeout,
+                    qemu_args=qemu_args)
     console = console_log.read_text(errors="replace")
     ended = _SCRIPT_END.search(console)
     return ScriptRun(console, console_log, run.elapsed, run.timed_out,
