@@ -1,5 +1,9 @@
 """Proof in a VM: boot the target's original kernel under qemu and exercise a livepatch.
 
+Besides the proof, :func:`run_guest_script` boots a kernel with any files and a shell
+script and returns the console, and :func:`guest_python` lays the host's Python out for such
+a guest (the kpatch command's integration test runs the real command that way).
+
 Knows nothing of recipes, doit or the store: it takes paths (a kernel image, the livepatch
 module, modules to load first) and a check command, and returns a :class:`ProofResult` or
 raises :class:`VmProofError`.
