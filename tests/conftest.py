@@ -72,6 +72,7 @@ class KernelTree:
     system_map: Path
     module_symvers: Path
     series: str  # "6.1", "6.12": what tests key per-series expectations on
+    compiler: str = ""  # CC for make when the tree was configured with another than `gcc`
 
 
 @pytest.fixture(scope="session")
@@ -97,37 +98,59 @@ def debian_kernel_tree(default_recipe_stage: RecipeStage,
 SERIES_6_12_TARGET = "cmdline-6.12/debian-6.12-cloud-amd64"
 
 
-@pytest.fixture(scope="session")
-def debian_6_12_kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
-    """Debian's 6.12 cloud kernel: fetched by the pipeline, prepared in a scratch copy.
+def prepare_scratch_tree(target: str, series: str, tmp_path_factory: pytest.TempPathFactory,
+                         reuse_variable: str, compiler: str = "") -> KernelTree:
+    """A recipe target's Debian kernel, fetched by the pipeline, prepared in a scratch copy.
 
-    The recipe cmdline-6.12 fetches Debian's packages and source and checks the config
-    (doit's fetch and config steps). The tree is then configured with that config and
-    ``modules_prepare``d here, with KERNELRELEASE on every make command line, as Debian
-    builds it (the corpus compiles the same way). KPB_SCRATCH_TREE_6_12 names an existing
-    prepared copy to reuse.
+    doit's fetch and config steps of ``target`` give Debian's packages, source and checked
+    config. The tree is then configured with that config and ``modules_prepare``d here, with
+    KERNELRELEASE on every make command line, as Debian builds it (the corpus compiles the
+    same way), and with CC=``compiler`` when given. The environment variable
+    ``reuse_variable`` names an existing prepared copy to reuse.
     """
-    result = run_doit("config:" + SERIES_6_12_TARGET)
+    result = run_doit("config:" + target)
     if result.returncode != 0:
-        pytest.fail(f"doit config:{SERIES_6_12_TARGET} failed:\n{result.stdout}\n{result.stderr}")
-    work = default_root() / "work" / SERIES_6_12_TARGET
+        pytest.fail(f"doit config:{target} failed:\n{result.stdout}\n{result.stderr}")
+    work = default_root() / "work" / target
     fetch = json.loads((work / "fetch.json").read_text())
     release = fetch["kernel"]["release"]
     files = Path(fetch["files"])
-    reuse = os.environ.get("KPB_SCRATCH_TREE_6_12")
+    reuse = os.environ.get(reuse_variable)
     if reuse:
         path = Path(reuse)
     else:
-        path = tmp_path_factory.mktemp("kernel-6.12") / "tree"
+        path = tmp_path_factory.mktemp(f"kernel-{series}{compiler}") / "tree"
         subprocess.run(["cp", "-a", "--reflink=auto", fetch["source"]["path"], str(path)],
                        check=True)
         (path / ".config").write_text((work / "config").read_text())
         prepared = subprocess.run(
             ["make", "-s", "-C", str(path), f"-j{os.cpu_count() or 1}",
-             f"KERNELRELEASE={release}", "olddefconfig", "modules_prepare"],
+             f"KERNELRELEASE={release}", *([f"CC={compiler}"] if compiler else []),
+             "olddefconfig", "modules_prepare"],
             capture_output=True, text=True,
         )
         if prepared.returncode != 0:
             pytest.fail(f"preparing {path} failed:\n{prepared.stderr[-3000:]}")
         shutil.copyfile(files / "Module.symvers", path / "Module.symvers")
-    return KernelTree(path, release, files / "System.map", files / "Module.symvers", "6.12")
+    return KernelTree(path, release, files / "System.map", files / "Module.symvers", series,
+                      compiler)
+
+
+@pytest.fixture(scope="session")
+def debian_6_12_kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
+    """Debian's 6.12 cloud kernel (recipe cmdline-6.12), prepared in a scratch copy."""
+    return prepare_scratch_tree(SERIES_6_12_TARGET, "6.12", tmp_path_factory,
+                                "KPB_SCRATCH_TREE_6_12")
+
+
+@pytest.fixture(scope="session")
+def debian_6_1_gcc11_kernel_tree(default_recipe_stage: RecipeStage,
+                                 tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
+    """Debian's 6.1 source and config, configured with gcc-11 instead of Debian's gcc 12.
+
+    Not a tree whose objects could patch Debian's kernel (another compiler's code); it shows
+    the differ what gcc 11 makes of real kernel code. The symbol files stay Debian's.
+    """
+    target = f"cmdline/{default_recipe_stage.work.name}"
+    return prepare_scratch_tree(target, "6.1", tmp_path_factory,
+                                "KPB_SCRATCH_TREE_6_1_GCC11", compiler="gcc-11")

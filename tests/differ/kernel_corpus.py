@@ -269,17 +269,20 @@ class BuiltPair:
 class CorpusBuilder:
     """Compiles objects in a (scratch) kernel tree; originals are built once per file."""
 
-    def __init__(self, tree: Path, release: str, workdir: Path) -> None:
+    def __init__(self, tree: Path, release: str, workdir: Path, compiler: str = "") -> None:
         self.tree = tree
         self.release = release
         self.workdir = workdir
+        # CC for make, when the tree was configured with another compiler than `gcc`.
+        self.compiler = compiler
         self._originals: dict[str, Path] = {}
 
     def make_object(self, source: str) -> Path:
         target = source[:-2] + ".o"
+        compiler = [f"CC={self.compiler}"] if self.compiler else []
         subprocess.run(
             ["make", "-s", "-C", str(self.tree), f"KERNELRELEASE={self.release}",
-             f"KCFLAGS={KCFLAGS}", target],
+             f"KCFLAGS={KCFLAGS}", *compiler, target],
             check=True,
             capture_output=True,
         )

@@ -26,12 +26,18 @@ from tests.elf.snapshot import snapshot
 pytestmark = pytest.mark.kernel
 
 
-_TREE_FIXTURES = {"6.1": "debian_kernel_tree", "6.12": "debian_6_12_kernel_tree"}
+# Each series with Debian's compiler (gcc 12), and 6.1 once more configured with gcc 11.
+_TREE_FIXTURES = {
+    "6.1": "debian_kernel_tree",
+    "6.12": "debian_6_12_kernel_tree",
+    "6.1-gcc11": "debian_6_1_gcc11_kernel_tree",
+}
+assert set(SERIES) <= set(_TREE_FIXTURES)
 
 
-@pytest.fixture(scope="session", params=SERIES)
+@pytest.fixture(scope="session", params=list(_TREE_FIXTURES))
 def kernel_tree(request: pytest.FixtureRequest) -> KernelTree:
-    """Each Debian kernel series in turn: every test below runs once per series."""
+    """Each kernel tree in turn: every test below runs once per tree."""
     return request.getfixturevalue(_TREE_FIXTURES[request.param])
 
 
@@ -39,8 +45,18 @@ def kernel_tree(request: pytest.FixtureRequest) -> KernelTree:
 def corpus(kernel_tree: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> CorpusBuilder:
     return CorpusBuilder(
         kernel_tree.path, kernel_tree.release,
-        tmp_path_factory.mktemp(f"corpus-{kernel_tree.series}"),
+        tmp_path_factory.mktemp(f"corpus-{kernel_tree.series}{kernel_tree.compiler}"),
+        kernel_tree.compiler,
     )
+
+
+def test_objects_come_from_the_tree_compiler(corpus: CorpusBuilder,
+                                             kernel_tree: KernelTree) -> None:
+    compiler = kernel_tree.compiler or "gcc"
+    version = subprocess.run([compiler, "-dumpfullversion"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    comment = read_elf(corpus.original("fs/proc/cmdline.c")).section_by_name(".comment")
+    assert comment is not None and f") {version}".encode() in comment.data
 
 
 @pytest.fixture(scope="session")
