@@ -9,7 +9,7 @@ from doit import get_var
 
 from kpatchbuild.errors import KpbError
 from kpatchbuild.store import Store
-from kpatchbuild.tasks import DOIT_CONFIG, generate_tasks, pipelines
+from kpatchbuild.tasks import DOIT_CONFIG, diff_task_creators, generate_tasks, pipelines
 
 __all__ = ["DOIT_CONFIG", "task_pipeline"]
 
@@ -22,3 +22,7 @@ except KpbError as error:
 
 def task_pipeline():
     yield from generate_tasks(PIPELINES)
+
+
+# The per-object diff tasks: created by doit once each target's patched objects are known.
+globals().update(diff_task_creators(PIPELINES))

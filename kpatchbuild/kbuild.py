@@ -45,10 +45,15 @@ def pin_release(tree: Path, release: str) -> None:
     pins KERNELVERSION: prepare, single-object builds and ``M=`` module builds then all agree
     with the image, and no caller can forget. VERSION/PATCHLEVEL/SUBLEVEL, which the code
     sees through LINUX_VERSION_CODE, stay untouched.
+
+    Since 6.6 the top Makefile re-runs itself (``-f Makefile``, so without this file) unless
+    MAKEFLAGS holds ``--no-print-directory``; setting it keeps the one make that reads the
+    pin the one that builds.
     """
     (tree / PIN_FILE).write_text(
         f"# Written by kpatchbuild: this tree stands for the kernel release {release}.\n"
         f"override KERNELVERSION := {release}\n"
+        "MAKEFLAGS += --no-print-directory\n"
         "include Makefile\n"
     )
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kpatchbuild import kbuild, kconfig
 from kpatchbuild.errors import BuildError, RecipeError
-from kpatchbuild.source import SourceTree, copy_tree
+from kpatchbuild.source import SourceTree, no_write_through, private_tree
 from kpatchbuild.steps import format_elapsed, run_step, say
 from kpatchbuild.store import Artifact, Store, content_key, file_hash
 
@@ -70,13 +71,15 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
                                 "compiler": compiler.text, "kcflags": kbuild.KCFLAGS}
     with store.publishing("prepared", key, manifest) as work:
         tree = work / "tree"
-        say(f"  preparing {release} (copy source, olddefconfig, modules_prepare); log: {log}")
-        copy_tree(source.path, tree)
+        say(f"  preparing {release} (link source, olddefconfig, modules_prepare); log: {log}")
+        private_tree(source, tree)
         (tree / ".config").write_text(config_text)
         kbuild.pin_release(tree, release)
-        kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
-        manifest["config_changes"] = _config_changes(config_text, (tree / ".config").read_text())
-        kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
+        with _source_kept(store, source, label):
+            kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
+            manifest["config_changes"] = _config_changes(config_text,
+                                                         (tree / ".config").read_text())
+            kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
         shutil.copyfile(module_symvers, tree / "Module.symvers")
         _check_release(tree, release, log)
     return OriginalStage.from_artifact(store.lookup("prepared", key))  # type: ignore[arg-type]
@@ -102,17 +105,18 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
     with store.publishing("built", key, manifest) as work:
         tree = work / "tree"
         say(f"  building {label} in full (make -j{kbuild.jobs()} all); log: {log}")
-        copy_tree(source.path, tree)
+        private_tree(source, tree)
         link_function_sections_as_text(tree)
         (tree / ".config").write_text(config_text)
-        kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
-        if kconfig.parse_config((tree / ".config").read_text()) != kconfig.parse_config(
-            config_text
-        ):
-            raise BuildError(f"{label}: olddefconfig changed the resolved config; "
-                             f"log: {log}")
         started = time.monotonic()
-        run_step(kbuild.make_command(tree, "all"), step=f"{label}: make all", log=log)
+        with _source_kept(store, source, label):
+            kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
+            if kconfig.parse_config((tree / ".config").read_text()) != kconfig.parse_config(
+                config_text
+            ):
+                raise BuildError(f"{label}: olddefconfig changed the resolved config; "
+                                 f"log: {log}")
+            run_step(kbuild.make_command(tree, "all"), step=f"{label}: make all", log=log)
         missing = [name for name in BUILT_OUTPUTS if not (tree / name).is_file()]
         if missing:
             raise BuildError(f"{label}: the build did not produce {', '.join(missing)}; "
@@ -122,6 +126,12 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         manifest["build_seconds"] = round(elapsed, 1)
         say(f"  built {label} ({manifest['release']}) in {format_elapsed(elapsed)}")
     return OriginalStage.from_artifact(store.lookup("built", key))  # type: ignore[arg-type]
+
+
+def _source_kept(store: Store, source: SourceTree, label: str) -> AbstractContextManager[None]:
+    """Guard the unpacked source a stage links to: a build writing into it discards it."""
+    return no_write_through(source.path, what=f"{label}: the kernel build",
+                            on_damage=lambda: store.discard("source", source.key))
 
 
 def link_function_sections_as_text(tree: Path) -> None:

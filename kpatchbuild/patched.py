@@ -30,7 +30,7 @@ from kpatchbuild import kbuild
 from kpatchbuild.errors import BuildError, RecipeError
 from kpatchbuild.original import OriginalStage
 from kpatchbuild.patching import apply_patches
-from kpatchbuild.source import copy_tree
+from kpatchbuild.source import link_tree, no_write_through
 from kpatchbuild.steps import run_step, say
 from kpatchbuild.store import Store, content_key, write_atomically
 
@@ -56,7 +56,11 @@ class ObjectPair:
 
 
 class Workspace:
-    """A writable copy of one original stage, where single objects are compiled."""
+    """A writable tree of one original stage, where single objects are compiled.
+
+    Made once per stage: its pristine sources hardlinked, the files the stage's own build
+    generated copied (see :func:`kpatchbuild.source.link_tree`).
+    """
 
     def __init__(self, store: Store, stage: OriginalStage) -> None:
         self.store = store
@@ -65,14 +69,14 @@ class Workspace:
         self.tree = self.root / "tree"
 
     def ensure(self) -> None:
-        """Copy the stage once; the copy appears whole (one rename) or not at all."""
+        """Link the stage once; the tree appears whole (one rename) or not at all."""
         if self.tree.is_dir():
             return
-        say(f"  making a compile workspace for {self.stage.release} (a one-time copy)")
+        say(f"  making a compile workspace for {self.stage.release} (linking its sources)")
         temp = self.store.tmp / f"workspace-{self.stage.key}-{os.getpid()}"
         shutil.rmtree(temp, ignore_errors=True)
         try:
-            copy_tree(self.stage.tree, temp / "tree")
+            link_tree(self.stage.tree, temp / "tree", copy_unshared=True)
             self.root.mkdir(parents=True, exist_ok=True)
             os.rename(temp / "tree", self.tree)
         finally:
@@ -126,17 +130,26 @@ class Workspace:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
+    def discard(self) -> None:
+        """Drop this workspace and its stage from the cache: a make wrote into both."""
+        self.store.discard(self.stage.kind, self.stage.key)
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def compile(self, obj: str, log: Path) -> Path:
         """Compile ``obj`` from the workspace's current sources and return its path."""
         output = self.tree / obj
-        output.unlink(missing_ok=True)
         record_file = output.with_name(f".{output.name}.cmd")
+        # The stage's object and its dependency file are hardlinked here: the compiler would
+        # truncate and rewrite them in place, through to the stage.
+        output.unlink(missing_ok=True)
+        output.with_name(f".{output.name}.d").unlink(missing_ok=True)
         if record_file.is_file():
             command = _unescape_make(kbuild.read_cmd_file(record_file).command)
             run_step(["sh", "-c", command], step=f"compile {obj}", log=log, cwd=self.tree)
         else:
-            run_step(kbuild.make_command(self.tree, obj, parallel=False),
-                     step=f"make {obj}", log=log)
+            with no_write_through(self.tree, what=f"make {obj}", on_damage=self.discard):
+                run_step(kbuild.make_command(self.tree, obj, parallel=False),
+                         step=f"make {obj}", log=log)
         if not output.is_file():
             raise BuildError(f"compiling {obj} produced no object; log: {log}")
         return output
@@ -171,8 +184,9 @@ def patched_contents(patches: tuple[Path, ...], tree: Path) -> tuple[dict[str, b
 
 
 def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
-                       changed: list[str], where: str) -> list[str]:
-    """The objects the changed files feed, or a refusal naming the file that can't be patched.
+                       changed: list[str], where: str) -> dict[str, list[str]]:
+    """The objects the changed files feed (each with the changed files it is compiled from),
+    or a refusal naming the file that can't be patched.
 
     A built kernel knows exactly, from every object's recorded inputs. A Debian kernel was
     not built here, so a ``.c`` file means its own object, and a header (whose includers are
@@ -203,8 +217,8 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
         if missing:
             raise RecipeError(f"{where}: kbuild does not build {', '.join(missing)} in this "
                               "kernel's config; nothing to live-patch there")
-        return objects
-    objects = []
+        return {obj: [rel for rel in built if rel in records[obj].sources] for obj in objects}
+    objects = {}
     for rel in built:
         if rel.endswith(".h"):
             raise RecipeError(
@@ -217,7 +231,7 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
         if not _listed_in_kbuild(workspace.tree, rel):
             raise RecipeError(f"{where}: kbuild does not build {rel} (its directory's Makefile "
                               "does not list it); nothing to live-patch there")
-        objects.append(rel[:-2] + ".o")
+        objects[rel[:-2] + ".o"] = [rel]
     return objects
 
 
@@ -264,10 +278,17 @@ def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, 
     workspace = Workspace(store, stage)
     workspace.ensure()
     objects = objects_to_rebuild(stage, workspace, changed, where)
+    # An object is keyed by the changed files it is built from, not by all the patches
+    # change: an edit to one file recompiles (and re-diffs) only that file's objects. New
+    # files count for every object, since an object that now includes one has no record
+    # of it yet.
+    new_files = [rel for rel in changed if not before[rel]]
     pairs = []
-    for obj in objects:
-        original = compiled_object(store, workspace, obj, before, log)
-        patched = compiled_object(store, workspace, obj, after, log)
+    for obj, inputs in objects.items():
+        feeds = set(inputs) | set(new_files)
+        original = compiled_object(store, workspace, obj,
+                                   {rel: before[rel] for rel in feeds}, log)
+        patched = compiled_object(store, workspace, obj, {rel: after[rel] for rel in feeds}, log)
         with workspace.locked():
             target = workspace.link_target(obj)
         identical = original.read_bytes() == patched.read_bytes()

@@ -128,6 +128,14 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
             raise
 
+    def discard(self, kind: str, key: str) -> None:
+        """Remove a published artifact found damaged; its manifest goes first, so no reader
+        trusts what is left if the removal is interrupted."""
+        path = self.path(kind, key)
+        (path / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        self.index.pop((kind, key), None)
+
     def sweep_stale_temps(self) -> None:
         """Remove temp directories whose building process is gone (killed mid-build)."""
         for entry in self.tmp.iterdir():

@@ -18,10 +18,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import xxhash
+from doit import create_after
 from doit.dependency import FileChangedChecker
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
@@ -332,36 +334,83 @@ class TargetPipeline:
         return objdiff.SymbolFiles(self.target_modules().find(target),
                                    files / "Module.symvers")
 
-    def diff_objects(self) -> None:
-        pairs = [patched.ObjectPair(**o) for o in self.read(self.objects_record)["objects"]
-                 if not o["identical"]]
+    def changed_pairs(self) -> list[patched.ObjectPair]:
+        """The rebuilt objects whose bytes differ from the original: one diff task each."""
+        if not self.objects_record.is_file():
+            return []  # `doit list` before anything was built
+        return [patched.ObjectPair(**o) for o in self.read(self.objects_record)["objects"]
+                if not o["identical"]]
+
+    def object_diff_record(self, obj: str) -> Path:
+        return self.work / "diffs" / f"{obj}.json"
+
+    def diff_object(self, pair: patched.ObjectPair) -> None:
+        """Diff one object; a refusal the recipe expects is recorded, any other one fails."""
+        workspace = patched.Workspace(self.store, self.stage())
+        sizes = objdiff.measured_entry_sizes(self.store, workspace)
+        try:
+            diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes)
+        except CannotPatch as refusal:
+            if not (self.recipe.refused and self.recipe.refused in refusal.message):
+                raise
+            say(f"  refused, as the recipe expects: {refusal.message}")
+            record: dict = {"refused": refusal.message}
+        else:
+            for line in objdiff.decision_lines(diff):
+                say(f"  {line}")
+            record = {"diff": diff.to_json()}
+        self.object_diff_record(pair.object).parent.mkdir(parents=True, exist_ok=True)
+        self.write(self.object_diff_record(pair.object), record)
+
+    def collect_diffs(self) -> None:
+        """The target's diffs in one record: what the module links, or the expected refusal."""
+        pairs = self.changed_pairs()
         if not pairs:
             raise KpbError(f"{self.recipe.path}: the patches change no compiled code "
                            "(every rebuilt object is byte-identical)", exit_code=3)
-        workspace = patched.Workspace(self.store, self.stage())
-        sizes = objdiff.measured_entry_sizes(self.store, workspace)
-        diffs = []
-        try:
-            for pair in pairs:
-                diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target),
-                                         sizes)
-                for line in objdiff.decision_lines(diff):
-                    say(f"  {line}")
-                diffs.append(diff)
-        except CannotPatch as refusal:
-            if self.recipe.refused and self.recipe.refused in refusal.message:
-                say(f"  refused, as the recipe expects: {refusal.message}")
-                self.write(self.diffs_record, {"diffs": [], "refused": refusal.message})
-                return
-            raise
+        records = [self.read(self.object_diff_record(p.object)) for p in pairs]
+        refused = [r["refused"] for r in records if "refused" in r]
+        if refused:
+            self.write(self.diffs_record, {"diffs": [], "refused": refused[0]})
+            return
         if self.recipe.refused:
             raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
                            f"'{self.recipe.refused}', but the differ accepted the change")
-        if not any(d.output for d in diffs):
+        diffs = [r["diff"] for r in records]
+        if not any(d["output"] for d in diffs):
             raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
                            "only line numbers or nothing the kernel runs", exit_code=3)
-        self.write(self.diffs_record, {"diffs": [d.to_json() for d in diffs]})
+        self.write(self.diffs_record, {"diffs": diffs})
 
+    def diff_tasks(self) -> Iterator[dict]:
+        """One task per changed object, then the target's collecting task.
+
+        Created by doit once this target's patched objects are known (see dodo.py). The
+        tasks are named in full (no group) so that each recipe's creator stands alone.
+        """
+        names = []
+        for pair in self.changed_pairs():
+            name = f"diff:{self.label}/{pair.object}"
+            names.append(name)
+            yield {
+                "basename": name,
+                "doc": f"diff {pair.object} of {self.label}",
+                "actions": [_reporting_errors(partial(self.diff_object, pair))],
+                "file_dep": [pair.original, pair.patched, str(self.recipe.path)],
+                "targets": [str(self.object_diff_record(pair.object))],
+                "verbosity": 2,
+            }
+        yield {
+            "basename": f"diff:{self.label}",
+            "doc": f"collect the diffs of {self.label}",
+            "actions": [_reporting_errors(self.collect_diffs)],
+            "file_dep": [str(self.objects_record), str(self.recipe.path),
+                         *(str(self.object_diff_record(p.object))
+                           for p in self.changed_pairs())],
+            "task_dep": names,
+            "targets": [str(self.diffs_record)],
+            "verbosity": 2,
+        }
 
     # --- the module and its proof ---
 
@@ -399,7 +448,9 @@ class TargetPipeline:
             workspace = patched.Workspace(self.store, stage)
             with self.store.publishing("module", key, {"module": name,
                                                        "stage": stage.key}) as work:
-                with workspace.locked():
+                with workspace.locked(), source.no_write_through(
+                    workspace.tree, what="linking the module", on_damage=workspace.discard
+                ):
                     ko = module.link_module(
                         workspace.tree, self.recipe.module, diffs, self.work / "module",
                         release=stage.release, log=log, replace=self.recipe.replace,
@@ -486,10 +537,31 @@ def module_inputs() -> list[Path]:
     return sorted((PROJECT_ROOT / "kmod").glob("*"))
 
 
+def diff_task_creators(items: list[TargetPipeline]) -> dict[str, Callable[[], Iterator[dict]]]:
+    """doit task creators, one per target, each run once that target's objects are built.
+
+    Which objects changed is known only then, so their diff tasks cannot be declared with
+    the rest; doit's delayed creation (``create_after``) makes them when they can be.
+    """
+    creators = {}
+    for index, item in enumerate(items):
+        def create(item: TargetPipeline = item) -> Iterator[dict]:
+            yield from item.diff_tasks()
+
+        create.__doc__ = f"diff the changed objects of {item.label}"
+        delayed = create_after(executed=f"patched-objects:{item.label}",
+                               creates=[f"diff:{item.label}"])
+        creators[f"task_diff_{index}"] = delayed(create)
+    return creators
+
+
 def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
     """Every step of every pipeline, as doit task dicts."""
     for basename, doc in STEP_DOCS.items():
-        yield {"basename": basename, "name": None, "doc": doc}
+        if basename != "diff":  # its tasks are created later, named in full: no group
+            yield {"basename": basename, "name": None, "doc": doc}
+    yield {"basename": "diff", "doc": STEP_DOCS["diff"], "actions": None,
+           "task_dep": [f"diff:{item.label}" for item in items]}
     finals = []
     for item in items:
         name = item.label
@@ -539,17 +611,10 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "verbosity": 2,
         }
         yield {
-            "basename": "diff", "name": name,
-            "doc": f"diff the changed objects of {name}",
-            "actions": [_reporting_errors(item.diff_objects)],
-            "file_dep": [str(item.objects_record), str(item.recipe.path)],
-            "targets": [str(item.diffs_record)],
-            "verbosity": 2,
-        }
-        yield {
             "basename": "module", "name": name,
             "doc": f"link the livepatch module of {name}",
             "actions": [_reporting_errors(item.link)],
+            "task_dep": [f"diff:{name}"],
             "file_dep": [str(item.diffs_record), *map(str, module_inputs()),
                          *map(str, item.recipe.sources)],
             "targets": [str(item.module_record)],

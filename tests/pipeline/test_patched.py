@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.errors import RecipeError
+from kpatchbuild.errors import BuildError, RecipeError
 from kpatchbuild.original import OriginalStage
 from kpatchbuild.patched import Workspace, objects_to_rebuild
+from kpatchbuild.source import link_tree, no_write_through
 from kpatchbuild.store import Store, default_root
 from tests.conftest import PROJECT, RecipeStage, run_doit
 
@@ -43,7 +44,7 @@ def test_what_cannot_be_patched_on_a_debian_kernel(tmp_path: Path, changed: list
 def test_a_c_file_means_its_object(tmp_path: Path) -> None:
     stage, workspace = prepared_stage(tmp_path)
     assert objects_to_rebuild(stage, workspace, ["fs/proc/cmdline.c", "Documentation/a.rst"],
-                              "r") == ["fs/proc/cmdline.o"]
+                              "r") == {"fs/proc/cmdline.o": ["fs/proc/cmdline.c"]}
 
 
 @pytest.mark.kernel
@@ -87,6 +88,31 @@ def test_patch_edits_recompile_only_the_patched_side_and_reverts_hit_the_cache(
 
 
 @pytest.mark.kernel
+def test_each_changed_object_has_its_own_diff_task(default_recipe_stage: RecipeStage,
+                                                   tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    shutil.copytree(PROJECT / "recipes/two-patches", recipes / "t-two")
+    env = {"KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
+    label = "t-two/debian-6.1-cloud-amd64"
+    patch = recipes / "t-two/version.patch"
+    try:
+        def diff_tasks_run() -> set[str]:
+            result = run_doit("module", env=env)
+            assert result.returncode == 0, result.stdout + result.stderr
+            return {line.split()[1] for line in result.stdout.splitlines()
+                    if line.startswith(".  diff:")}
+
+        assert diff_tasks_run() == {f"diff:{label}/fs/proc/cmdline.o",
+                                    f"diff:{label}/fs/proc/version.o", f"diff:{label}"}
+        patch.write_text(patch.read_text().replace("version patched", "version edited"))
+        # Only version.o changed: cmdline.o's diff task is up to date.
+        assert diff_tasks_run() == {f"diff:{label}/fs/proc/version.o", f"diff:{label}"}
+        assert diff_tasks_run() == set()
+    finally:
+        shutil.rmtree(default_root() / "work/t-two", ignore_errors=True)
+
+
+@pytest.mark.kernel
 def test_default_recipe_module_is_proven_in_debians_kernel(
         default_recipe_stage: RecipeStage) -> None:
     module = json.loads((default_recipe_stage.work / "module.json").read_text())
@@ -115,6 +141,64 @@ def test_workspace_puts_back_what_an_earlier_compile_edited(tmp_path: Path) -> N
     assert (workspace.tree / "fs/proc/version.c").read_bytes() == b"original version\n"
     assert not (workspace.tree / "fs/proc/new.c").exists()
     assert (workspace.tree / "fs/proc/cmdline.c").read_bytes() == b"patched by B\n"
+
+
+def built_stage_with_object(tmp_path: Path) -> tuple[Store, OriginalStage]:
+    """A stage linked from a pristine source (kernel/a.c), holding kernel/a.o its build made
+    and kbuild's record of the command that made it."""
+    store = Store(tmp_path / "cache")
+    stage = OriginalStage("built", "k3", store.path("built", "k3"), "6.1.0-1-test")
+    (tmp_path / "pristine/kernel").mkdir(parents=True)
+    (tmp_path / "pristine/kernel/a.c").write_text("int a;\n")
+    link_tree(tmp_path / "pristine", stage.tree)
+    (stage.tree / "kernel/a.o").write_text("original object\n")
+    (stage.tree / "kernel/.a.o.d").write_text("original deps\n")
+    (stage.tree / "kernel/.a.o.cmd").write_text(
+        "cmd_kernel/a.o := echo rebuilt > kernel/a.o; echo deps > kernel/.a.o.d\n")
+    return store, stage
+
+
+def test_workspace_links_the_stage_and_compiles_never_write_through(tmp_path: Path) -> None:
+    store, stage = built_stage_with_object(tmp_path)
+    workspace = Workspace(store, stage)
+    with workspace.locked():
+        # Pristine sources are linked; what the stage's build made is copied, since kbuild
+        # rewrites some of its own files in place.
+        assert (workspace.tree / "kernel/a.c").samefile(stage.tree / "kernel/a.c")
+        assert not (workspace.tree / "kernel/.a.o.cmd").samefile(stage.tree / "kernel/.a.o.cmd")
+        workspace.set_contents({"kernel/a.c": b"int a = 1;\n"})
+        output = workspace.compile("kernel/a.o", tmp_path / "log")
+    assert output.read_text() == "rebuilt\n"
+    assert (stage.tree / "kernel/a.c").read_text() == "int a;\n"
+    assert (stage.tree / "kernel/a.o").read_text() == "original object\n"
+    assert (stage.tree / "kernel/.a.o.d").read_text() == "original deps\n"
+
+
+def test_a_write_through_discards_the_damaged_trees(tmp_path: Path) -> None:
+    store, stage = built_stage_with_object(tmp_path)
+    (store.path("built", "k3") / "manifest.json").write_text("{}")
+    workspace = Workspace(store, stage)
+    workspace.ensure()
+    with pytest.raises(BuildError, match=r"make kernel/b.o wrote into 1 file\(s\) shared with "
+                       r"the cache \(kernel/a.c\)"):
+        with no_write_through(workspace.tree, what="make kernel/b.o",
+                              on_damage=workspace.discard):
+            with (workspace.tree / "kernel/a.c").open("r+") as inside:
+                inside.write("int b;\n")  # in place: the stage's file changes too
+            (workspace.tree / "kernel/b.o").write_text("a new file is fine\n")
+    assert store.lookup("built", "k3") is None
+    assert not workspace.root.exists()
+
+
+def test_new_files_in_a_linked_tree_are_not_write_through(tmp_path: Path) -> None:
+    (tmp_path / "pristine").mkdir()
+    (tmp_path / "pristine/Makefile").write_text("all:\n")
+    link_tree(tmp_path / "pristine", tmp_path / "linked")
+    with no_write_through(tmp_path / "linked", what="make", on_damage=pytest.fail):
+        (tmp_path / "linked/Makefile").unlink()
+        (tmp_path / "linked/Makefile").write_text("replaced, not written through\n")
+        (tmp_path / "linked/out.o").write_text("new\n")
+    assert (tmp_path / "pristine/Makefile").read_text() == "all:\n"
 
 
 def test_workspace_is_a_whole_copy_before_anything_touches_it(tmp_path: Path) -> None:
