@@ -26,7 +26,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
+from elftools.elf.sections import Symbol, SymbolTableSection
 
 from kpatchbuild.kpatch.errors import KpatchError
 
@@ -89,7 +89,7 @@ def read_module(path: Path) -> ModuleFile:
 
 
 def _read(path: Path, elf: ELFFile) -> ModuleFile:
-    if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or not elf.elfclass == 64:
+    if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
         raise KpatchError(f"{path}: not a kernel module (an x86_64 relocatable ELF file)")
     modinfo_section = elf.get_section_by_name(".modinfo")
     if modinfo_section is None:
@@ -123,12 +123,12 @@ class _Tables:
         self.symbols = list(symtab.iter_symbols()) if isinstance(symtab,
                                                                  SymbolTableSection) else []
         self.by_name = {s.name: s for s in self.symbols if s["st_info"]["type"] == "STT_OBJECT"}
-        self._relocations: dict[int, dict[int, tuple[object, int]]] = {}
+        self._relocations: dict[int, dict[int, tuple[Symbol, int]]] = {}
 
-    def _relocs(self, section_index: int) -> dict[int, tuple[object, int]]:
+    def _relocs(self, section_index: int) -> dict[int, tuple[Symbol, int]]:
         """offset -> (symbol, addend) of the relocations applying to a section."""
         if section_index not in self._relocations:
-            found: dict[int, tuple[object, int]] = {}
+            found: dict[int, tuple[Symbol, int]] = {}
             for section in self.elf.iter_sections():
                 if (isinstance(section, RelocationSection) and section.is_RELA()
                         and section["sh_info"] == section_index
@@ -143,11 +143,11 @@ class _Tables:
     def _section_data(self, index: int) -> bytes:
         return self.elf.get_section(index).data()
 
-    def _target(self, symbol: object, addend: int) -> tuple[int, int]:
+    def _target(self, symbol: Symbol, addend: int) -> tuple[int, int]:
         """(section index, offset) a relocation points to."""
-        return symbol["st_shndx"], symbol["st_value"] + addend  # type: ignore[index]
+        return symbol["st_shndx"], symbol["st_value"] + addend
 
-    def _string(self, symbol: object, addend: int) -> str:
+    def _string(self, symbol: Symbol, addend: int) -> str:
         section, offset = self._target(symbol, addend)
         data = self._section_data(section)
         return data[offset:data.index(b"\0", offset)].decode(errors="replace")
@@ -181,9 +181,9 @@ class _Tables:
             functions += self._funcs(objname, table)
         return tuple(functions)
 
-    def _funcs(self, objname: str, table: object) -> list[PatchedFunction]:
-        section = table["st_shndx"]  # type: ignore[index]
-        start, size = table["st_value"], table["st_size"]  # type: ignore[index]
+    def _funcs(self, objname: str, table: Symbol) -> list[PatchedFunction]:
+        section = table["st_shndx"]
+        start, size = table["st_value"], table["st_size"]
         relocs = self._relocs(section)
         inside = sorted(offset for offset in relocs if start <= offset < start + size)
         count = len(inside) // 2  # old_name and new_func per entry

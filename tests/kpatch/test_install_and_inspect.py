@@ -190,3 +190,22 @@ def test_a_module_the_pipeline_built_is_read(default_recipe_stage) -> None:
     assert info.release == record["release"] == info.vermagic_release
     assert info.build_id and len(info.build_id) == 40
     assert info.functions == (PatchedFunction("vmlinux", "cmdline_proc_show", 0),)
+
+
+def test_damaged_module_files_are_one_line_refusals(tmp_path: Path) -> None:
+    """Truncated or corrupted files: a KpatchError naming the file, never another error."""
+    from kpatchbuild.kpatch.errors import KpatchError
+    from tests.kpatch.modules import make_module
+    data = make_module(tmp_path, "lp_whole").read_bytes()
+    damaged = tmp_path / "damaged.ko"
+    variants = [data[:length] for length in range(0, len(data), max(1, len(data) // 97))]
+    for offset in range(0, len(data), max(1, len(data) // 61)):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0xFF
+        variants.append(bytes(flipped))
+    for variant in variants:
+        damaged.write_bytes(variant)
+        try:
+            read_module(damaged)
+        except KpatchError as error:
+            assert str(damaged) in error.message
