@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ def test_install_keeps_the_module_and_writes_the_boot_unit(machine: Machine) -> 
     installed = machine.kernel.path(f"var/lib/kpatch/{RELEASE}/lp_a.ko")
     assert installed.read_bytes() == module.read_bytes()
     unit = machine.kernel.path(UNIT).read_text()
-    assert "load --all" in unit and "WantedBy=sysinit.target" in unit
+    assert f"ExecStart={sys.executable} -m kpatchbuild.kpatch load --all\n" in unit
+    assert "Before=sysinit.target" in unit and "WantedBy=sysinit.target" in unit
+    assert "ConditionKernelCommandLine=!kpatch.enable=0" in unit
     assert os.readlink(machine.kernel.path(WANTS)) == "/etc/systemd/system/kpatch.service"
     assert not machine.kernel.path(HOOK).exists()  # this system has no initramfs-tools
     assert f"installed lp_a for {RELEASE}: kpatch.service loads it at boot" in result.out
