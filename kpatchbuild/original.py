@@ -12,6 +12,7 @@ share one stage, and a config edit makes a new one.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from contextlib import AbstractContextManager
@@ -26,7 +27,7 @@ from kpatchbuild.steps import format_elapsed, run_step, say
 from kpatchbuild.store import Artifact, Store, content_key, file_hash
 
 # Bump when the way a stage is made changes, so old stages are not taken for new ones.
-STAGE_FORMAT = 2
+STAGE_FORMAT = 3  # 3: Debian's BTF options kept (pahole); trees linked, not copied
 LINKER_SCRIPT_MACROS = "include/asm-generic/vmlinux.lds.h"
 _SECTION_MACROS_CONDITION = ("#if defined(CONFIG_LD_DEAD_CODE_DATA_ELIMINATION) || "
                              "defined(CONFIG_LTO_CLANG)")
@@ -79,6 +80,7 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
             kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
             manifest["config_changes"] = _config_changes(config_text,
                                                          (tree / ".config").read_text())
+            check_config_kept(manifest["config_changes"], label, log)
             kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
         shutil.copyfile(module_symvers, tree / "Module.symvers")
         _check_release(tree, release, log)
@@ -162,10 +164,53 @@ def _check_release(tree: Path, release: str, log: Path) -> None:
 
 
 def _config_changes(before: str, after: str) -> dict[str, list[str | None]]:
-    """Options olddefconfig changed in a distribution's config (recorded, not refused)."""
+    """Options olddefconfig changed in a distribution's config ("n" and unset are one)."""
     old, new = kconfig.parse_config(before), kconfig.parse_config(after)
-    return {name: [old.get(name), new.get(name)]
-            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}
+
+    def value(options: dict[str, str], name: str) -> str | None:
+        found = options.get(name)
+        return None if found == "n" else found
+
+    return {name: [value(old, name), value(new, name)]
+            for name in sorted(set(old) | set(new)) if value(old, name) != value(new, name)}
+
+
+# What olddefconfig may change in a distribution's config without changing the kernel's code
+# or data layout: facts about the host's tools (their versions and abilities; the compiler
+# itself is checked to be the distribution's) and module signing, which the proof does not
+# use. Any other change means objects and modules built here would not match the running
+# kernel: a dropped CONFIG_DEBUG_INFO_BTF_MODULES, for one, shrinks struct module, so the
+# kernel would read a livepatch module's exit function from the wrong place.
+_TOOLCHAIN_FACTS = re.compile(
+    r"CONFIG_(\w+_VERSION(_TEXT)?|(CC|AS|LD|RUSTC|PAHOLE|TOOLS)_(HAS|IS|CAN|SUPPORTS?)_\w+"
+    r"|BUILD_SALT|MODULE_SIG_ALL|MODULE_SIG_KEY|SYSTEM_TRUSTED_KEYS)$")
+
+# The host package that makes an option survive olddefconfig, where one is known.
+_PROVIDED_BY = {"CONFIG_DEBUG_INFO_BTF": "dwarves (pahole)",
+                "CONFIG_RUST": "rustc and bindgen of the kernel's required versions"}
+
+
+def significant_config_changes(changes: dict[str, list[str | None]]) -> dict[str, list]:
+    """The changes that make this tree build code the running kernel was not built as."""
+    return {name: change for name, change in changes.items()
+            if not _TOOLCHAIN_FACTS.match(name)}
+
+
+def check_config_kept(changes: dict[str, list[str | None]], label: str, log: Path) -> None:
+    """Refuse a prepared tree whose config is not the distribution's, naming what moved."""
+    significant = significant_config_changes(changes)
+    if not significant:
+        return
+    shown = ", ".join(f"{name} ({old or 'unset'} -> {new or 'unset'})"
+                      for name, (old, new) in list(significant.items())[:4])
+    more = f" and {len(significant) - 4} more" if len(significant) > 4 else ""
+    hints = sorted({package for name in significant for prefix, package in _PROVIDED_BY.items()
+                    if name.startswith(prefix)})
+    remedy = (f"install {' and '.join(hints)} and run again" if hints else
+              "the host's tools cannot configure this kernel as the distribution did")
+    raise BuildError(f"{label}: make olddefconfig changed the distribution's config: {shown}"
+                     f"{more}; modules built from it would not match the running kernel: "
+                     f"{remedy}; log: {log}")
 
 
 def check_livepatch_config(config_text: str, label: str) -> None:

@@ -27,6 +27,7 @@ from doit import create_after
 from doit.dependency import FileChangedChecker
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
+from doit.tools import config_changed
 
 from kpatchbuild import (
     buildid,
@@ -397,6 +398,7 @@ class TargetPipeline:
                 "doc": f"diff {pair.object} of {self.label}",
                 "actions": [_reporting_errors(partial(self.diff_object, pair))],
                 "file_dep": [pair.original, pair.patched, str(self.recipe.path)],
+                "uptodate": [config_changed(objdiff.differ_version())],
                 "targets": [str(self.object_diff_record(pair.object))],
                 "verbosity": 2,
             }
@@ -468,8 +470,9 @@ class TargetPipeline:
             for change in diff.new_functions:
                 say(f"    {diff.object_name}: new function: {change.name}")
         say(f"  build log: {log}")
+        # The module's hash in its record: a relinked module with new bytes is proven again.
         self.write(self.module_record, {"module": str(final), "release": stage.release,
-                                        "log": str(log)})
+                                        "log": str(log), "xxh3": file_hash(final)})
 
     def kernel_build_id(self) -> str:
         """The build id of the kernel the module is for; decompressing vmlinuz once."""
@@ -501,6 +504,11 @@ class TargetPipeline:
         ko = Path(self.read(self.module_record)["module"])
         result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
                                     workdir=self.work / "vm", preload=self.patched_modules())
+        exit_line = f"{vm.module_name(ko)}: exit"
+        if exit_line not in result.console_log.read_text(errors="replace"):
+            raise KpbError(f"{self.label}: the module unloaded but its exit function never ran "
+                           f"('{exit_line}' missing): the module's struct module does not match "
+                           f"the kernel's; console log: {result.console_log}")
         say(f"  proven in {self.read(self.module_record)['release']} under qemu "
             f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
         say(f"  console log: {result.console_log}")
@@ -590,7 +598,8 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "actions": [_reporting_errors(item.make_original)],
             "file_dep": [str(item.fetch_record), str(item.config_file)],
             "targets": [str(item.original_record)],
-            "uptodate": [item.original_still_there],
+            "uptodate": [item.original_still_there,
+                         config_changed({"stage_format": original.STAGE_FORMAT})],
             "verbosity": 2,
         }
         yield {
@@ -616,7 +625,7 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "actions": [_reporting_errors(item.link)],
             "task_dep": [f"diff:{name}"],
             "file_dep": [str(item.diffs_record), *map(str, module_inputs()),
-                         *map(str, item.recipe.sources)],
+                         *map(str, item.recipe.sources), module.__file__],
             "targets": [str(item.module_record)],
             "verbosity": 2,
         }

@@ -564,9 +564,6 @@ class PatchBuilder:
                 out.symbols.append(copy)
         for source in ordered:
             piece = self.slices[id(source)]
-            if source.link is not None:
-                linked = self.slices.get(id(source.link))
-                piece.out.link = linked.out if linked is not None else None
             relocations = []
             for start, end in piece.ranges:
                 for relocation in patched.relocations_between(source, start, end):
@@ -576,11 +573,32 @@ class PatchBuilder:
                         relocations.append(moved)
             if relocations:
                 piece.out.relocations = relocations
+            if source.link is not None:
+                piece.out.link = self._link_order_partner(source, relocations)
         modinfo = self._modinfo()
         if modinfo is not None:
             out.sections.append(modinfo)
         out.sections.append(Section(".note.GNU-stack", SHT_PROGBITS, 0, b""))
         return out
+
+    def _link_order_partner(self, source: Section, relocations: list[Relocation]
+                            ) -> Section | None:
+        """The output section a SHF_LINK_ORDER section is ordered with.
+
+        Its own partner when that was included. Some gcc versions put the entries of several
+        functions in one ``__patchable_function_entries`` linked to the first function only
+        (often ``.init.text``, never included): then the function its kept entries point to.
+        ld refuses to mix ordered and unordered input sections of one name, so a partner is
+        needed whenever one exists.
+        """
+        linked = self.slices.get(id(source.link))
+        if linked is not None:
+            return linked.out
+        for relocation in relocations:
+            target = relocation.symbol.section
+            if target is not None and target.is_text:
+                return target
+        return None
 
     def _retarget(
         self,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild import debian, kbuild, kconfig, source
-from kpatchbuild.errors import FetchError, RecipeError, ToolchainError
+from kpatchbuild import debian, kbuild, kconfig, original, source
+from kpatchbuild.errors import BuildError, FetchError, RecipeError, ToolchainError
 from kpatchbuild.patching import check_patches_apply, touched_files
 from kpatchbuild.recipe import ConfigOption, DebianKernel, Place, SourceSpec
 from kpatchbuild.store import Store, sha256_file
@@ -248,3 +248,25 @@ def test_newest_release_is_asked_again_only_when_the_index_changes(
     assert len(calls) == 1
     (lists / "new_Packages").write_text("")  # apt-get update renames new lists into place
     assert debian.newest_release_known(spec, store)[0] == "6.1.0-2-cloud-amd64"
+
+
+def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
+        tmp_path: Path) -> None:
+    debian_config = ('CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14) 12.2.0"\n'
+                     "CONFIG_PAHOLE_VERSION=124\nCONFIG_DEBUG_INFO_BTF=y\n"
+                     "CONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_SCHED_CLASS_EXT=n\n")
+    without_pahole = ('CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14) 12.2.0"\n'
+                      "CONFIG_PAHOLE_VERSION=0\nCONFIG_MODULE_SIG_ALL=y\n")
+    changes = original._config_changes(debian_config, without_pahole)
+    assert "CONFIG_SCHED_CLASS_EXT" not in changes  # "n" and unset are the same
+    assert set(original.significant_config_changes(changes)) == {
+        "CONFIG_DEBUG_INFO_BTF", "CONFIG_DEBUG_INFO_BTF_MODULES"}
+    with pytest.raises(BuildError) as caught:
+        original.check_config_kept(changes, "r/debian-6.12", tmp_path / "prepare.log")
+    assert str(caught.value.message) == (
+        "r/debian-6.12: make olddefconfig changed the distribution's config: "
+        "CONFIG_DEBUG_INFO_BTF (y -> unset), CONFIG_DEBUG_INFO_BTF_MODULES (y -> unset); "
+        "modules built from it would not match the running kernel: install dwarves (pahole) "
+        f"and run again; log: {tmp_path / 'prepare.log'}")
+    tools_only = original._config_changes(debian_config, debian_config.replace("124", "125"))
+    original.check_config_kept(tools_only, "r/debian-6.12", tmp_path / "prepare.log")
