@@ -20,10 +20,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from kpatchbuild.debian import DebianPackage, extract_members, fetch_package
+from kpatchbuild.elf import ElfFormatError, read_elf
 from kpatchbuild.errors import BuildError, FetchError
 from kpatchbuild.store import Store, content_key
 
@@ -46,11 +44,10 @@ def _module_stem(path: str) -> str | None:
 def modinfo(ko: Path) -> dict[str, str]:
     """The ``key=value`` fields of a module's ``.modinfo`` section."""
     try:
-        with ko.open("rb") as stream:
-            section = ELFFile(stream).get_section_by_name(".modinfo")
-            data = section.data() if section is not None else b""
-    except (ELFError, OSError) as error:
+        sections = read_elf(ko).sections
+    except (ElfFormatError, OSError) as error:
         raise BuildError(f"{ko}: not a readable kernel module ({error})") from None
+    data = next((s.data for s in sections if s.name == ".modinfo"), b"")
     fields = {}
     for entry in data.split(b"\0"):
         key, sep, value = entry.decode(errors="replace").partition("=")
