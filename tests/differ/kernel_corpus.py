@@ -77,6 +77,7 @@ CMDLINE = "fs/proc/cmdline.c"
 BASE = "fs/proc/base.c"
 READDIR = "fs/readdir.c"
 MACCESS = "mm/maccess.c"
+FORK = "kernel/fork.c"
 # Four pr_debug() calls in two functions, built in (CONFIG_DYNAMIC_DEBUG=y, jump labels).
 ASYNC = "kernel/async.c"
 
@@ -221,6 +222,22 @@ CASES = [
         0,
         changed=frozenset({"copy_from_kernel_nofault"}),
         kept_sections=frozenset({"__ex_table"}),
+    ),
+    Case(
+        # The compiler outlines the loop of memcg_charge_kernel_stack into `.part.0`, its
+        # only function symbol; the change lands there.
+        "part_subfunction",
+        FORK,
+        replace_once("for (i = 0; i < THREAD_SIZE / PAGE_SIZE; i++)\n"
+                     "\t\tmemcg_kmem_uncharge_page",
+                     "for (i = THREAD_SIZE / PAGE_SIZE - 1; i >= 0; i--)\n"
+                     "\t\tmemcg_kmem_uncharge_page"),
+        0,
+        changed=frozenset({"memcg_charge_kernel_stack.part.0"}),
+        # 6.2 made the error path uncharge only the pages it charged: other text, same edit.
+        per_series={"6.12": {"edit": replace_once(
+            "for (i = 0; i < nr_charged; i++)\n\t\tmemcg_kmem_uncharge_page",
+            "for (i = nr_charged - 1; i >= 0; i--)\n\t\tmemcg_kmem_uncharge_page")}},
     ),
     Case(
         "dyndbg_in_changed_function",
