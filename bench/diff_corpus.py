@@ -1,11 +1,14 @@
-"""Time the differ on the kernel corpus: seconds per object and per MB of input.
+"""Time the differ on the kernel corpus, per kernel series: seconds per object and per MB.
 
-    python bench/diff_corpus.py --tree SCRATCH_TREE [--system-map F] [--symvers F]
+    python bench/diff_corpus.py --tree 6.1=SCRATCH_6_1 --tree 6.12=SCRATCH_6_12 [--repeat N]
 
-SCRATCH_TREE is a writable copy of a prepared Debian 6.1 tree (its sources are edited and
-restored). Besides the corpus cases, a few large objects are diffed against a rebuild with
-a trailing comment, which exercises the full compare path, to show how time grows with size.
-The symbol table is loaded once and timed on its own.
+Each SCRATCH tree is a writable copy of a prepared Debian tree of that series (its sources
+are edited and restored; tests/conftest.py makes such copies), holding the target's
+System.map and Module.symvers (or name their folder with --symbol-files SERIES=DIR). The
+release is the tree's own (include/config/kernel.release). Besides the corpus cases, a few
+large objects are diffed against a rebuild with a trailing comment, which exercises the full
+compare path, to show how time grows with size. Symbol tables are loaded once and timed
+on their own.
 """
 
 from __future__ import annotations
@@ -45,36 +48,62 @@ def _timed_diff(orig: Path, patched: Path, table, exports, repeat: int) -> float
     return best
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", required=True, type=Path)
-    parser.add_argument("--release", default="6.1.0-56-cloud-amd64")
-    parser.add_argument("--system-map", type=Path, default=Path("/tmp/kpb-tree/System.map"))
-    parser.add_argument("--symvers", type=Path, default=Path("/tmp/kpb-tree/Module.symvers"))
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+def _series_path(text: str) -> tuple[str, Path]:
+    name, separator, path = text.partition("=")
+    if not separator or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SERIES=PATH, e.g. 6.12=/tmp/tree")
+    return name, Path(path)
 
+
+def bench_series(series: str, tree: Path, files: Path, repeat: int) -> list[tuple[float, float]]:
+    """Diff the corpus of one tree; print a line per object; return (seconds, MB) each."""
+    release = (tree / "include/config/kernel.release").read_text().strip()
     start = time.perf_counter()
-    table = load_symbol_table(args.system_map)
-    exports = load_module_symvers(args.symvers)
-    print(f"symbol table + Module.symvers: {time.perf_counter() - start:.3f} s (once)")
+    table = load_symbol_table(files / "System.map")
+    exports = load_module_symvers(files / "Module.symvers")
+    print(f"\n== Linux {series} ({release}): symbol table + Module.symvers "
+          f"{time.perf_counter() - start:.3f} s (once)")
 
-    work = Path(tempfile.mkdtemp(prefix="kpb-bench-"))
-    builder = CorpusBuilder(args.tree, args.release, work)
-    pairs = [(case.name, builder.build(case)) for case in CASES]
+    builder = CorpusBuilder(tree, release, Path(tempfile.mkdtemp(prefix=f"kpb-bench-{series}-")))
+    pairs = [(case.name, builder.build(case.for_series(series))) for case in CASES]
     for source in LARGE_SOURCES:
         case = Case(f"large:{source}", source, lambda t: t + "\n/* bench */\n", 3)
         pairs.append((case.name, builder.build(case)))
 
     print(f"{'object':40} {'input MB':>9} {'seconds':>9} {'s/MB':>7}")
-    times = []
+    figures = []
     for name, pair in pairs:
         megabytes = (pair.orig.stat().st_size + pair.patched.stat().st_size) / 1e6
-        seconds = _timed_diff(pair.orig, pair.patched, table, exports, args.repeat)
-        times.append(seconds)
+        seconds = _timed_diff(pair.orig, pair.patched, table, exports, repeat)
+        figures.append((seconds, megabytes))
         print(f"{name:40} {megabytes:9.2f} {seconds:9.3f} {seconds / megabytes:7.3f}")
-    print(f"median {statistics.median(times):.3f} s per object, max {max(times):.3f} s")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", required=True, action="append", type=_series_path,
+                        metavar="SERIES=PATH", help="a scratch tree of one series (repeatable)")
+    parser.add_argument("--symbol-files", action="append", type=_series_path, default=[],
+                        metavar="SERIES=DIR",
+                        help="where that series' System.map and Module.symvers are "
+                             "(default: the tree itself)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    symbol_files = dict(args.symbol_files)
+
+    summary = []
+    for series, tree in args.tree:
+        figures = bench_series(series, tree, symbol_files.get(series, tree), args.repeat)
+        times = [seconds for seconds, _ in figures]
+        per_mb = [seconds / megabytes for seconds, megabytes in figures]
+        summary.append(f"Linux {series}: median {statistics.median(times):.3f} s per object, "
+                       f"max {max(times):.3f} s, median {statistics.median(per_mb):.3f} s/MB "
+                       f"({len(figures)} objects)")
+    print()
+    for line in summary:
+        print(line)
     return 0
 
 
