@@ -2,7 +2,7 @@
 
 (a) initramfs: the host's interpreter, the shared libraries ldd lists, the modules the
     command imports (compiled) and the package, copied into the busybox initramfs
-    (kpatchbuild.vm.guest_python);
+    (kpatchbuild.guestpython.guest_python);
 (b) 9p: the host's root shared read-only over virtio-9p, as virtme-ng does; the guest
     loads the 9p modules, mounts it, and runs the same interpreter chrooted into it.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from kpatchbuild import initramfs, vm  # noqa: E402
+from kpatchbuild import guestpython, initramfs, vm  # noqa: E402
 from kpatchbuild.store import default_root  # noqa: E402
 
 GENERIC_RELEASE = "6.1.0-56-amd64"
@@ -89,7 +89,7 @@ def parse(run: vm.ScriptRun) -> dict[str, float]:
 
 
 def initramfs_route(kernel: Path, workdir: Path) -> tuple[dict[str, float], int]:
-    python = vm.guest_python(["kpatchbuild.kpatch.__main__"])
+    python = guestpython.guest_python(["kpatchbuild.kpatch.__main__"])
     script = TIMING.format(prepare=":",
                            command=python.command("-m", "kpatchbuild.kpatch", "list"))
     run = vm.run_guest_script(kernel, script, workdir=workdir, files=python.entries,

@@ -9,7 +9,7 @@ Three modules built by the pipeline for the default recipe's kernel:
   the timeout, the roll-back, ``--keep``, ``signal`` and ``force`` meet a real stuck
   transition.
 
-The guest runs the host's Python from the initramfs (vm.guest_python) and a script whose
+The guest runs the host's Python from the initramfs (guestpython.guest_python) and a script whose
 every step prints ``KPB-RUN <step>``, the command's output, ``KPB-RC <step> <status>`` and
 the state after it (/proc/cmdline, /sys/kernel/livepatch, /proc/modules) for the test to
 read.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild import initramfs, vm
+from kpatchbuild import guestpython, initramfs, vm
 from tests.conftest import PROJECT, RecipeStage, run_doit
 
 pytestmark = pytest.mark.kernel
@@ -119,7 +119,7 @@ def guest_steps(default_recipe_stage: RecipeStage,
     modules = [v1, _build_module("kpatch-cmdline-v2", target, env),
                _build_module("kpatch-stuck", target, env)]
 
-    python = vm.guest_python(["kpatchbuild.kpatch.__main__"])
+    python = guestpython.guest_python(["kpatchbuild.kpatch.__main__"])
     wrapper = f'#!/bin/sh\nexec {python.command("-m", "kpatchbuild.kpatch")} "$@"\n'
     files = [*python.entries,
              initramfs.regular_file("usr/sbin/kpatch", wrapper.encode(), 0o755),

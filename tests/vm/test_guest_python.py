@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild import initramfs, vm
+from kpatchbuild import guestpython, initramfs, vm
 from kpatchbuild.errors import KpbError
+from kpatchbuild.guestpython import GuestPython
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.fixture(scope="module")
-def kpatch_python() -> vm.GuestPython:
-    return vm.guest_python(["kpatchbuild.kpatch.__main__"])
+def kpatch_python() -> GuestPython:
+    return guestpython.guest_python(["kpatchbuild.kpatch.__main__"])
 
 
 def test_with_parents_adds_missing_directories_once() -> None:
@@ -32,7 +33,7 @@ def test_with_parents_adds_missing_directories_once() -> None:
     assert stat.S_ISDIR(entries[1].mode)
 
 
-def test_the_interpreter_comes_with_its_libraries(kpatch_python: vm.GuestPython) -> None:
+def test_the_interpreter_comes_with_its_libraries(kpatch_python: GuestPython) -> None:
     paths = {e.path for e in kpatch_python.entries}
     interpreter = Path(sys.executable).resolve()
     assert kpatch_python.interpreter == str(interpreter)
@@ -44,7 +45,7 @@ def test_the_interpreter_comes_with_its_libraries(kpatch_python: vm.GuestPython)
     assert any("libffi.so" in p for p in paths)
 
 
-def test_the_command_and_its_imports_come_compiled(kpatch_python: vm.GuestPython) -> None:
+def test_the_command_and_its_imports_come_compiled(kpatch_python: GuestPython) -> None:
     entries = {e.path: e for e in kpatch_python.entries}
     cli = str(PROJECT / "kpatchbuild/kpatch/cli.py").lstrip("/")
     assert cli in entries
@@ -56,7 +57,7 @@ def test_the_command_and_its_imports_come_compiled(kpatch_python: vm.GuestPython
     assert str(PROJECT) in kpatch_python.pythonpath
 
 
-def test_the_command_imports_nothing_of_the_build_side(kpatch_python: vm.GuestPython) -> None:
+def test_the_command_imports_nothing_of_the_build_side(kpatch_python: GuestPython) -> None:
     tops = {name.split(".")[0] for name in kpatch_python.modules}
     assert not tops & {"doit", "diskcache", "yaml", "xxhash"}
     build_side = {"kpatchbuild.tasks", "kpatchbuild.store", "kpatchbuild.recipe",
@@ -64,7 +65,7 @@ def test_the_command_imports_nothing_of_the_build_side(kpatch_python: vm.GuestPy
     assert not build_side & set(kpatch_python.modules)
 
 
-def test_command_runs_the_interpreter_without_site(kpatch_python: vm.GuestPython) -> None:
+def test_command_runs_the_interpreter_without_site(kpatch_python: GuestPython) -> None:
     command = kpatch_python.command("-m", "kpatchbuild.kpatch", "list")
     assert command.startswith("env PYTHONPATH=")
     assert f"{kpatch_python.interpreter} -S -m kpatchbuild.kpatch list" in command
@@ -73,7 +74,7 @@ def test_command_runs_the_interpreter_without_site(kpatch_python: vm.GuestPython
 def test_an_import_that_fails_is_named() -> None:
     with pytest.raises(KpbError, match=r"importing no_such_module_here failed: "
                                         r"ModuleNotFoundError"):
-        vm.guest_python(["no_such_module_here"])
+        guestpython.guest_python(["no_such_module_here"])
 
 
 def test_a_guest_script_needs_a_kernel(tmp_path: Path) -> None:
