@@ -15,8 +15,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from kpatchbuild.errors import FetchError
 from kpatchbuild.recipe import DebianKernel
@@ -24,6 +26,7 @@ from kpatchbuild.steps import say
 from kpatchbuild.store import Artifact, Store, content_key, file_hash, sha256_file
 
 ROLES = ("image", "dbg", "headers", "source")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,8 @@ def resolve_release(spec: DebianKernel, store: Store) -> KernelRelease:
 APT_LISTS = Path("/var/lib/apt/lists")
 
 
-def newest_release_known(spec: DebianKernel, store: Store) -> tuple[str, str]:
-    """newest_release, answered from the store while Debian's index is unchanged.
+def _while_index_unchanged(store: Store, memory: tuple[str, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, answered from the store while Debian's index is unchanged.
 
     apt-cache takes most of a second; the index only changes when apt-get update renames
     new lists into place, which changes the directory's mtime, so that mtime keys the answer.
@@ -208,13 +211,31 @@ def newest_release_known(spec: DebianKernel, store: Store) -> tuple[str, str]:
         stamp = APT_LISTS.stat().st_mtime_ns
     except OSError:
         stamp = None
-    memory = ("newest", spec.label)
     known = store.recall(memory)
     if stamp is not None and known and known[0] == stamp:
-        return known[1], known[2]
-    release, version = newest_release(spec)
-    store.remember(memory, (stamp, release, version))
+        return known[1]
+    value = compute()
+    store.remember(memory, (stamp, value))
+    return value
+
+
+def newest_release_known(spec: DebianKernel, store: Store) -> tuple[str, str]:
+    """newest_release, from the store while Debian's index is unchanged."""
+    release, version = _while_index_unchanged(store, ("newest", spec.label),
+                                              lambda: newest_release(spec))
     return release, version
+
+
+def newest_version_known(package: str, store: Store) -> str:
+    """The newest version of ``package`` Debian serves, from the store while the index is
+    unchanged (a no-op build asks on every run whether an unpinned source moved on)."""
+    def ask() -> str:
+        versions = available_versions([package])[package]
+        if not versions:
+            raise FetchError(f"Debian's index has no {package}; run apt-get update")
+        return newest(versions)
+
+    return _while_index_unchanged(store, ("newest-version", package), ask)
 
 
 def newest_release(spec: DebianKernel) -> tuple[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +174,17 @@ def object_records(tree: Path) -> dict[str, ObjectRecord]:
                 record = read_cmd_file(Path(directory, name))
                 records[record.target] = record
     return records
+
+
+# The tools Kconfig asks about while configuring (their versions become config options).
+CONFIG_TOOLS = ("gcc", "ld", "as", "pahole", "rustc", "bindgen")
+
+
+def toolchain_fingerprint() -> dict[str, int | None]:
+    """Which of CONFIG_TOOLS are installed, and when each changed: cheap enough to check on
+    every run, so a configuration is made again when a tool is installed or upgraded."""
+    found: dict[str, int | None] = {}
+    for tool in CONFIG_TOOLS:
+        path = shutil.which(tool)
+        found[tool] = Path(path).resolve().stat().st_mtime_ns if path else None
+    return found

@@ -113,11 +113,12 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         started = time.monotonic()
         with _source_kept(store, source, label):
             kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
-            if kconfig.parse_config((tree / ".config").read_text()) != kconfig.parse_config(
-                config_text
-            ):
-                raise BuildError(f"{label}: olddefconfig changed the resolved config; "
-                                 f"log: {log}")
+            changed = significant_config_changes(
+                _config_changes(config_text, (tree / ".config").read_text()))
+            if changed:
+                raise BuildError(f"{label}: olddefconfig changed the resolved config "
+                                 f"({', '.join(changed)}): the host's tools changed since it "
+                                 f"was made; run the build again to remake it; log: {log}")
             run_step(kbuild.make_command(tree, "all"), step=f"{label}: make all", log=log)
         missing = [name for name in BUILT_OUTPUTS if not (tree / name).is_file()]
         if missing:

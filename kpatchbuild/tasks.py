@@ -233,7 +233,7 @@ class TargetPipeline:
                 return source.tree_fingerprint(spec.path) == record["source"]["key"]
             if spec and spec.kind == "debian" and not spec.version:
                 assert spec.package is not None
-                newest = debian.newest(debian.available_versions([spec.package])[spec.package])
+                newest = debian.newest_version_known(spec.package, self.store)
                 return newest == record["source"]["origin"]["version"]
         except KpbError:
             return True  # offline or index gone: keep what was fetched
@@ -587,6 +587,7 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "doc": f"produce and verify the kernel .config of {name}",
             "actions": [_reporting_errors(item.configure)],
             "file_dep": item.config_deps(),
+            "uptodate": [config_changed({"tools": kbuild.toolchain_fingerprint()})],
             "targets": [str(item.config_file)],
             "verbosity": 2,
         }

@@ -250,6 +250,30 @@ def test_newest_release_is_asked_again_only_when_the_index_changes(
     assert debian.newest_release_known(spec, store)[0] == "6.1.0-2-cloud-amd64"
 
 
+def test_newest_source_version_is_asked_again_only_when_the_index_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    served = {"linux-source-6.1": ["6.1.190-1", "6.1.192-2"]}
+    calls = []
+
+    def madison(names: list[str]) -> dict[str, list[str]]:
+        calls.append(names)
+        return {name: list(served.get(name, [])) for name in names}
+
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
+    monkeypatch.setattr(debian, "available_versions", madison)
+    store = Store(tmp_path / "cache")
+    assert debian.newest_version_known("linux-source-6.1", store) == "6.1.192-2"
+    assert debian.newest_version_known("linux-source-6.1", store) == "6.1.192-2"
+    assert len(calls) == 1
+    served["linux-source-6.1"].append("6.1.193-1")
+    (lists / "new_Packages").write_text("")
+    assert debian.newest_version_known("linux-source-6.1", store) == "6.1.193-1"
+    with pytest.raises(FetchError, match="Debian's index has no linux-source-9.9; run apt-get"):
+        debian.newest_version_known("linux-source-9.9", store)
+
+
 def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
         tmp_path: Path) -> None:
     debian_config = ('CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14) 12.2.0"\n'
