@@ -1,4 +1,4 @@
-"""The differ on real Debian objects (6.1 and 6.12): one source edit per case, built twice."""
+"""The differ on real Debian objects (6.1, 6.12, and 6.1 built with gcc 11): one edit per case."""
 
 from __future__ import annotations
 
