@@ -221,7 +221,7 @@ def _while_index_unchanged(store: Store, memory: tuple[str, ...], compute: Calla
 
 def newest_release_known(spec: DebianKernel, store: Store) -> tuple[str, str]:
     """newest_release, from the store while Debian's index is unchanged."""
-    release, version = _while_index_unchanged(store, ("newest", spec.label),
+    release, version = _while_index_unchanged(store, ("newest-release", spec.label),
                                               lambda: newest_release(spec))
     return release, version
 
