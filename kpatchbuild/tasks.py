@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -203,8 +204,11 @@ class TargetPipeline:
     def fetch(self) -> None:
         if self.target.debian:
             kernel = debian.resolve_release(self.target.debian, self.store)
-            files = debian.kernel_files(self.store, kernel)
-            tree = source.debian_source_tree(self.store, kernel.packages["source"])
+            # Both mostly wait on dpkg-deb, xz and the disk: unpack the source meanwhile.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                files_job = pool.submit(debian.kernel_files, self.store, kernel)
+                tree = source.debian_source_tree(self.store, kernel.packages["source"])
+                files = files_job.result()
             record = {"kind": "debian", "kernel": kernel.to_json(), "files": str(files.path)}
         else:
             assert self.target.source is not None
