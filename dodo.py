@@ -1,6 +1,6 @@
 """doit entry point: ``doit list``, ``doit build``, ``doit build recipe=NAME``.
 
-Only wiring: the pipeline's steps live in kpatchbuild/, their tasks in kpatchbuild/tasks.py.
+Only wiring: the steps live in kpatchbuild/pipeline.py, their doit tasks in kpatchbuild/tasks.py.
 """
 
 import sys
