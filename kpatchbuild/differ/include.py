@@ -33,6 +33,7 @@ from kpatchbuild.differ.special import (
     SectionRole,
     TableKind,
     role_of,
+    whole_entries,
 )
 from kpatchbuild.elf.model import (
     PC_RELATIVE_TYPES,
@@ -394,8 +395,10 @@ class PatchBuilder:
             for start in range(0, section.size, size):
                 if (id(section), start) in self._dropped_entries:
                     continue
+                # A short last entry (short_last_entry) ends with the section.
+                end = min(start + size, section.size)
                 piece = self.slices.get(id(section))
-                if piece is not None and (start, start + size) in piece.ranges:
+                if piece is not None and (start, end) in piece.ranges:
                     continue
                 anchor = next(
                     (
@@ -411,7 +414,7 @@ class PatchBuilder:
                     section, start, size
                 ):
                     continue
-                self._include_range(section, start, start + size)
+                self._include_range(section, start, end)
                 if role is SectionRole.ORC:
                     self._keep_orc_data(start // size)
 
@@ -481,7 +484,7 @@ class PatchBuilder:
         except ValueError as error:
             self.refusals.append(str(error))
             return None
-        if size <= 0 or section.size % size:
+        if not whole_entries(kind, section, size):
             hint = f"; set {kind.env}" if kind.env else ""
             self.refusals.append(
                 f"section {section.name}: size {section.size} is not a multiple of the entry "

@@ -45,6 +45,10 @@ class TableKind:
     # Relocations in kept entries may not become livepatch relocations (the kernel applies
     # them only after the table was processed at module load).
     loader_resolved_only: bool = False
+    # Entries are aligned at their start but the assembler emits only their fields, so the
+    # last one may lack the struct's tail padding (.parainstructions before 6.8: a pointer
+    # and two bytes, or a pointer, two bytes and a short, in a 16-byte struct).
+    short_last_entry: bool = False
 
 
 ENTRY_TABLES: dict[str, TableKind] = {
@@ -55,7 +59,8 @@ ENTRY_TABLES: dict[str, TableKind] = {
         TableKind(".altinstructions", "ALT_STRUCT_SIZE", 12),
         TableKind("__jump_table", "JUMP_STRUCT_SIZE", 16, loader_resolved_only=True),
         TableKind(".static_call_sites", "STATIC_CALL_STRUCT_SIZE", 8, loader_resolved_only=True),
-        TableKind(".parainstructions", "PARA_STRUCT_SIZE", 16, loader_resolved_only=True),
+        TableKind(".parainstructions", "PARA_STRUCT_SIZE", 16, loader_resolved_only=True,
+                  short_last_entry=True),
         TableKind(".orc_unwind_ip", None, 4),
         TableKind("__mcount_loc", None, 8),
         TableKind("__patchable_function_entries", None, 8),
@@ -121,6 +126,22 @@ def role_of(section: Section) -> SectionRole:
     if section.is_text:
         return SectionRole.CODE
     return SectionRole.DATA
+
+
+def whole_entries(kind: TableKind, section: Section, size: int) -> bool:
+    """Does ``section`` hold whole entries of ``size`` bytes?
+
+    A table whose last entry may be short (``short_last_entry``) holds whole entries when
+    the padding its alignment would add completes the last one; its fields end before.
+    """
+    if size <= 0:
+        return False
+    if section.size % size == 0:
+        return True
+    if not kind.short_last_entry or section.addralign <= 1 or size % section.addralign:
+        return False
+    padded = -(-section.size // section.addralign) * section.addralign
+    return padded % size == 0
 
 
 class EntrySizes:

@@ -46,3 +46,42 @@ def test_size_precedence() -> None:
     env = {"JUMP_STRUCT_SIZE": "16"}
     assert EntrySizes({"__jump_table": 32}, env).size_of(kind, section) == (16, "$JUMP_STRUCT_SIZE")
     assert EntrySizes({}, {}).size_of(kind, Section("__jump_table")) == (16, "default")
+
+
+# Paravirt sites as 5.x kernels emit them: aligned at their start, fields only (pointer,
+# type, length), so the last entry lacks the 16-byte struct's tail padding: 16 + 10 bytes.
+PARA_SOURCE = r"""
+#define PARA_HERE(type) asm volatile("1: nop\n2:\n.pushsection .parainstructions,\"a\"\n" \
+	".balign 8\n.quad 1b\n.byte " #type "\n.byte 2b-1b\n.popsection")
+int first(int v) { PARA_HERE(3); return v + 1; }
+int second(int v) { PARA_HERE(4); return v + 2; }
+"""
+
+
+def _para_table(result) -> Section:  # noqa: ANN001
+    return next(s for s in result.output.sections if s.name == ".parainstructions")
+
+
+def test_short_last_paravirt_entry_is_kept_whole(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, PARA_SOURCE, PARA_SOURCE.replace("v + 2", "v + 5"))
+    result = diff_pair(pair, entry_sizes={".parainstructions": 16})
+    assert [f.name for f in result.changed_functions] == ["second"]
+    table = _para_table(result)
+    assert len(table.data) == 10 and table.data[8] == 4  # second's entry, as emitted
+    (anchor,) = table.relocations
+    assert anchor.offset == 0 and anchor.symbol.section.name == ".text.second"
+
+
+def test_paravirt_entry_before_the_short_one_keeps_its_padding(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, PARA_SOURCE, PARA_SOURCE.replace("v + 1", "v + 5"))
+    result = diff_pair(pair, entry_sizes={".parainstructions": 16})
+    assert [f.name for f in result.changed_functions] == ["first"]
+    table = _para_table(result)
+    assert len(table.data) == 16 and table.data[8] == 3
+
+
+def test_table_not_completed_by_its_alignment_is_refused(tmp_path: Path) -> None:
+    pair = build_pair(tmp_path, PARA_SOURCE, PARA_SOURCE.replace("v + 2", "v + 5"))
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(pair, entry_sizes={".parainstructions": 24})
+    assert "size 26 is not a multiple of the entry size 24" in caught.value.message
