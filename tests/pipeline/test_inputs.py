@@ -96,6 +96,20 @@ def test_tarball_checksum_mismatch(tmp_path: Path) -> None:
     assert (unpacked.path / "Makefile").read_text() == "all:\n"
 
 
+def test_xz_tarball_is_unpacked(tmp_path: Path) -> None:
+    """xz tarballs go through xz's threaded decompressor (Debian's kernel tarballs)."""
+    tree = tmp_path / "linux-9.9"
+    (tree / "fs").mkdir(parents=True)
+    (tree / "Makefile").write_text("all:\n")
+    (tree / "fs" / "a.c").write_bytes(bytes(range(256)) * 4000)
+    tarball = tmp_path / "linux.tar.xz"
+    with tarfile.open(tarball, "w:xz") as archive:
+        archive.add(tree, arcname="linux-9.9")
+    spec = SourceSpec(kind="tarball", path=tarball, sha256=sha256_file(tarball))
+    unpacked = source.obtain_source(Store(tmp_path / "cache"), spec, "r")
+    assert (unpacked.path / "fs" / "a.c").read_bytes() == bytes(range(256)) * 4000
+
+
 @pytest.mark.parametrize(("text", "package", "version"), [
     ("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", "12.2.0-14+deb12u1", "12.2.0"),
     ("x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", "12.2.0-14+deb12u1", "12.2.0"),
