@@ -72,7 +72,8 @@ def modules(default_recipe_stage: RecipeStage,
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
     return BuiltModules(Path(default_recipe_stage.fetch["files"]) / "vmlinuz",
-                        default_recipe_stage.original["release"], directory / "livepatch-sample.ko", directory / "kpb_warn.ko",
+                        default_recipe_stage.original["release"],
+                        directory / "livepatch-sample.ko", directory / "kpb_warn.ko",
                         directory / "kpb_oops.ko")
 
 
