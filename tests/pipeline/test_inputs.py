@@ -294,7 +294,8 @@ def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
                      "CONFIG_PAHOLE_VERSION=124\nCONFIG_DEBUG_INFO_BTF=y\n"
                      "CONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_SCHED_CLASS_EXT=n\n")
     without_pahole = ('CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14) 12.2.0"\n'
-                      "CONFIG_PAHOLE_VERSION=0\nCONFIG_MODULE_SIG_ALL=y\n")
+                      "CONFIG_PAHOLE_VERSION=0\nCONFIG_MODULE_SIG_ALL=y\n"
+                      'CONFIG_CC_OPT_INLINE_MEMSET="-finline-stringops=memset"\n')
     changes = original._config_changes(debian_config, without_pahole)
     assert "CONFIG_SCHED_CLASS_EXT" not in changes  # "n" and unset are the same
     assert set(original.significant_config_changes(changes)) == {
@@ -308,3 +309,14 @@ def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
         f"and run again; log: {tmp_path / 'prepare.log'}")
     tools_only = original._config_changes(debian_config, debian_config.replace("124", "125"))
     original.check_config_kept(tools_only, "r/debian-6.12", tmp_path / "prepare.log")
+
+
+def test_apt_cache_keeps_a_binary_cache_in_the_project_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's container images turn apt's own cache off: each apt-cache call would read
+    the whole index again (a second each); ours is kept in the project's cache."""
+    monkeypatch.setenv("KPATCHBUILD_CACHE", str(tmp_path))
+    versions = debian.available_versions(["linux-source-6.1"])["linux-source-6.1"]
+    assert versions  # ./run keeps Debian's index current
+    assert (tmp_path / "apt/pkgcache.bin").stat().st_size > 1_000_000
+    assert debian.available_versions(["linux-source-6.1"])["linux-source-6.1"] == versions
