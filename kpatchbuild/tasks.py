@@ -15,6 +15,7 @@ tracks, by xxhash of their contents (XxhashChecker), not by their times.
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -98,13 +99,24 @@ DOIT_CONFIG = {
 
 
 def _reporting_errors(function: Callable[[], None]) -> Callable[[], TaskFailed | None]:
-    """Turn KpbError into doit's TaskFailed so the reporter prints its one line."""
+    """Turn KpbError into doit's TaskFailed so the reporter prints its one line.
+
+    Anything else is a bug of kpatchbuild's own: still one line, naming the exception, with
+    its traceback kept in a log for the bug report (doit would print only "PythonAction
+    Error").
+    """
 
     def action() -> TaskFailed | None:
         try:
             function()
         except KpbError as error:
             return TaskFailed(error.message)
+        except Exception as error:  # noqa: BLE001 - reported, with its traceback kept
+            log = default_root() / "logs" / "internal-error.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            return TaskFailed(f"internal error, a bug in kpatchbuild: {type(error).__name__}: "
+                              f"{error}; traceback: {log}")
         return None
 
     action.__name__ = getattr(function, "__name__", "action")
