@@ -42,6 +42,7 @@ class OriginalStage:
     key: str
     path: Path  # the artifact directory; the kernel tree is path / "tree"
     release: str
+    built_in: Path | None = None  # where the tree was made, before it was published
 
     @property
     def tree(self) -> Path:
@@ -49,7 +50,10 @@ class OriginalStage:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> OriginalStage:
-        return cls(artifact.kind, artifact.key, artifact.path, artifact.manifest["release"])
+        manifest = artifact.manifest
+        built_in = manifest.get("built_in")
+        return cls(artifact.kind, artifact.key, artifact.path, manifest["release"],
+                   Path(built_in) if built_in else None)
 
 
 def prepared_key(source: SourceTree, config_text: str, release: str,
@@ -72,6 +76,7 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
                                 "compiler": compiler.text, "kcflags": kbuild.KCFLAGS}
     with store.publishing("prepared", key, manifest) as work:
         tree = work / "tree"
+        manifest["built_in"] = str(tree)
         say(f"  preparing {release} (link source, olddefconfig, modules_prepare); log: {log}")
         private_tree(source, tree)
         (tree / ".config").write_text(config_text)
@@ -106,6 +111,7 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
                                 "kcflags": kbuild.KCFLAGS, "config_hash": content_key(config_text)}
     with store.publishing("built", key, manifest) as work:
         tree = work / "tree"
+        manifest["built_in"] = str(tree)
         say(f"  building {label} in full (make -j{kbuild.jobs()} all); log: {log}")
         private_tree(source, tree)
         link_function_sections_as_text(tree)
@@ -181,9 +187,10 @@ def _config_changes(before: str, after: str) -> dict[str, list[str | None]]:
 # itself is checked to be the distribution's) and module signing, which the proof does not
 # use. Any other change means objects and modules built here would not match the running
 # kernel: a dropped CONFIG_DEBUG_INFO_BTF_MODULES, for one, shrinks struct module, so the
-# kernel would read a livepatch module's exit function from the wrong place.
+# kernel would read a livepatch module's exit function from the wrong place. The compiler
+# options a compiler accepts (CC_OPT_*, 6.12's CC_OPT_INLINE_MEMSET) are facts of it too.
 _TOOLCHAIN_FACTS = re.compile(
-    r"CONFIG_(\w+_VERSION(_TEXT)?|(CC|AS|LD|RUSTC|PAHOLE|TOOLS)_(HAS|IS|CAN|SUPPORTS?)_\w+"
+    r"CONFIG_(\w+_VERSION(_TEXT)?|(CC|AS|LD|RUSTC|PAHOLE|TOOLS)_(HAS|IS|CAN|SUPPORTS?|OPT)_\w+"
     r"|BUILD_SALT|MODULE_SIG_ALL|MODULE_SIG_KEY|SYSTEM_TRUSTED_KEYS)$")
 
 # The host package that makes an option survive olddefconfig, where one is known.

@@ -28,6 +28,7 @@ import xxhash
 
 from kpatchbuild import kbuild
 from kpatchbuild.errors import BuildError, RecipeError
+from kpatchbuild.header_index import HeaderIndex, build_index, load_index
 from kpatchbuild.original import OriginalStage
 from kpatchbuild.patching import apply_patches
 from kpatchbuild.source import link_tree, no_write_through
@@ -67,6 +68,15 @@ class Workspace:
         self.stage = stage
         self.root = store.root / "workspace" / stage.key
         self.tree = self.root / "tree"
+        self._index: HeaderIndex | None = None
+
+    def header_index(self, *, build: bool) -> HeaderIndex | None:
+        """A Debian stage's header index (made now with ``build``), read once when needed:
+        it knows each object's includes and command (a 25 MB file for Debian's 6.1)."""
+        if self._index is None and self.stage.kind == "prepared":
+            self._index = (build_index(self.store, self.stage, label=self.stage.release)
+                           if build else load_index(self.store, self.stage))
+        return self._index
 
     def ensure(self) -> None:
         """Link the stage once; the tree appears whole (one rename) or not at all."""
@@ -76,7 +86,8 @@ class Workspace:
         temp = self.store.tmp / f"workspace-{self.stage.key}-{os.getpid()}"
         shutil.rmtree(temp, ignore_errors=True)
         try:
-            link_tree(self.stage.tree, temp / "tree", copy_unshared=True)
+            link_tree(self.stage.tree, temp / "tree", copy_unshared=True,
+                      built_in=self.stage.built_in, lives_at=self.tree)
             self.root.mkdir(parents=True, exist_ok=True)
             os.rename(temp / "tree", self.tree)
         finally:
@@ -138,13 +149,13 @@ class Workspace:
     def compile(self, obj: str, log: Path) -> Path:
         """Compile ``obj`` from the workspace's current sources and return its path."""
         output = self.tree / obj
-        record_file = output.with_name(f".{output.name}.cmd")
         # The stage's object and its dependency file are hardlinked here: the compiler would
         # truncate and rewrite them in place, through to the stage.
         output.unlink(missing_ok=True)
         output.with_name(f".{output.name}.d").unlink(missing_ok=True)
-        if record_file.is_file():
-            command = _unescape_make(kbuild.read_cmd_file(record_file).command)
+        recorded = self.recorded(obj)
+        if recorded is not None:
+            command = _unescape_make(recorded.command)
             run_step(["sh", "-c", command], step=f"compile {obj}", log=log, cwd=self.tree)
         else:
             with no_write_through(self.tree, what=f"make {obj}", on_damage=self.discard):
@@ -154,10 +165,21 @@ class Workspace:
             raise BuildError(f"compiling {obj} produced no object; log: {log}")
         return output
 
+    def recorded(self, obj: str) -> kbuild.ObjectRecord | None:
+        """How kbuild compiles ``obj``: its record here, left by an earlier ``make``, or else
+        the one the header index holds; None before the first compile without an index."""
+        record_file = (self.tree / obj).with_name(f".{Path(obj).name}.cmd")
+        if record_file.is_file():
+            return kbuild.read_cmd_file(record_file)
+        index = self.header_index(build=False)
+        return index.records.get(obj) if index else None
+
     def link_target(self, obj: str) -> str:
         """vmlinux, or the module ``obj`` links into, from the flags kbuild compiled it with."""
-        command = kbuild.read_cmd_file(
-            (self.tree / obj).with_name(f".{Path(obj).name}.cmd")).command
+        recorded = self.recorded(obj)
+        if recorded is None:
+            raise BuildError(f"{obj}: compiled, but kbuild left no record of its command")
+        command = recorded.command
         if " -DMODULE " not in f" {command} ":
             return "vmlinux"
         found = _MODNAME.search(command)
@@ -183,14 +205,16 @@ def patched_contents(patches: tuple[Path, ...], tree: Path) -> tuple[dict[str, b
     return before, after
 
 
-def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
-                       changed: list[str], where: str) -> dict[str, list[str]]:
+def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list[str],
+                       where: str, header_index: bool = False) -> dict[str, list[str]]:
     """The objects the changed files feed (each with the changed files it is compiled from),
     or a refusal naming the file that can't be patched.
 
     A built kernel knows exactly, from every object's recorded inputs. A Debian kernel was
-    not built here, so a ``.c`` file means its own object, and a header (whose includers are
-    unknown without a full build) is refused rather than missing a caller silently.
+    not built here: with ``header_index`` (the recipe's target asked for it) the index of
+    its tree knows as exactly (made the first time a header changes); without it a ``.c``
+    file means its own object, and a header is refused, naming that key, rather than
+    missing a caller silently.
     """
     built = [rel for rel in changed if not rel.startswith(NOT_BUILT)
              and not rel.endswith((".txt", ".rst", ".md"))]
@@ -208,8 +232,14 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
         if os.path.basename(rel).startswith(("Kconfig", "Makefile", "Kbuild")):
             raise RecipeError(f"{where}: {rel} changes the build itself; a livepatch cannot "
                               "change configuration or build rules")
+    records = None
     if stage.kind == "built":
         records = kbuild.object_records(stage.tree)
+    elif header_index and any(rel.endswith(".h") for rel in built):
+        index = workspace.header_index(build=True)
+        assert index is not None
+        records = index.records
+    if records is not None:
         objects = sorted(obj for obj, record in records.items()
                          if any(rel in record.sources for rel in built))
         missing = [rel for rel in built if rel.endswith(".c")
@@ -222,9 +252,10 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace,
     for rel in built:
         if rel.endswith(".h"):
             raise RecipeError(
-                f"{where}: {rel} is a header; which objects include it is only known from a "
-                "full build, which a Debian target does not have: put the change in the .c "
-                "files that use it, or use a built kernel target")
+                f"{where}: {rel} is a header, and which objects include it is known only from "
+                "a full build or a header index: set 'header_index: true' on the target (a "
+                "one-time pass that preprocesses every object of this kernel, cached for "
+                "it), or put the change in the .c files that use it")
         if not rel.endswith(".c"):
             raise RecipeError(f"{where}: {rel} is not C source; kpatchbuild cannot tell what "
                               "it changes")
@@ -269,15 +300,20 @@ def compiled_object(store: Store, workspace: Workspace, obj: str,
 
 
 def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, ...],
-                       *, where: str, log: Path) -> list[ObjectPair]:
-    """Compile every object the patches change, before and after; say which really differ."""
+                       *, where: str, log: Path,
+                       header_index: bool = False) -> list[ObjectPair]:
+    """Compile every object the patches change, before and after; say which really differ.
+
+    ``header_index`` lets a Debian stage index which objects include its headers (see
+    :func:`objects_to_rebuild`).
+    """
     before, after = patched_contents(patches, stage.tree)
     changed = [rel for rel in after if after[rel] != before[rel]]
     if not changed:
         raise RecipeError(f"{where}: the patches change no file")
     workspace = Workspace(store, stage)
     workspace.ensure()
-    objects = objects_to_rebuild(stage, workspace, changed, where)
+    objects = objects_to_rebuild(stage, workspace, changed, where, header_index)
     # An object is keyed by the changed files it is built from, not by all the patches
     # change: an edit to one file recompiles (and re-diffs) only that file's objects. New
     # files count for every object, since an object that now includes one has no record

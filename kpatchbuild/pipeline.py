@@ -37,7 +37,7 @@ from kpatchbuild import (
     vm,
 )
 from kpatchbuild.differ import CannotPatch
-from kpatchbuild.errors import KpbError
+from kpatchbuild.errors import BuildError, KpbError
 from kpatchbuild.recipe import KernelTarget, Recipe, find_recipes
 from kpatchbuild.steps import say
 from kpatchbuild.store import (
@@ -212,9 +212,13 @@ class TargetPipeline:
     # --- patches ---
 
     def stage(self) -> original.OriginalStage:
+        """The original stage the record names, as its manifest in the store describes it."""
         record = self.read(self.original_record)
-        return original.OriginalStage(record["kind"], record["key"], Path(record["path"]),
-                                      record["release"])
+        artifact = self.store.lookup(record["kind"], record["key"])
+        if artifact is None:
+            raise BuildError(f"{self.label}: its original stage {record['path']} is no longer "
+                             "in the cache; run the build again to make it")
+        return original.OriginalStage.from_artifact(artifact)
 
     def check_patches(self) -> None:
         tree = Path(self.read(self.original_record)["path"]) / "tree"
@@ -228,7 +232,8 @@ class TargetPipeline:
     def build_patched_objects(self) -> None:
         self.build_log.unlink(missing_ok=True)
         pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
-                                           where=str(self.recipe.path), log=self.build_log)
+                                           where=str(self.recipe.path), log=self.build_log,
+                                           header_index=self.target.header_index)
         for pair in pairs:
             if pair.identical:
                 say(f"  {pair.object}: no change in the compiled object")

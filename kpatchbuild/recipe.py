@@ -104,6 +104,9 @@ class KernelTarget:
     debian: DebianKernel | None = None
     source: SourceSpec | None = None
     config: ConfigSpec | None = None
+    # A Debian kernel may index which objects include each header (a one-time pass over
+    # its tree), so that patches to headers can be built; a built kernel always knows.
+    header_index: bool = False
 
     @property
     def kind(self) -> Literal["debian", "built"]:
@@ -304,7 +307,8 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def _read_target(reader: _NodeReader, node: Node, key: str) -> KernelTarget:
-    fields = reader.mapping(node, key, required=(), optional=("name", "debian", "source", "config"))
+    fields = reader.mapping(node, key, required=(),
+                            optional=("name", "debian", "source", "config", "header_index"))
     place = reader.place(node, key)
     if "debian" in fields:
         if "source" in fields or "config" in fields:
@@ -317,7 +321,13 @@ def _read_target(reader: _NodeReader, node: Node, key: str) -> KernelTarget:
         name = debian.label
         if "name" in fields:
             name = reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name")
-        return KernelTarget(name=name, place=place, debian=debian)
+        header_index = ("header_index" in fields
+                        and reader.boolean(fields["header_index"], f"{key}.header_index"))
+        return KernelTarget(name=name, place=place, debian=debian, header_index=header_index)
+    if "header_index" in fields:
+        raise reader.fail(fields["header_index"], f"{key}.header_index",
+                          "only a 'debian' target needs a header index: a built kernel "
+                          "knows which objects include each header from its build")
     if "source" not in fields or "config" not in fields:
         raise reader.fail(
             node, key,

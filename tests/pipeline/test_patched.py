@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,8 @@ def prepared_stage(tmp_path: Path) -> tuple[OriginalStage, Workspace]:
     (["arch/x86/boot/main.c"], "arch/x86/boot/main.c is code that cannot be live-patched"),
     (["arch/x86/entry/entry_64.S"], "is assembly or a linker script"),
     (["fs/proc/Makefile"], "changes the build itself"),
-    (["include/linux/fs.h"], "include/linux/fs.h is a header; which objects include it is "
-                             "only known from a full build"),
+    (["include/linux/fs.h"], "include/linux/fs.h is a header, and which objects include it "
+                             "is known only from a full build or a header index"),
     (["fs/proc/unlisted.c"], "kbuild does not build fs/proc/unlisted.c"),
 ])
 def test_what_cannot_be_patched_on_a_debian_kernel(tmp_path: Path, changed: list[str],
@@ -213,3 +215,26 @@ def test_workspace_is_a_whole_copy_before_anything_touches_it(tmp_path: Path) ->
     assert (workspace.tree / "Makefile").read_text() == "all:\n"
     assert (workspace.tree / "kernel/probe.c").read_bytes() == b"int x;\n"
     assert (stage.tree / "kernel").exists() and not (stage.tree / "kernel/probe.c").exists()
+
+
+def test_workspace_names_itself_in_the_tools_records_of_the_stage(tmp_path: Path) -> None:
+    """The host tools' records name the directory the stage was built in; in a workspace
+    they must name the workspace, or its first make rebuilds objtool."""
+    store, stage = built_stage_with_object(tmp_path)
+    built_in = tmp_path / "cache/tmp/built-k3-123/tree"
+    objtool = stage.tree / "tools/objtool"
+    objtool.mkdir(parents=True)
+    (objtool / ".check.o.cmd").write_text(f"cmd_{built_in}/tools/objtool/check.o := gcc -o "
+                                          f"{built_in}/tools/objtool/check.o check.c\n")
+    os.utime(objtool / ".check.o.cmd", (1_000_000_000, 1_000_000_000))
+    (objtool / "check.o").write_bytes(f"debug info naming {built_in}".encode())
+    stage = replace(stage, built_in=built_in)
+    workspace = Workspace(store, stage)
+    workspace.ensure()
+    record = workspace.tree / "tools/objtool/.check.o.cmd"
+    assert record.read_text() == (f"cmd_{workspace.tree}/tools/objtool/check.o := gcc -o "
+                                  f"{workspace.tree}/tools/objtool/check.o check.c\n")
+    assert record.stat().st_mtime == 1_000_000_000
+    # Only records are rewritten; objects stay as the build made them.
+    assert (workspace.tree / "tools/objtool/check.o").read_bytes() == \
+        f"debug info naming {built_in}".encode()

@@ -155,3 +155,24 @@ def test_sources_and_expected_refusal(tmp_path: Path) -> None:
     assert recipe.refused == "shadow"
     (directory / "extra.c").unlink()
     assert "recipe.yaml:7: sources[0]: file 'extra.c' not found" in error_of(directory)
+
+
+def test_header_index_is_a_debian_target_key(tmp_path: Path) -> None:
+    assert load_recipe(write_recipe(tmp_path, DEBIAN_TARGET)).targets[0].header_index is False
+    text = DEBIAN_TARGET.replace("      flavour: cloud-amd64\n",
+                                 "      flavour: cloud-amd64\n    header_index: true\n")
+    assert load_recipe(write_recipe(tmp_path, text)).targets[0].header_index is True
+    message = error_of(write_recipe(tmp_path, text.replace("true", "sometimes")))
+    assert "recipe.yaml:5: targets[0].header_index: expected true or false" in message
+
+
+def test_header_index_on_a_built_target_is_refused(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, """targets:
+  - name: k
+    source: {debian: linux-source-6.1}
+    config: {base: tinyconfig}
+    header_index: true
+patches: [fix.patch]
+"""))
+    assert message.startswith(f"{tmp_path}/demo/recipe.yaml:5: targets[0].header_index: only "
+                              "a 'debian' target needs a header index")
