@@ -83,7 +83,7 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
         kbuild.pin_release(tree, release)
         with _source_kept(store, source, label):
             kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
-            manifest["config_changes"] = _config_changes(config_text,
+            manifest["config_changes"] = config_changes(config_text,
                                                          (tree / ".config").read_text())
             check_config_kept(manifest["config_changes"], label, log)
             kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
@@ -120,7 +120,7 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         with _source_kept(store, source, label):
             kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
             changed = significant_config_changes(
-                _config_changes(config_text, (tree / ".config").read_text()))
+                config_changes(config_text, (tree / ".config").read_text()))
             if changed:
                 raise BuildError(f"{label}: olddefconfig changed the resolved config "
                                  f"({', '.join(changed)}): the host's tools changed since it "
@@ -170,7 +170,7 @@ def _check_release(tree: Path, release: str, log: Path) -> None:
                          f"log: {log}")
 
 
-def _config_changes(before: str, after: str) -> dict[str, list[str | None]]:
+def config_changes(before: str, after: str) -> dict[str, list[str | None]]:
     """Options olddefconfig changed in a distribution's config ("n" and unset are one)."""
     old, new = kconfig.parse_config(before), kconfig.parse_config(after)
 

@@ -296,7 +296,7 @@ def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
     without_pahole = ('CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14) 12.2.0"\n'
                       "CONFIG_PAHOLE_VERSION=0\nCONFIG_MODULE_SIG_ALL=y\n"
                       'CONFIG_CC_OPT_INLINE_MEMSET="-finline-stringops=memset"\n')
-    changes = original._config_changes(debian_config, without_pahole)
+    changes = original.config_changes(debian_config, without_pahole)
     assert "CONFIG_SCHED_CLASS_EXT" not in changes  # "n" and unset are the same
     assert set(original.significant_config_changes(changes)) == {
         "CONFIG_DEBUG_INFO_BTF", "CONFIG_DEBUG_INFO_BTF_MODULES"}
@@ -307,7 +307,7 @@ def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
         "CONFIG_DEBUG_INFO_BTF (y -> unset), CONFIG_DEBUG_INFO_BTF_MODULES (y -> unset); "
         "modules built from it would not match the running kernel: install dwarves (pahole) "
         f"and run again; log: {tmp_path / 'prepare.log'}")
-    tools_only = original._config_changes(debian_config, debian_config.replace("124", "125"))
+    tools_only = original.config_changes(debian_config, debian_config.replace("124", "125"))
     original.check_config_kept(tools_only, "r/debian-6.12", tmp_path / "prepare.log")
 
 
