@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.store import default_root
+from kpatchbuild.errors import KpbError
+from kpatchbuild.store import Store, default_root
+from tests.chroots import SUITE_TREES, Chroot, make_chroot, prepared_tree, suite_kernel
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +76,20 @@ class KernelTree:
     module_symvers: Path
     series: str  # "6.1", "6.12": what tests key per-series expectations on
     compiler: str = ""  # CC for make when the tree was configured with another than `gcc`
+    # Where the tree's compiler lives, when it is not the host's: every make runs there.
+    chroot: Chroot | None = None
+    # What tests key per-tree expectations on, when the series alone does not say it.
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.series
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        """A command of the tree's toolchain (inside its chroot, if it has one)."""
+        if self.chroot is not None:
+            return self.chroot.run(argv, binds=[self.path])
+        return subprocess.run(argv, capture_output=True, text=True, check=True)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +116,7 @@ SERIES_6_12_TARGET = "cmdline-6.12/debian-6.12-cloud-amd64"
 
 
 def prepare_scratch_tree(target: str, series: str, tmp_path_factory: pytest.TempPathFactory,
-                         reuse_variable: str, compiler: str = "") -> KernelTree:
+                         reuse_variable: str, compiler: str = "", label: str = "") -> KernelTree:
     """A recipe target's Debian kernel, fetched by the pipeline, prepared in a scratch copy.
 
     doit's fetch and config steps of ``target`` give Debian's packages, source and checked
@@ -133,7 +150,7 @@ def prepare_scratch_tree(target: str, series: str, tmp_path_factory: pytest.Temp
             pytest.fail(f"preparing {path} failed:\n{prepared.stderr[-3000:]}")
         shutil.copyfile(files / "Module.symvers", path / "Module.symvers")
     return KernelTree(path, release, files / "System.map", files / "Module.symvers", series,
-                      compiler)
+                      compiler, label=label)
 
 
 @pytest.fixture(scope="session")
@@ -153,4 +170,37 @@ def debian_6_1_gcc11_kernel_tree(default_recipe_stage: RecipeStage,
     """
     target = f"cmdline/{default_recipe_stage.work.name}"
     return prepare_scratch_tree(target, "6.1", tmp_path_factory,
-                                "KPB_SCRATCH_TREE_6_1_GCC11", compiler="gcc-11")
+                                "KPB_SCRATCH_TREE_6_1_GCC11", compiler="gcc-11",
+                                label="6.1-gcc11")
+
+
+def chroot_kernel_tree(label: str, tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
+    """The tree SUITE_TREES[label]: a Debian suite's newest kernel of a series, prepared in a
+    chroot of that suite by the compiler the entry names (for an ``as_built`` one, checked to
+    be the one Debian built it with), in a scratch copy; its objects are compiled in the
+    chroot too (tests/chroots.py).
+
+    The chroot, the kernel's files and the prepared tree are kept in the project's store;
+    KPB_SCRATCH_TREE_<LABEL> (KPB_SCRATCH_TREE_6_12_GCC14 for "6.12-gcc14") names an
+    existing scratch copy to reuse.
+    """
+    spec = SUITE_TREES[label]
+    reuse_variable = "KPB_SCRATCH_TREE_" + re.sub(r"[.-]", "_", label).upper()
+    store = Store()
+    try:
+        chroot = make_chroot(store, spec.suite, spec.packages)
+        kernel = suite_kernel(store, chroot, spec.series, spec.flavour)
+        prepared = prepared_tree(store, chroot, kernel, spec.compiler, as_built=spec.as_built)
+    except KpbError as error:
+        pytest.fail(error.message)
+    reuse = os.environ.get(reuse_variable)
+    if reuse:
+        path = Path(reuse)
+    else:
+        path = tmp_path_factory.mktemp(f"kernel-{label}") / "tree"
+        subprocess.run(["cp", "-a", "--reflink=auto", str(prepared.tree), str(path)],
+                       check=True)
+    return KernelTree(path, kernel.release, kernel.files / "System.map",
+                      kernel.files / "Module.symvers", spec.series, spec.compiler, chroot,
+                      label)
+

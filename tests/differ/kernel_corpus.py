@@ -9,7 +9,13 @@ The cases run on every kernel series in SERIES. What differs between series is s
 Debian's 6.12 is built with IBT, so objtool runs on vmlinux.o only and its objects carry no
 ORC, static-call, retpoline/return/call-site tables; CONFIG_CALL_PADDING adds
 `__patchable_function_entries`; and CONFIG_FUNCTION_ALIGNMENT=16 with gcc 12 empties the
-kernel's `__cold` (compiler_types.h), so nothing is split into `.cold` parts.
+kernel's `__cold` (compiler_types.h), so nothing is split into `.cold` parts; gcc 14 has
+sane function alignment, and the `.cold` parts are back (per-tree label "6.12-gcc14").
+Debian 11's 5.10 (gcc 10) has objtool's ORC, `.return_sites` (Debian's retbleed backports)
+and `.static_call_sites`, `.parainstructions` whose last entry lacks its tail padding, no
+PREEMPT_DYNAMIC (cond_resched() is a plain call), and older sources: some cases edit other
+text, or another function where the compiler's shapes differ (per-tree "5.10").
+The trees of other Debian releases are prepared and compiled in chroots (tests/chroots.py).
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from pathlib import Path
 
 from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import STT_SECTION
+from tests.chroots import Chroot
 
 KCFLAGS = "-ffunction-sections -fdata-sections"
 # The Debian kernel series the corpus runs on (see tests/conftest.py for their trees).
-SERIES = ("6.1", "6.12")
+SERIES = ("5.10", "6.1", "6.12")
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,26 @@ class Case:
     dyndbg: frozenset[str] = frozenset()
     # Symbols OUT.o must leave to the running kernel (names as the report resolves them).
     references: frozenset[str] = frozenset()
-    # Per kernel series, fields that differ from the ones above: {"6.12": {"carried": ...}}.
+    # Per kernel series, fields that differ from the ones above: {"6.12": {"carried": ...}};
+    # a tree's label (a series built by another compiler: "6.12-gcc14") may refine them.
     per_series: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
-    def for_series(self, series: str) -> Case:
-        """The case as it reads on ``series``."""
-        return replace(self, **self.per_series.get(series, {}))
+    def for_series(self, series: str, label: str = "") -> Case:
+        """The case as it reads on ``series``, and on the tree ``label`` if given."""
+        fields = dict(self.per_series.get(series, {}))
+        if label and label != series:
+            fields.update(self.per_series.get(label, {}))
+        return replace(self, **fields)
+
+
+def wrong_compiler(symbol: str) -> dict[str, object]:
+    """A case on a tree of another compiler than the kernel's (5.10 with gcc 9, where Debian
+    used gcc 10): its objects reference a local function the running kernel does not have
+    (gcc 10 inlined it, or named its clone otherwise), so the patch could not resolve it.
+    The differ refuses, naming the symbol: what must happen to a patch from the wrong
+    compiler."""
+    return {"exit_code": 2,
+            "refusal": f"symbol {symbol}: not exported and not in the vmlinux symbol table"}
 
 
 def replace_once(old: str, new: str, after: str = "") -> Callable[[str], str]:
@@ -155,7 +176,10 @@ CASES = [
         changed=frozenset({"proc_pid_cmdline_read"}),
         carried=frozenset({"proc_pid_cmdline_read.cold"}),
         kept_sections=frozenset({"__bug_table"}),
-        per_series={"6.12": {"carried": frozenset()}},  # no `.cold` parts on 6.12
+        # No `.cold` parts on 6.12 with gcc 12; gcc 14 keeps function alignment for cold
+        # code (CONFIG_CC_HAS_SANE_FUNCTION_ALIGNMENT), so the kernel's __cold is back.
+        per_series={"6.12": {"carried": frozenset()},
+                    "6.12-gcc14": {"carried": frozenset({"proc_pid_cmdline_read.cold"})}},
     ),
     Case(
         "changed_inline_callee",
@@ -179,6 +203,15 @@ CASES = [
         0,
         changed=frozenset({"map_files_get_link"}),
         kept_sections=frozenset({"__jump_table"}),
+        # 5.10's map_files_get_link has no jump label (the mmap_lock tracepoints came in
+        # 5.11); its base.c has one, in __set_oom_adj, keyed by a tracepoint that is not
+        # exported: the loader would apply the entry before livepatch could resolve the key.
+        per_series={"5.10": {
+            "edit": replace_once("err = -EACCES;", "err = -EPERM;", after="oom_score_adj_min &&"),
+            "exit_code": 2,
+            "refusal": "__jump_table entry in __set_oom_adj.isra.0+0x"},
+            # gcc 9 does not clone it (see wrong_compiler).
+            "5.10-gcc9": {"refusal": "__jump_table entry in __set_oom_adj+0x"}},
     ),
     Case(
         "static_call",
@@ -189,8 +222,11 @@ CASES = [
         changed=frozenset({"proc_pid_readdir"}),
         notes=("cond_resched",),
         references=frozenset({"__SCT__cond_resched"}),
-        # No `.static_call_sites` without objtool: the call stays on its trampoline.
-        per_series={"6.12": {"notes": ()}},
+        # No `.static_call_sites` without objtool: the call stays on its trampoline. 5.10
+        # has no PREEMPT_DYNAMIC: cond_resched() is a plain call of the exported function.
+        per_series={"6.12": {"notes": ()},
+                    "5.10": {"notes": (), "references": frozenset({"_cond_resched"})},
+                    "5.10-gcc9": wrong_compiler("has_pid_permissions.isra.0")},
     ),
     Case(
         "data_layout_change",
@@ -211,7 +247,12 @@ CASES = [
         kept_sections=frozenset({"__ex_table"}),
         # 6.12's access_ok() compares with USER_PTR_MAX, a boot-time constant patched into
         # vmlinux only: a module's copy of filldir64 would keep the placeholder.
-        per_series={"6.12": {"exit_code": 2, "refusal": "boot-time constant USER_PTR_MAX"}},
+        per_series={"6.12": {"exit_code": 2, "refusal": "boot-time constant USER_PTR_MAX"},
+                    # 5.10's filldir64 returns an error code, not a bool.
+                    "5.10": {"edit": replace_once(
+                        "if (reclen > buf->count)\n\t\treturn -EINVAL;",
+                        "if (reclen > buf->count || namlen > 4000)\n\t\treturn -EINVAL;",
+                        after="static int filldir64(")}},
     ),
     Case(
         # Exception-table entries without access_ok(): kernel-address faults handled inline.
@@ -237,7 +278,14 @@ CASES = [
         # 6.2 made the error path uncharge only the pages it charged: other text, same edit.
         per_series={"6.12": {"edit": replace_once(
             "for (i = 0; i < nr_charged; i++)\n\t\tmemcg_kmem_uncharge_page",
-            "for (i = nr_charged - 1; i >= 0; i--)\n\t\tmemcg_kmem_uncharge_page")}},
+            "for (i = nr_charged - 1; i >= 0; i--)\n\t\tmemcg_kmem_uncharge_page")},
+            # gcc 10 keeps 5.10's memcg_charge_kernel_stack whole; it splits proc_pid_get_link
+            # after its `!dentry` test instead.
+            "5.10": {"source": BASE,
+                     "edit": replace_once("int error = -EACCES;", "int error = -EPERM;",
+                                          after="static const char *proc_pid_get_link("),
+                     "changed": frozenset({"proc_pid_get_link.part.0"})},
+            "5.10-gcc9": wrong_compiler("proc_fd_access_allowed")},
     ),
     Case(
         "dyndbg_in_changed_function",
@@ -286,23 +334,29 @@ class BuiltPair:
 class CorpusBuilder:
     """Compiles objects in a (scratch) kernel tree; originals are built once per file."""
 
-    def __init__(self, tree: Path, release: str, workdir: Path, compiler: str = "") -> None:
+    def __init__(self, tree: Path, release: str, workdir: Path, compiler: str = "",
+                 chroot: Chroot | None = None) -> None:
         self.tree = tree
         self.release = release
         self.workdir = workdir
         # CC for make, when the tree was configured with another compiler than `gcc`.
         self.compiler = compiler
+        # The chroot holding that compiler, when it is not the host's (tests/chroots.py).
+        self.chroot = chroot
         self._originals: dict[str, Path] = {}
 
     def make_object(self, source: str) -> Path:
         target = source[:-2] + ".o"
-        compiler = [f"CC={self.compiler}"] if self.compiler else []
-        subprocess.run(
-            ["make", "-s", "-C", str(self.tree), f"KERNELRELEASE={self.release}",
-             f"KCFLAGS={KCFLAGS}", *compiler, target],
-            check=True,
-            capture_output=True,
-        )
+        variables = [f"KERNELRELEASE={self.release}", f"KCFLAGS={KCFLAGS}"]
+        if self.compiler:
+            variables.append(f"CC={self.compiler}")
+        if self.chroot is not None:
+            # As the tree was prepared there: the chroot has no plain `gcc` for host tools.
+            self.chroot.run(["make", "-s", "-C", str(self.tree), *variables,
+                             f"HOSTCC={self.compiler}", target], binds=[self.tree])
+        else:
+            subprocess.run(["make", "-s", "-C", str(self.tree), *variables, target],
+                           check=True, capture_output=True)
         return self.tree / target
 
     def original(self, source: str) -> Path:

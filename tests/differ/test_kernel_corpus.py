@@ -11,7 +11,8 @@ import pytest
 from kpatchbuild.__main__ import main
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
-from tests.conftest import KernelTree
+from tests.chroots import SUITE_TREES
+from tests.conftest import KernelTree, chroot_kernel_tree
 from tests.differ.kernel_corpus import (
     CASES,
     SERIES,
@@ -26,54 +27,80 @@ from tests.elf.snapshot import snapshot
 pytestmark = pytest.mark.kernel
 
 
-# Each series with Debian's compiler (gcc 12), and 6.1 once more configured with gcc 11.
-_TREE_FIXTURES = {
+# Each tree with the compiler Debian built it with: Debian 12's 6.1 and 6.12 (gcc 12),
+# Debian 13's 6.12 (gcc 14) and Debian 11's 5.10 (gcc 10), the last two prepared and
+# compiled in chroots of their releases; and once more with the other compiler each of
+# those releases ships: 6.1 with gcc 11, 5.10 with gcc 9, 6.12 with gcc 13.
+_HOST_TREE_FIXTURES = {
     "6.1": "debian_kernel_tree",
     "6.12": "debian_6_12_kernel_tree",
     "6.1-gcc11": "debian_6_1_gcc11_kernel_tree",
 }
-assert set(SERIES) <= set(_TREE_FIXTURES)
+TREES = [*_HOST_TREE_FIXTURES, *SUITE_TREES]
+assert set(SERIES) <= set(TREES)
 
 
-@pytest.fixture(scope="session", params=list(_TREE_FIXTURES))
-def kernel_tree(request: pytest.FixtureRequest) -> KernelTree:
+@pytest.fixture(scope="session", params=TREES)
+def kernel_tree(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
     """Each kernel tree in turn: every test below runs once per tree."""
-    return request.getfixturevalue(_TREE_FIXTURES[request.param])
+    if request.param in SUITE_TREES:
+        return chroot_kernel_tree(request.param, tmp_path_factory)
+    return request.getfixturevalue(_HOST_TREE_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="session")
 def corpus(kernel_tree: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> CorpusBuilder:
     return CorpusBuilder(
         kernel_tree.path, kernel_tree.release,
-        tmp_path_factory.mktemp(f"corpus-{kernel_tree.series}{kernel_tree.compiler}"),
-        kernel_tree.compiler,
+        tmp_path_factory.mktemp(f"corpus-{kernel_tree.name}"),
+        kernel_tree.compiler, kernel_tree.chroot,
     )
 
 
 def test_objects_come_from_the_tree_compiler(corpus: CorpusBuilder,
                                              kernel_tree: KernelTree) -> None:
     compiler = kernel_tree.compiler or "gcc"
-    version = subprocess.run([compiler, "-dumpfullversion"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    version = kernel_tree.run([compiler, "-dumpfullversion"]).stdout.strip()
     comment = read_elf(corpus.original("fs/proc/cmdline.c")).section_by_name(".comment")
     assert comment is not None and f") {version}".encode() in comment.data
 
 
 @pytest.fixture(scope="session")
 def entry_sizes(corpus: CorpusBuilder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Special-section entry sizes measured by compiling the probe against the tree."""
+    """Special-section entry sizes measured by compiling the probe against the tree.
+
+    The probe is listed in its directory's Makefile for the time it is built: kbuild before
+    5.13 builds a single object only if a Makefile names it.
+    """
     probe_source = corpus.tree / "fs" / "proc" / "kpb_probe.c"
+    makefile = corpus.tree / "fs" / "proc" / "Makefile"
+    pristine_makefile = makefile.read_text()
     _replace_file(probe_source, PROBE_SOURCE)
+    _replace_file(makefile, pristine_makefile + "obj-y += kpb_probe.o\n")
     try:
         sizes = sizes_from_probe(read_elf(corpus.make_object("fs/proc/kpb_probe.c")))
     finally:
         probe_source.unlink()
+        _replace_file(makefile, pristine_makefile)
     path = tmp_path_factory.mktemp("sizes") / "sizes.json"
     path.write_text(json.dumps(sizes))
     return path
 
 
 EXPECTED_SIZES = {
+    # Debian 11's 5.10 (5.10.223): the same sizes as 6.1; struct alt_instr lost its padlen
+    # byte before 5.10 was released (13 -> 12 bytes, packed).
+    "5.10": {
+        "__bug_table": 12,
+        "__ex_table": 12,
+        ".altinstructions": 12,
+        "__jump_table": 16,
+        ".static_call_sites": 8,
+        ".orc_unwind": 6,
+        ".parainstructions": 16,
+        "__dyndbg": 56,
+    },
     "6.1": {
         "__bug_table": 12,
         "__ex_table": 12,
@@ -98,8 +125,16 @@ EXPECTED_SIZES = {
 }
 
 
-def test_probe_measures_the_series_sizes(entry_sizes: Path, kernel_tree: KernelTree) -> None:
-    assert json.loads(entry_sizes.read_text()) == EXPECTED_SIZES[kernel_tree.series]
+# The compiler does not change the layouts: Debian 13's 6.12 (gcc 14 or 13) measures as
+# Debian 12's (gcc 12), 6.1 configured with gcc 11 as 6.1, 5.10 with gcc 9 as with gcc 10.
+EXPECTED_SIZES["6.12-gcc14"] = EXPECTED_SIZES["6.12"]
+EXPECTED_SIZES["6.1-gcc11"] = EXPECTED_SIZES["6.1"]
+EXPECTED_SIZES["6.12-gcc13"] = EXPECTED_SIZES["6.12"]
+EXPECTED_SIZES["5.10-gcc9"] = EXPECTED_SIZES["5.10"]
+
+
+def test_probe_measures_the_tree_sizes(entry_sizes: Path, kernel_tree: KernelTree) -> None:
+    assert json.loads(entry_sizes.read_text()) == EXPECTED_SIZES[kernel_tree.name]
 
 
 @pytest.mark.parametrize("source", ["fs/proc/cmdline.c", "fs/proc/base.c", "fs/readdir.c"])
@@ -137,7 +172,7 @@ def test_corpus_case(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    case = case.for_series(kernel_tree.series)
+    case = case.for_series(kernel_tree.series, kernel_tree.name)
     pair: BuiltPair = corpus.build(case)
     out = tmp_path / "out.o"
     report = tmp_path / "report.json"
