@@ -35,7 +35,7 @@ from pathlib import Path
 from kpatchbuild import kbuild
 from kpatchbuild.errors import BuildError
 from kpatchbuild.original import OriginalStage
-from kpatchbuild.source import link_tree
+from kpatchbuild.source import link_tree, no_write_through
 from kpatchbuild.steps import format_elapsed, run_step, say
 from kpatchbuild.store import Store, content_key
 
@@ -74,6 +74,13 @@ exec "$real" "$@" -x c /dev/null -o "$out"
 # make -k's report of a target whose recipe failed: make[3]: *** [scripts/...:250: fs/a.o] Error 1
 _FAILED_TARGET = re.compile(r"^make(?:\[\d+\])?: \*\*\* \[[^\]]*?:\d+: ([^\]]+)\] Error \d+$",
                             re.MULTILINE)
+# Where links of empty objects are expected to fail: code linked apart with linker scripts
+# or checks that want real code (realmode, purgatory, boot, vdso; none is live-patchable),
+# and the kernel's and modules' final links.
+_LINKED_APART = ("arch/x86/realmode/", "arch/x86/purgatory/", "arch/x86/boot/",
+                 "arch/x86/entry/vdso/")
+_FINAL_LINKS = re.compile(r"^(vmlinux(\.[ao])?|\.vmlinux\.\S+|\S+\.ko|\S*modules\S*\.order|"
+                          r"\S*Module\.symvers|\S*modules-only\.symvers)$")
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,10 @@ def build_index(store: Store, stage: OriginalStage, *, label: str) -> HeaderInde
                                                 "release": stage.release}) as work:
         tree = work / "tree"
         link_tree(stage.tree, tree, copy_unshared=True, built_in=stage.built_in)
-        records, seconds = _preprocess_everything(tree, work / "bin", label=label, log=log)
+        # A full-tree make in a tree of links to the stage: it must not write through.
+        with no_write_through(tree, what=f"{label}: the header index pass",
+                              on_damage=lambda: store.discard(stage.kind, stage.key)):
+            records, seconds = _preprocess_everything(tree, work / "bin", label=label, log=log)
         write_records(work / RECORDS, records)
         shutil.rmtree(tree)
         shutil.rmtree(work / "bin")
@@ -139,17 +149,32 @@ def _preprocess_everything(tree: Path, bin_dir: Path, *, label: str,
     with open(log, "rb") as stream:
         stream.seek(before)
         output = stream.read().decode(errors="replace")
-    real_failures = [target for target in _FAILED_TARGET.findall(output)
-                     if target.endswith(".o") and (tree / target).with_suffix(".c").is_file()]
-    if real_failures:
-        raise BuildError(f"{label}: preprocessing failed for {', '.join(real_failures[:3])}"
-                         f"{' and more' if len(real_failures) > 3 else ''}: the header index "
-                         f"would miss their includes; log: {log}")
+    unexpected = unexpected_failures(failed_targets(output), tree)
+    if unexpected:
+        raise BuildError(f"{label}: the header index pass failed at {', '.join(unexpected[:3])}"
+                         f"{' and more' if len(unexpected) > 3 else ''}: objects after it may "
+                         f"not have been preprocessed, and their includes would be missed; "
+                         f"log: {log}")
     records = {obj: record for obj, record in kbuild.object_records(tree).items()
                if obj.endswith(".o")}
     if not records:
         raise BuildError(f"{label}: the header index found no compiled object; log: {log}")
     return records, seconds
+
+
+def failed_targets(make_output: str) -> list[str]:
+    """The targets whose recipes make -k reports failed, in its order."""
+    return _FAILED_TARGET.findall(make_output)
+
+
+def unexpected_failures(failed: list[str], tree: Path) -> list[str]:
+    """The failed make targets a preprocessing pass does not explain: anything but the
+    links of empty objects (see _LINKED_APART, _FINAL_LINKS) and the directories whose
+    sub-makes report them. A failed compile, or a generated file that could not be made
+    (and kept the objects that need it from being preprocessed), is one."""
+    return [target for target in dict.fromkeys(failed)
+            if not (target == "." or (tree / target).is_dir()
+                    or target.startswith(_LINKED_APART) or _FINAL_LINKS.match(target))]
 
 
 def install_preprocessing_gcc(bin_dir: Path, *, label: str) -> None:

@@ -13,9 +13,11 @@ from kpatchbuild.elf import read_elf
 from kpatchbuild.errors import RecipeError
 from kpatchbuild.header_index import (
     RECORDS,
+    failed_targets,
     index_key,
     install_preprocessing_gcc,
     load_index,
+    unexpected_failures,
     write_records,
 )
 from kpatchbuild.patched import objects_to_rebuild
@@ -123,3 +125,25 @@ def test_a_first_compile_replays_the_command_the_index_recorded(tmp_path: Path) 
     built = workspace.compile("fs/proc/base.o", tmp_path / "log")
     assert "base" in _symbols(built)
     assert f"$ (cd {workspace.tree} && sh -c {command})" in (tmp_path / "log").read_text()
+
+
+# What make -k said in the index pass over Debian's 6.1 cloud tree (the links that must fail),
+# and two failures that must not pass: a compile, and a generated header objects need.
+MAKE_ERRORS = """\
+make[4]: *** [arch/x86/realmode/rm/Makefile:58: arch/x86/realmode/rm/realmode.elf] Error 1
+make[3]: *** [arch/x86/realmode/Makefile:22: arch/x86/realmode/rm/realmode.bin] Error 2
+make[2]: *** [scripts/Makefile.build:508: arch/x86/realmode] Error 2
+make[3]: *** [arch/x86/purgatory/Makefile:88: arch/x86/purgatory/purgatory.chk] Error 1
+make[1]: *** [scripts/Makefile.build:508: arch/x86] Error 2
+make[2]: *** [scripts/Makefile.modpost:126: drivers/net/virtio_net.ko] Error 1
+make: *** [Makefile:2065: .] Error 2
+"""
+
+
+def test_only_links_of_empty_objects_may_fail(tmp_path: Path) -> None:
+    (tmp_path / "arch/x86/realmode").mkdir(parents=True)
+    failed = failed_targets(MAKE_ERRORS)
+    assert "arch/x86/realmode/rm/realmode.elf" in failed and "." in failed
+    assert unexpected_failures(failed, tmp_path) == []
+    more = failed + ["fs/proc/base.o", "lib/crc32table.h", "fs/proc/base.o"]
+    assert unexpected_failures(more, tmp_path) == ["fs/proc/base.o", "lib/crc32table.h"]
