@@ -8,6 +8,7 @@ files, entry sizes, differ version), so an edit elsewhere never re-diffs this ob
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ from kpatchbuild.elf.write import write_elf_file
 from kpatchbuild.errors import KpbError
 from kpatchbuild.patched import ObjectPair, Workspace
 from kpatchbuild.store import Store, content_key, file_hash
-from kpatchbuild.symbols import load_module_symvers, load_symbol_table, module_objname
+from kpatchbuild.symbols import (
+    Export,
+    SymbolTable,
+    load_module_symvers,
+    load_symbol_table,
+    module_objname,
+)
 
 _DIFFER_DIR = Path(__file__).resolve().parent
 
@@ -89,19 +96,20 @@ def diff_pair(store: Store, pair: ObjectPair, files: SymbolFiles, sizes: dict[st
 
     A refusal (CannotPatch) is not cached: it is raised again, the same, on every run.
     """
+    symbols_hash, symvers_hash = file_hash(files.symbols), file_hash(files.symvers)
     key = content_key("diff", differ_version(), file_hash(Path(pair.original)),
-                      file_hash(Path(pair.patched)), file_hash(files.symbols),
-                      file_hash(files.symvers), sorted(sizes.items()), pair.target,
-                      sorted(provided))
+                      file_hash(Path(pair.patched)), symbols_hash, symvers_hash,
+                      sorted(sizes.items()), pair.target, sorted(provided))
     name = Path(pair.object).name
     artifact = store.lookup("diff", key)
     if not artifact:
         objname = "vmlinux" if pair.target == "vmlinux" else module_objname(pair.target)
         try:
+            table, exports = _target_tables(str(files.symbols), symbols_hash,
+                                            str(files.symvers), symvers_hash, objname)
             result = diff_objects(
                 Path(pair.original), Path(pair.patched), target=pair.target,
-                symbols=load_symbol_table(files.symbols, objname),
-                exports=load_module_symvers(files.symvers), entry_sizes=sizes,
+                symbols=table, exports=exports, entry_sizes=sizes,
                 object_name=pair.object, provided_by_patch=provided,
             )
         except CannotPatch:
@@ -121,6 +129,14 @@ def diff_pair(store: Store, pair: ObjectPair, files: SymbolFiles, sizes: dict[st
     output_path = artifact.path / name
     return DiffFiles(pair.object, pair.target, artifact.path / "report.json",
                       output_path if output_path.is_file() else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _target_tables(symbols: str, symbols_hash: str, symvers: str, symvers_hash: str,
+                   objname: str) -> tuple[SymbolTable, dict[str, Export]]:
+    """The target's symbol table and exports, read once per process for all the objects a
+    patch changes (System.map's 87,000 lines take half a second); keyed by content too."""
+    return load_symbol_table(symbols, objname), load_module_symvers(symvers)
 
 
 def decision_lines(diff: DiffFiles) -> list[str]:
