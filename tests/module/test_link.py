@@ -178,3 +178,24 @@ def test_debian_vmlinuz_build_id(kernel_diffs: KernelDiffs, tmp_path: Path) -> N
         subprocess.run(["lz4", "-dc"], input=image[start:start + length], stdout=out)
     notes = readelf("-n", str(vmlinux)).stdout
     assert f"Build ID: {found}" in notes
+
+
+def test_relinking_in_the_same_directory_rebuilds_only_what_changed(
+        kernel_diffs: KernelDiffs, recipe_diff: DiffResult, local_reference_diff: DiffResult,
+        tmp_path: Path) -> None:
+    tree, log = kernel_diffs.tree, tmp_path / "link.log"
+    first = _link(tree, [recipe_diff], tmp_path)
+    first_bytes = first.read_bytes()
+    both = _link(tree, [recipe_diff, local_reference_diff], tmp_path)
+    assert sorted(_klp_functions(both.parent)) == [("cmdline_proc_show", 0), ("filldir64", 0)]
+    assert {".klp.rela.vmlinux.text.filldir64"} <= {h.name for h in section_headers(both)}
+    # Back to the first patch, then the same once more: its registration is compiled for
+    # the first of those two links only, and the module is the first one again.
+    _link(tree, [recipe_diff], tmp_path)
+    before = log.stat().st_size
+    again = _link(tree, [recipe_diff], tmp_path)
+    output = log.read_text()[before:]
+    assert "kpb_main.o" not in output and "livepatch_test.ko" in output
+    assert again.read_bytes() == first_bytes
+    _check_livepatch_layout(again, {r.target_name for r in recipe_diff.resolutions
+                                    if r.how == "klp"})
