@@ -2,8 +2,10 @@
 
 For a release REL (``6.1.0-56-cloud-amd64``) at Debian version V (``6.1.192-2``):
 - ``linux-image-REL``: ``vmlinuz-REL`` (booted for proof) and ``config-REL``;
-- ``linux-image-REL-dbg``: only its ``System.map`` (the image ships a placeholder), the
-  archive's first member, so it comes out without unpacking the rest;
+- ``linux-image-REL-dbg``: only its ``System.map`` (the image ships a placeholder) and the
+  symbol table of its ``vmlinux`` (kept in the compact form, ``vmlinux.symbols``: which
+  object each local symbol comes from), the archive's first two members, so they come out
+  without unpacking the rest;
 - ``linux-headers-REL``: ``Module.symvers`` (Debian builds with modversions);
 - ``linux-source-X.Y`` at exactly V: the code the image was built from.
 Everything is fetched with ``apt-get download`` (no root, nothing installed), verified
@@ -31,8 +33,10 @@ from kpatchbuild.store import (
     file_hash,
     sha256_file,
 )
+from kpatchbuild.symbols import load_symbol_table, write_compact_table
 
 ROLES = ("image", "dbg", "headers", "source")
+VMLINUX_SYMBOLS = "vmlinux.symbols"
 T = TypeVar("T")
 
 
@@ -339,9 +343,10 @@ def fetch_package(store: Store, package: DebianPackage) -> Path:
 def extract_members(deb: Path, members: list[str], dest: Path, *, first_only: bool = False) -> None:
     """Pull ``members`` (paths as stored, ``./usr/...``) out of a .deb into ``dest``.
 
-    ``first_only`` stops tar at the first match: for the -dbg package, whose System.map is
-    the first member of a 300-800 MB archive. dpkg-deb then complains of a broken pipe and
-    exits non-zero; that is expected, so success is judged by the extracted file.
+    ``first_only`` stops tar at each member's first match: for the -dbg package, whose
+    System.map and vmlinux are the first members of a 300-800 MB archive. dpkg-deb then
+    complains of a broken pipe and exits non-zero; that is expected, so success is judged
+    by the extracted file.
     """
     feeder = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -357,9 +362,25 @@ def extract_members(deb: Path, members: list[str], dest: Path, *, first_only: bo
                          f"({tar.stderr.strip() or 'not found in the archive'})")
 
 
+def dbg_members(release: str) -> list[str]:
+    """The -dbg package's System.map and vmlinux: its first two members."""
+    return [f"./usr/lib/debug/boot/System.map-{release}",
+            f"./usr/lib/debug/boot/vmlinux-{release}"]
+
+
+def compact_vmlinux_symbols(vmlinux: Path, destination: Path) -> None:
+    """Keep vmlinux's full symbol table in the compact form, then drop the 600 MB vmlinux.
+
+    Its STT_FILE symbols tell which object defined each local symbol: how livepatch's
+    position of a `__key.0` among 127 namesakes is found (System.map cannot tell).
+    """
+    write_compact_table(load_symbol_table(vmlinux), destination)
+    vmlinux.unlink()
+
+
 def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
     """vmlinuz, config, System.map and Module.symvers of a release, in one small artifact."""
-    key = content_key("debian-kernel-files", kernel.release,
+    key = content_key("debian-kernel-files-2", kernel.release,
                       [kernel.packages[r].sha256 for r in ("image", "dbg", "headers")])
     artifact = store.lookup("debian-kernel", key)
     if artifact:
@@ -367,7 +388,7 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
     rel = kernel.release
     wanted = {
         "image": [f"./boot/vmlinuz-{rel}", f"./boot/config-{rel}"],
-        "dbg": [f"./usr/lib/debug/boot/System.map-{rel}"],
+        "dbg": dbg_members(rel),
         "headers": [f"./usr/src/linux-headers-{rel}/Module.symvers"],
     }
     manifest: dict = {"release": rel, "version": kernel.version,
@@ -383,12 +404,15 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
         shutil.move(scratch / f"usr/lib/debug/boot/System.map-{rel}", work / "System.map")
         shutil.move(scratch / f"usr/src/linux-headers-{rel}/Module.symvers",
                     work / "Module.symvers")
+        compact_vmlinux_symbols(scratch / f"usr/lib/debug/boot/vmlinux-{rel}",
+                                work / VMLINUX_SYMBOLS)
         shutil.rmtree(scratch)
         if (work / "System.map").stat().st_size < 100_000:
             raise FetchError(f"System.map-{rel} from {kernel.packages['dbg'].filename} is "
                              "too small to be the real one")
         manifest["files"] = {name: file_hash(work / name)
-                             for name in ("vmlinuz", "config", "System.map", "Module.symvers")}
+                             for name in ("vmlinuz", "config", "System.map", "Module.symvers",
+                                          VMLINUX_SYMBOLS)}
     return store.lookup("debian-kernel", key)  # type: ignore[return-value]
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild.differ.diff import DiffResult, FunctionChange
+from kpatchbuild.differ.resolve import EARLY_VMLINUX_RELOCATIONS, kernel_version
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf, write_elf_file
 from kpatchbuild.elf.model import (
     SHF_ALLOC,
@@ -237,7 +238,7 @@ def link_module(
     module = workdir / f"{name}.ko"
     if not module.is_file():
         raise ModuleLinkError(f"{where}: kbuild made no {module.name}; log: {log}")
-    _rewrite_livepatch_relocations(module, where, log)
+    _rewrite_livepatch_relocations(module, where, log, kernel_version(release))
     _check_modinfo(module, release, where, log)
     return module
 
@@ -350,7 +351,8 @@ def _c_string(text: str) -> str:
     return f'"{text}"'
 
 
-def _rewrite_livepatch_relocations(module: Path, where: str, log: Path) -> None:
+def _rewrite_livepatch_relocations(module: Path, where: str, log: Path,
+                                   version: tuple[int, int]) -> None:
     obj = read_elf(module)
     placeholder = obj.section_by_name(PLACEHOLDER_SECTION)
     if placeholder is None:
@@ -387,8 +389,12 @@ def _rewrite_livepatch_relocations(module: Path, where: str, log: Path) -> None:
                 moved.setdefault(objname, []).append(relocation)
         if not moved:
             continue
-        if not section.is_alloc or section.name in LOADER_SECTIONS:
-            names = sorted({r.symbol.name for rs in moved.values() for r in rs})
+        # Since 5.8 the loader applies vmlinux's livepatch relocations before it reads its
+        # own tables; those against a module come later.
+        early = {"vmlinux"} if version >= EARLY_VMLINUX_RELOCATIONS else set()
+        late = {o: rs for o, rs in moved.items() if o not in early or not section.is_alloc}
+        if not section.is_alloc or (section.name in LOADER_SECTIONS and late):
+            names = sorted({r.symbol.name for rs in late.values() for r in rs})
             raise ModuleLinkError(
                 f"{where}: section {section.name} needs livepatch relocations ({', '.join(names)})"
                 f" but the module loader reads it before livepatch can apply them; log: {log}"

@@ -17,6 +17,7 @@ import xxhash
 
 from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.differ.report import write_report
+from kpatchbuild.differ.resolve import kernel_version
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.elf.read import read_elf
 from kpatchbuild.elf.write import write_elf_file
@@ -91,15 +92,16 @@ class DiffFiles:
 
 
 def diff_pair(store: Store, pair: ObjectPair, files: SymbolFiles, sizes: dict[str, int],
-              provided: tuple[str, ...] = ()) -> DiffFiles:
-    """Diff one pair, from the cache when the same inputs were diffed before.
+              release: str, provided: tuple[str, ...] = ()) -> DiffFiles:
+    """Diff one pair for the kernel ``release``, from the cache when diffed before.
 
     A refusal (CannotPatch) is not cached: it is raised again, the same, on every run.
     """
     symbols_hash, symvers_hash = file_hash(files.symbols), file_hash(files.symvers)
     key = content_key("diff", differ_version(), file_hash(Path(pair.original)),
                       file_hash(Path(pair.patched)), symbols_hash, symvers_hash,
-                      sorted(sizes.items()), pair.target, sorted(provided))
+                      sorted(sizes.items()), pair.target, sorted(provided),
+                      kernel_version(release))
     name = Path(pair.object).name
     artifact = store.lookup("diff", key)
     if not artifact:
@@ -111,6 +113,7 @@ def diff_pair(store: Store, pair: ObjectPair, files: SymbolFiles, sizes: dict[st
                 Path(pair.original), Path(pair.patched), target=pair.target,
                 symbols=table, exports=exports, entry_sizes=sizes,
                 object_name=pair.object, provided_by_patch=provided,
+                kernel_version=kernel_version(release),
             )
         except CannotPatch:
             raise

@@ -140,6 +140,8 @@ class TargetPipeline:
         record = self.read(self.fetch_record)
         if not Path(record["source"]["path"]).is_dir():
             return False
+        if self.target.debian and not (Path(record["files"]) / debian.VMLINUX_SYMBOLS).is_file():
+            return False  # fetched before vmlinux's symbol table was kept
         try:
             if self.target.debian and not self.target.debian.image:
                 release, version = debian.newest_release_known(self.target.debian, self.store)
@@ -248,13 +250,17 @@ class TargetPipeline:
         return target_modules.BuiltModules(self.stage().tree)
 
     def symbol_files(self, target: str) -> objdiff.SymbolFiles:
-        """What references into ``target`` resolve against: System.map, or the module's .ko."""
+        """What references into ``target`` resolve against: vmlinux's symbol table (the
+        compact one from Debian's -dbg package, else System.map), or the module's .ko."""
         if self.target.kind == "debian":
             files = Path(self.read(self.fetch_record)["files"])
         else:
             files = self.stage().tree
         if target == "vmlinux":
-            return objdiff.SymbolFiles(files / "System.map", files / "Module.symvers")
+            symbols = files / debian.VMLINUX_SYMBOLS
+            if not symbols.is_file():
+                symbols = files / "System.map"
+            return objdiff.SymbolFiles(symbols, files / "Module.symvers")
         return objdiff.SymbolFiles(self.target_modules().find(target),
                                    files / "Module.symvers")
 
@@ -273,7 +279,8 @@ class TargetPipeline:
         workspace = patched.Workspace(self.store, self.stage())
         sizes = objdiff.measured_entry_sizes(self.store, workspace)
         try:
-            diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes)
+            diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes,
+                                     self.stage().release)
         except CannotPatch as refusal:
             if not (self.recipe.refused and self.recipe.refused in refusal.message):
                 raise

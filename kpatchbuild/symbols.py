@@ -15,8 +15,12 @@ relocation needed) and by whom.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild.elf.model import (
@@ -59,6 +63,8 @@ class TargetSymbol:
     order: int
     # The source file (STT_FILE) a local symbol came from, when the table was an ELF file.
     source_file: str | None = None
+    # Which object of the link it came from (the run of locals after one STT_FILE symbol).
+    unit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +77,102 @@ class Export:
     namespace: str
 
 
-@dataclass(slots=True)
+GLOBAL, WEAK, FUNCTION = 1, 2, 4  # bits of SymbolTable.flags
+NO_UNIT = 0xFFFFFFFF
+
+
 class SymbolTable:
-    """All symbols of one livepatch target object ("vmlinux" or a module name) in kallsyms order."""
+    """All symbols of one livepatch target object ("vmlinux" or a module name).
 
-    objname: str
-    entries: list[TargetSymbol]
-    has_source_files: bool = False
-    _by_name: dict[str, list[TargetSymbol]] = field(default_factory=dict, repr=False)
+    Kept as columns sorted by name (names, kallsyms positions, addresses, flag bits, link
+    units) rather than one object per symbol: a vmlinux has 120,000 symbols, a patch asks
+    about a few dozen, and sorted columns load without building an index. ``units`` says, for
+    each local symbol of an ELF table, which object of the link defined it (the locals after
+    one STT_FILE symbol), ``unit_files`` the file name of each unit. The constructor takes
+    the columns in kallsyms order.
+    """
 
-    def __post_init__(self) -> None:
-        for entry in self.entries:
-            self._by_name.setdefault(entry.name, []).append(entry)
+    def __init__(
+        self,
+        objname: str,
+        names: list[str],
+        addresses: Sequence[int],
+        flags: bytes | bytearray,
+        units: Sequence[int] | None = None,
+        unit_files: list[str] | None = None,
+    ) -> None:
+        by_name = sorted(range(len(names)), key=names.__getitem__)  # stable: kallsyms order
+        self._set_columns(
+            objname,
+            [names[p] for p in by_name],
+            array("I", by_name),
+            array("Q", [addresses[p] for p in by_name]),
+            bytes(flags[p] for p in by_name),
+            array("I", [units[p] for p in by_name]) if units is not None else None,
+            unit_files or [],
+        )
+
+    @classmethod
+    def from_sorted_columns(cls, objname: str, names: list[str], orders: Sequence[int],
+                            addresses: Sequence[int], flags: bytes, units: Sequence[int] | None,
+                            unit_files: list[str]) -> SymbolTable:
+        """A table from columns already sorted by name (the compact form stores them so)."""
+        table = cls.__new__(cls)
+        table._set_columns(objname, names, orders, addresses, flags, units, unit_files)
+        return table
+
+    def _set_columns(self, objname: str, names: list[str], orders: Sequence[int],
+                     addresses: Sequence[int], flags: bytes, units: Sequence[int] | None,
+                     unit_files: list[str]) -> None:
+        self.objname = objname
+        self.names = names
+        self.orders = orders
+        self.addresses = addresses
+        self.flags = flags
+        self.units = units
+        self.unit_files = unit_files
+        self._unit_names: dict[int, frozenset[str]] | None = None
+        self._kallsyms_names: list[str] | None = None
+
+    @property
+    def has_source_files(self) -> bool:
+        return self.units is not None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: str) -> bool:
+        position = bisect_left(self.names, name)
+        return position < len(self.names) and self.names[position] == name
+
+    def _entry(self, position: int) -> TargetSymbol:
+        bits = self.flags[position]
+        unit = self.units[position] if self.units is not None else NO_UNIT
+        return TargetSymbol(
+            name=self.names[position],
+            address=self.addresses[position],
+            is_global=bool(bits & GLOBAL),
+            is_weak=bool(bits & WEAK),
+            is_function=bool(bits & FUNCTION),
+            order=self.orders[position],
+            source_file=self.unit_files[unit] if unit != NO_UNIT else None,
+            unit=unit if unit != NO_UNIT else None,
+        )
 
     def named(self, name: str) -> list[TargetSymbol]:
         """Every symbol called ``name``, in the order livepatch counts them."""
-        return self._by_name.get(name, [])
+        low = bisect_left(self.names, name)
+        high = bisect_right(self.names, name, low)
+        return [self._entry(p) for p in range(low, high)]
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
+    def name_at(self, order: int) -> str:
+        """The name of the symbol at kallsyms position ``order``."""
+        if self._kallsyms_names is None:
+            names = [""] * len(self.names)
+            for position, kallsyms_order in enumerate(self.orders):
+                names[kallsyms_order] = self.names[position]
+            self._kallsyms_names = names
+        return self._kallsyms_names[order]
 
     def sympos(
         self,
@@ -134,13 +217,43 @@ class SymbolTable:
             raise SymbolsError(f"no local symbol {name!r} in the {self.objname} symbol table")
         if source_file and self.has_source_files:
             same_file = [m for m in candidates if m.source_file == source_file]
-            if len(same_file) == 1:
-                return same_file[0]
             if same_file:
                 candidates = same_file
+                if len({m.unit for m in candidates}) > 1:
+                    candidates = self._by_unit(name, source_file, candidates, neighbours)
         if len(candidates) == 1:
             return candidates[0]
         return self._by_neighbourhood(name, candidates, neighbours)
+
+    def _by_unit(self, name: str, source_file: str, candidates: list[TargetSymbol],
+                 neighbours: frozenset[str]) -> list[TargetSymbol]:
+        """Several objects of one file name (``core.c``): the one whose locals are the object's.
+
+        The linker writes each object's locals after its STT_FILE symbol, so the unit holding
+        the most of the object's own symbols is the object; a tie is refused.
+        """
+        scores: dict[int, int] = {}
+        for candidate in candidates:
+            assert candidate.unit is not None
+            scores[candidate.unit] = len(neighbours & self._names_of_unit(candidate.unit))
+        ranked = sorted(scores.values(), reverse=True)
+        if ranked[0] == 0 or ranked[0] == ranked[1]:
+            raise AmbiguousSymbol(
+                f"{len(scores)} objects named {source_file} in {self.objname} define a local "
+                f"{name!r} and their other symbols do not tell which one this object is"
+            )
+        best = max(scores, key=scores.__getitem__)
+        return [c for c in candidates if c.unit == best]
+
+    def _names_of_unit(self, unit: int) -> frozenset[str]:
+        if self._unit_names is None:
+            assert self.units is not None
+            members: dict[int, set[str]] = {}
+            for position, owner in enumerate(self.units):
+                if owner != NO_UNIT:
+                    members.setdefault(owner, set()).add(self.names[position])
+            self._unit_names = {k: frozenset(v) for k, v in members.items()}
+        return self._unit_names.get(unit, frozenset())
 
     def _by_neighbourhood(
         self, name: str, candidates: list[TargetSymbol], neighbours: frozenset[str]
@@ -166,8 +279,8 @@ class SymbolTable:
         for step in (-1, 1):
             strangers = 0
             position = order + step
-            while 0 <= position < len(self.entries) and strangers <= tolerance:
-                if self.entries[position].name in members:
+            while 0 <= position < len(self.names) and strangers <= tolerance:
+                if self.name_at(position) in members:
                     found += 1
                     strangers = 0
                 else:
@@ -186,7 +299,7 @@ def module_objname(name: str) -> str:
 
 
 def load_symbol_table(path: str | os.PathLike[str], objname: str = "vmlinux") -> SymbolTable:
-    """Read a target symbol table from an ELF file or from System.map/kallsyms text."""
+    """Read a target symbol table: an ELF file, the compact form, System.map/kallsyms text."""
     source = Path(path)
     try:
         with source.open("rb") as handle:
@@ -199,6 +312,8 @@ def load_symbol_table(path: str | os.PathLike[str], objname: str = "vmlinux") ->
         raise SymbolsError(f"{source}: cannot read: {error.strerror}") from None
     if magic == b"\x7fELF":
         return _from_elf(source, objname)
+    if magic == COMPACT_MAGIC[:4]:
+        return _from_compact(source, objname)
     return _from_text(source, objname)
 
 
@@ -208,12 +323,11 @@ def _from_elf(path: Path, objname: str) -> SymbolTable:
     except ElfFormatError as error:
         raise SymbolsError(error.message) from None
     relocatable = _is_relocatable(path)
-    entries: list[TargetSymbol] = []
-    current_file: str | None = None
+    unit_files: list[str] = []
     kept = []
     for record in records:
         if record.type == STT_FILE:
-            current_file = record.name
+            unit_files.append(record.name)
             continue
         if not record.name or record.type == STT_SECTION or record.section_name is None:
             continue
@@ -221,24 +335,26 @@ def _from_elf(path: Path, objname: str) -> SymbolTable:
             not record.section_flags & SHF_ALLOC or record.section_name.startswith(".init")
         ):
             continue  # module kallsyms keep only core (non-init, allocated) symbols
-        source_file = current_file if record.bind == STB_LOCAL else None
-        kept.append((record, source_file))
+        unit = len(unit_files) - 1 if record.bind == STB_LOCAL and unit_files else NO_UNIT
+        kept.append((record, unit))
     if not relocatable:
         # vmlinux kallsyms are sorted by address, strong before weak at equal addresses.
         kept.sort(key=lambda pair: (pair[0].value, pair[0].bind == STB_WEAK))
-    for order, (record, source_file) in enumerate(kept):
-        entries.append(
-            TargetSymbol(
-                name=record.name,
-                address=record.value,
-                is_global=record.bind in (STB_GLOBAL, STB_WEAK),
-                is_weak=record.bind == STB_WEAK,
-                is_function=record.type == STT_FUNC,
-                order=order,
-                source_file=source_file,
-            )
+    flags = bytearray(len(kept))
+    for position, (record, _) in enumerate(kept):
+        flags[position] = (
+            (GLOBAL if record.bind in (STB_GLOBAL, STB_WEAK) else 0)
+            | (WEAK if record.bind == STB_WEAK else 0)
+            | (FUNCTION if record.type == STT_FUNC else 0)
         )
-    return SymbolTable(objname, entries, has_source_files=current_file is not None)
+    return SymbolTable(
+        objname,
+        [record.name for record, _ in kept],
+        array("Q", [record.value for record, _ in kept]),
+        flags,
+        array("I", [unit for _, unit in kept]) if unit_files else None,
+        unit_files,
+    )
 
 
 def _is_relocatable(path: Path) -> bool:
@@ -249,7 +365,9 @@ def _is_relocatable(path: Path) -> bool:
 
 def _from_text(path: Path, objname: str) -> SymbolTable:
     """System.map (`nm -n` output) or /proc/kallsyms; kallsyms lines may carry `[module]`."""
-    entries: list[TargetSymbol] = []
+    names: list[str] = []
+    addresses = array("Q")
+    flags = bytearray()
     try:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as error:
@@ -268,19 +386,84 @@ def _from_text(path: Path, objname: str) -> SymbolTable:
         module = parts[3].strip("[]") if len(parts) > 3 else "vmlinux"
         if module != objname or kind in _NOT_IN_KALLSYMS:
             continue
-        entries.append(
-            TargetSymbol(
-                name=name,
-                address=address,
-                is_global=kind.isupper() or kind in "wv",
-                is_weak=kind in "wWvV",
-                is_function=kind in "tTwW",
-                order=len(entries),
-            )
-        )
-    if not entries:
+        names.append(name)
+        addresses.append(address)
+        flags.append((GLOBAL if kind.isupper() or kind in "wv" else 0)
+                     | (WEAK if kind in "wWvV" else 0)
+                     | (FUNCTION if kind in "tTwW" else 0))
+    if not names:
         raise SymbolsError(f"{path}: no symbols of {objname} found")
-    return SymbolTable(objname, entries)
+    return SymbolTable(objname, names, addresses, flags)
+
+
+# The compact form of a symbol table (`write_compact_table`): a vmlinux's full .symtab with
+# its link units, some 5 MB instead of the 600 MB vmlinux, loaded in a few hundredths of a
+# second. A header line names the format, then one JSON line, then the columns.
+COMPACT_MAGIC = b"kpatchbuild symbol table 1\n"
+
+
+def write_compact_table(table: SymbolTable, path: str | os.PathLike[str]) -> None:
+    """Write ``table`` in the compact form (publish it by rename: this writes in place)."""
+    names = "\n".join(table.names).encode("utf-8", errors="surrogateescape")
+    units = table.units if table.units is not None else array("I")
+    header = {"objname": table.objname, "count": len(table.names), "names": len(names),
+              "units": table.unit_files if table.units is not None else None}
+    with open(path, "wb") as handle:
+        handle.write(COMPACT_MAGIC)
+        handle.write(json.dumps(header).encode() + b"\n")
+        handle.write(names)
+        handle.write(array("I", table.orders).tobytes())
+        handle.write(array("Q", table.addresses).tobytes())
+        handle.write(bytes(table.flags))
+        handle.write(array("I", units).tobytes())
+
+
+def _from_compact(path: Path, objname: str) -> SymbolTable:
+    data = path.read_bytes()
+    damaged = (f"{path}: damaged compact symbol table ({{}}); delete it to have it made again")
+    try:
+        line_end = data.index(b"\n", len(COMPACT_MAGIC))
+        header = json.loads(data[len(COMPACT_MAGIC):line_end])
+        count, names_size = int(header["count"]), int(header["names"])
+        columns = _Columns(data, line_end + 1)
+        raw_names = columns.take(names_size)
+        try:
+            names = raw_names.decode("ascii")
+        except UnicodeDecodeError:
+            names = raw_names.decode("utf-8", errors="surrogateescape")
+        orders = columns.array("I", count)
+        addresses = columns.array("Q", count)
+        flags = columns.take(count)
+        units = columns.array("I", count) if header["units"] is not None else None
+    except (ValueError, KeyError, TypeError) as error:
+        raise SymbolsError(damaged.format(error)) from None
+    name_list = names.split("\n") if count else []
+    if len(name_list) != count:
+        raise SymbolsError(damaged.format("names do not match the count"))
+    if header["objname"] != objname:
+        raise SymbolsError(f"{path}: a symbol table of {header['objname']}, not of {objname}")
+    return SymbolTable.from_sorted_columns(objname, name_list, orders, addresses, flags, units,
+                                           header["units"] or [])
+
+
+class _Columns:
+    """Reads the compact form's columns one after the other, checking each is whole."""
+
+    def __init__(self, data: bytes, position: int) -> None:
+        self.data = data
+        self.position = position
+
+    def take(self, size: int) -> bytes:
+        chunk = self.data[self.position:self.position + size]
+        if len(chunk) != size:
+            raise ValueError("truncated")
+        self.position += size
+        return chunk
+
+    def array(self, typecode: str, count: int) -> array:
+        column = array(typecode)
+        column.frombytes(self.take(column.itemsize * count))
+        return column
 
 
 def load_module_symvers(path: str | os.PathLike[str]) -> dict[str, Export]:

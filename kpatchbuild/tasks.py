@@ -150,7 +150,9 @@ def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
             "basename": name,
             "doc": f"diff {pair.object} of {item.label}",
             "actions": [_reporting_errors(partial(item.diff_object, pair))],
-            "file_dep": [pair.original, pair.patched, str(item.recipe.path)],
+            # The fetch and original records name the symbol tables the diff resolves against.
+            "file_dep": [pair.original, pair.patched, str(item.recipe.path),
+                         str(item.fetch_record), str(item.original_record)],
             "uptodate": [config_changed(objdiff.differ_version())],
             "targets": [str(item.object_diff_record(pair.object))],
             "verbosity": 2,

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild import kbuild, kconfig
-from kpatchbuild.debian import extract_members, newest
+from kpatchbuild.debian import (
+    VMLINUX_SYMBOLS,
+    compact_vmlinux_symbols,
+    dbg_members,
+    extract_members,
+    newest,
+)
 from kpatchbuild.errors import KpbError
 from kpatchbuild.original import config_changes, significant_config_changes
 from kpatchbuild.store import Store, content_key, sha256_file
@@ -274,6 +280,31 @@ def suite_kernel(store: Store, chroot: Chroot, series: str, flavour: str) -> Sui
         artifact = store.lookup("chroot-kernel", key)
         assert artifact is not None
     return SuiteKernel(chroot.suite, release, version, artifact.path)
+
+
+def suite_kernel_symbols(store: Store, chroot: Chroot, kernel: SuiteKernel) -> Path:
+    """The compact symbol table of the kernel's vmlinux (from its -dbg package, fetched again:
+    the kernel's files keep only System.map)."""
+    key = content_key("chroot-kernel-symbols", FORMAT, chroot.suite, kernel.release,
+                      kernel.version)
+    artifact = store.lookup("chroot-kernel-symbols", key)
+    if artifact is None:
+        name = f"linux-image-{kernel.release}-dbg"
+        checksum = _package_sha256(chroot, f"{name}={kernel.version}")
+        with store.publishing("chroot-kernel-symbols", key, {"package": name}) as work:
+            chroot.run(["apt-get", "download", "-q", f"{name}={kernel.version}"],
+                       binds=[work], cwd=work, network=True)
+            (deb,) = work.glob(f"{name}_*.deb")
+            if sha256_file(deb) != checksum:
+                raise ChrootError(f"{deb.name}: sha256 does not match {chroot.suite}'s index")
+            members = dbg_members(kernel.release)
+            extract_members(deb, members, work, first_only=True)
+            deb.unlink()
+            compact_vmlinux_symbols(work / members[1], work / VMLINUX_SYMBOLS)
+            shutil.rmtree(work / "usr")
+        artifact = store.lookup("chroot-kernel-symbols", key)
+        assert artifact is not None
+    return artifact.path / VMLINUX_SYMBOLS
 
 
 # --- the kernel's tree, prepared as Debian built it ---

@@ -18,9 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from kpatchbuild.debian import VMLINUX_SYMBOLS
 from kpatchbuild.errors import KpbError
 from kpatchbuild.store import Store, default_root
-from tests.chroots import SUITE_TREES, Chroot, make_chroot, prepared_tree, suite_kernel
+from tests.chroots import (
+    SUITE_TREES,
+    Chroot,
+    make_chroot,
+    prepared_tree,
+    suite_kernel,
+    suite_kernel_symbols,
+)
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +88,13 @@ class KernelTree:
     chroot: Chroot | None = None
     # What tests key per-tree expectations on, when the series alone does not say it.
     label: str = ""
+    # vmlinux's symbol table in the compact form (from the -dbg package), when there is one.
+    compact_symbols: Path | None = None
+
+    @property
+    def symbols(self) -> Path:
+        """What the differ resolves against: the compact table, else System.map."""
+        return self.compact_symbols or self.system_map
 
     @property
     def name(self) -> str:
@@ -109,7 +124,8 @@ def debian_kernel_tree(default_recipe_stage: RecipeStage,
                        check=True)
     files = Path(default_recipe_stage.fetch["files"])
     return KernelTree(path, default_recipe_stage.original["release"], files / "System.map",
-                      files / "Module.symvers", "6.1")
+                      files / "Module.symvers", "6.1",
+                      compact_symbols=files / VMLINUX_SYMBOLS)
 
 
 SERIES_6_12_TARGET = "cmdline-6.12/debian-6.12-cloud-amd64"
@@ -150,7 +166,7 @@ def prepare_scratch_tree(target: str, series: str, tmp_path_factory: pytest.Temp
             pytest.fail(f"preparing {path} failed:\n{prepared.stderr[-3000:]}")
         shutil.copyfile(files / "Module.symvers", path / "Module.symvers")
     return KernelTree(path, release, files / "System.map", files / "Module.symvers", series,
-                      compiler, label=label)
+                      compiler, label=label, compact_symbols=files / VMLINUX_SYMBOLS)
 
 
 @pytest.fixture(scope="session")
@@ -191,6 +207,7 @@ def chroot_kernel_tree(label: str, tmp_path_factory: pytest.TempPathFactory) -> 
         chroot = make_chroot(store, spec.suite, spec.packages)
         kernel = suite_kernel(store, chroot, spec.series, spec.flavour)
         prepared = prepared_tree(store, chroot, kernel, spec.compiler, as_built=spec.as_built)
+        symbols = suite_kernel_symbols(store, chroot, kernel)
     except KpbError as error:
         pytest.fail(error.message)
     reuse = os.environ.get(reuse_variable)
@@ -202,5 +219,5 @@ def chroot_kernel_tree(label: str, tmp_path_factory: pytest.TempPathFactory) -> 
                        check=True)
     return KernelTree(path, kernel.release, kernel.files / "System.map",
                       kernel.files / "Module.symvers", spec.series, spec.compiler, chroot,
-                      label)
+                      label, symbols)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kpatchbuild.differ.diff import diff_objects
 from kpatchbuild.differ.report import write_report
+from kpatchbuild.differ.resolve import kernel_version
 from kpatchbuild.elf.read import read_elf
 from kpatchbuild.elf.write import write_elf_file
 from kpatchbuild.errors import KpbError
@@ -41,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the target's symbols: vmlinux/.ko/.o ELF, System.map or kallsyms text",
     )
     parser.add_argument("--target", required=True, metavar="vmlinux|MODNAME")
+    parser.add_argument(
+        "--kernel-version",
+        metavar="RELEASE",
+        help="the target kernel's release or version (6.1, 6.1.0-57-cloud-amd64): from 5.8 "
+        "on, jump labels and static calls may use unexported vmlinux keys; default: as before 5.8",
+    )
     parser.add_argument("--symvers", metavar="Module.symvers", help="exported symbols")
     parser.add_argument("--json", metavar="REPORT.json", help="write the decision report")
     parser.add_argument(
@@ -64,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     exports = load_module_symvers(args.symvers) if args.symvers else None
     sizes = _load_sizes(args.entry_sizes) if args.entry_sizes else None
     provided = _load_names(args.provided_by_patch) if args.provided_by_patch else ()
+    version = kernel_version(args.kernel_version) if args.kernel_version else None
     result = diff_objects(
         orig,
         patched,
@@ -73,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         entry_sizes=sizes,
         object_name=Path(args.patched).name,
         provided_by_patch=provided,
+        kernel_version=version,
     )
     for line in result.decision_lines():
         print(line)

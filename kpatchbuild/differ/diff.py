@@ -89,6 +89,7 @@ def diff_objects(
     environ: Mapping[str, str] | None = None,
     object_name: str | None = None,
     provided_by_patch: Collection[str] = (),
+    kernel_version: tuple[int, int] | None = None,
 ) -> DiffResult:
     """Diff one object pair built with -ffunction-sections -fdata-sections.
 
@@ -99,6 +100,8 @@ def diff_objects(
     ``provided_by_patch`` names the globals other objects of the same patch define (a new
     function added in another file): references to them stay plain undefined symbols, bound
     when the patch's objects are linked together, instead of being looked up in the target.
+    ``kernel_version`` (major, minor) of the target kernel decides what the module loader can
+    resolve by itself (unknown: as before 5.8, the safe side).
     Raises CannotPatch when the change is unsafe; returns a result without output when
     nothing changed functionally.
     """
@@ -123,7 +126,7 @@ def diff_objects(
         return result
 
     refusals += _untraceable(orig_index, comparison)
-    resolver = Resolver(orig_index, target, symbols, exports, provided_by_patch)
+    resolver = Resolver(orig_index, target, symbols, exports, provided_by_patch, kernel_version)
     inclusion = include_and_build(
         correlation, comparison, resolver, EntrySizes(entry_sizes, environ)
     )

@@ -22,7 +22,7 @@ from kpatchbuild.differ.index import (
     Target,
     parent_function_name,
 )
-from kpatchbuild.differ.resolve import KLP, Resolution, ResolveError, Resolver
+from kpatchbuild.differ.resolve import Resolution, ResolveError, Resolver
 from kpatchbuild.differ.special import (
     DYNDBG_CLASSES_SECTION,
     DYNDBG_TABLE,
@@ -54,6 +54,8 @@ from kpatchbuild.elf.model import (
 _LOADER_ONLY = frozenset(
     {".altinstr_replacement"} | {k.name for k in ENTRY_TABLES.values() if k.loader_resolved_only}
 )
+# Keys of tracepoints and dynamic-debug prints: a jump site left as compiled is disabled.
+_INERT_KEY_PREFIXES = ("__tracepoint_", "__UNIQUE_ID_ddebug", "descriptor")
 _INIT_PREFIXES = (".init", ".exit", ".head.text", ".ref.text", ".meminit", ".cpuinit")
 
 
@@ -446,23 +448,46 @@ class PatchBuilder:
                 # (print_hex_dump_debug) comes along when the kept entry is walked.
                 continue
             resolution = self._resolution_for(symbol, record=False)
-            if resolution is None or resolution.how != KLP:
+            if resolution is None or self.resolver.known_at_load(resolution):
                 continue
             self._dropped_entries.add((id(section), start))
-            if section.name == ".static_call_sites":
-                # Without its site entry the call goes through the trampoline: still correct.
-                self.notes.append(
-                    f"static call site for key {resolution.target_name} left to its "
-                    "trampoline (key not exported)"
-                )
-                return False
-            user = self._user_of_entry(section, start)
-            self.refusals.append(
-                f"{section.name} entry in {user} uses {resolution.target_name}, which is not "
-                "exported: the module loader would process it before livepatch can resolve it"
-            )
+            self._refuse_or_drop_entry(section, start, resolution)
             return False
         return True
+
+    def _refuse_or_drop_entry(self, section: Section, start: int, resolution: Resolution) -> None:
+        """An entry whose symbol the loader cannot know yet: dropped where that is inert."""
+        key = resolution.target_name
+        user = self._user_of_entry(section, start)
+        if section.name == ".static_call_sites":
+            # Without its site entry the call goes through the trampoline: still correct.
+            self.notes.append(f"static call site for key {key} left to its trampoline "
+                              f"(key not exported from {resolution.objname})")
+            return
+        late = ("livepatch applies relocations against a module only after the loader has "
+                "read the module's tables") if self.resolver.early_vmlinux else (
+                "kernels before 5.8 apply livepatch relocations only after the loader has "
+                "read the module's tables")
+        if section.name == "__jump_table" and self.resolver.early_vmlinux and key.startswith(
+            _INERT_KEY_PREFIXES
+        ):
+            # The site stays the compiler's default: a disabled tracepoint or pr_debug().
+            what = "tracepoint" if key.startswith("__tracepoint_") else "dynamic debug print"
+            self.notes.append(f"{what} {key.removeprefix('__tracepoint_')} in {user} is inert "
+                              f"in the patched function: its key lives in {resolution.objname} "
+                              "and is not exported, so its jump entry is dropped")
+            return
+        if section.name == "__jump_table":
+            self.refusals.append(
+                f"__jump_table entry in {user} uses static key {key} of {resolution.objname}, "
+                f"which is not exported: {late}; test the key with static_key_enabled() "
+                "instead of a static branch in the patched code"
+            )
+            return
+        self.refusals.append(
+            f"{section.name} entry in {user} uses {key} of {resolution.objname}, which is not "
+            f"exported: {late}"
+        )
 
     def _user_of_entry(self, section: Section, start: int) -> str:
         for relocation in self.patched.relocations_between(section, start, start + 1):
@@ -658,7 +683,7 @@ class PatchBuilder:
             if symbol.section is not None and self.correlation.orig_of(symbol) is None:
                 self.refusals.append(f"{where}: refers to new symbol {symbol.name} not carried")
             return None
-        if resolution.how == KLP and source.name in _LOADER_ONLY:
+        if source.name in _LOADER_ONLY and not self.resolver.known_at_load(resolution):
             # Alternatives are copied into place at module load, before livepatch relocations
             # are applied: the copy would keep an unresolved address.
             self.refusals.append(

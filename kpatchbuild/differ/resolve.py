@@ -11,6 +11,7 @@ objects' references to the same symbol merge when linked into one module.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -36,6 +37,20 @@ class Resolution:
     sympos: int | None = None  # KLP only
 
 
+# Linux 5.8 ("livepatch: Apply vmlinux-specific KLP relocations early") applies a patch
+# module's `.klp.rela.vmlinux.*` sections while the module loads, before the loader reads its
+# jump labels, static calls and alternatives; relocations against other modules stay late.
+EARLY_VMLINUX_RELOCATIONS = (5, 8)
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release or version text: "6.1.0-57-cloud-amd64" -> (6, 1)."""
+    matched = re.match(r"^v?(\d+)\.(\d+)", release.strip())
+    if matched is None:
+        raise KpbError(f"kernel version {release!r}: expected MAJOR.MINOR[...], e.g. 6.1")
+    return int(matched.group(1)), int(matched.group(2))
+
+
 class ResolveError(KpbError):
     """A referenced symbol cannot be found unambiguously in the target."""
 
@@ -55,8 +70,11 @@ class Resolver:
         table: SymbolTable | None,
         exports: dict[str, Export] | None,
         provided_by_patch: Collection[str] = (),
+        version: tuple[int, int] | None = None,
     ) -> None:
         self.orig = orig
+        # Unknown: assume a kernel older than 5.8, where every livepatch relocation is late.
+        self.early_vmlinux = version is not None and version >= EARLY_VMLINUX_RELOCATIONS
         self.provided_by_patch = frozenset(provided_by_patch)
         self.objname = "vmlinux" if target == "vmlinux" else module_objname(target)
         self.table = table
@@ -107,6 +125,16 @@ class Resolver:
             raise ResolveError(f"symbol {name}: {error.message}") from None
         klp_name = f".klp.sym.{self.objname}.{name},{sympos}"
         return Resolution(klp_name, name, KLP, self.objname, sympos)
+
+    def known_at_load(self, resolution: Resolution) -> bool:
+        """Does the module loader know this address when it reads the module's own tables?
+
+        Exports and the patch's own symbols, always; a livepatch relocation, only when the
+        kernel applies it during the load (vmlinux's, since 5.8).
+        """
+        if resolution.how != KLP:
+            return True
+        return self.early_vmlinux and resolution.objname == "vmlinux"
 
     def old_sympos(self, name: str, *, local: bool) -> int:
         """Position of a patched function itself (klp_func.old_sympos)."""

@@ -53,6 +53,9 @@ class Case:
     dyndbg: frozenset[str] = frozenset()
     # Symbols OUT.o must leave to the running kernel (names as the report resolves them).
     references: frozenset[str] = frozenset()
+    # Static locals with namesakes all over vmlinux (`__key`, `_rs`, `__already_done`) that
+    # OUT.o must reference in the running kernel, at the position of its own file's one.
+    klp_locals: frozenset[str] = frozenset()
     # Per kernel series, fields that differ from the ones above: {"6.12": {"carried": ...}};
     # a tree's label (a series built by another compiler: "6.12-gcc14") may refine them.
     per_series: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
@@ -99,8 +102,12 @@ BASE = "fs/proc/base.c"
 READDIR = "fs/readdir.c"
 MACCESS = "mm/maccess.c"
 FORK = "kernel/fork.c"
+EXEC = "fs/exec.c"
 # Four pr_debug() calls in two functions, built in (CONFIG_DYNAMIC_DEBUG=y, jump labels).
 ASYNC = "kernel/async.c"
+EVENTPOLL = "fs/eventpoll.c"
+READ_WRITE = "fs/read_write.c"
+NAMESPACE = "fs/namespace.c"
 
 CASES = [
     Case("no_op", CMDLINE, lambda t: t + "\n/* nothing but a comment */\n", 3),
@@ -205,13 +212,57 @@ CASES = [
         kept_sections=frozenset({"__jump_table"}),
         # 5.10's map_files_get_link has no jump label (the mmap_lock tracepoints came in
         # 5.11); its base.c has one, in __set_oom_adj, keyed by a tracepoint that is not
-        # exported: the loader would apply the entry before livepatch could resolve the key.
+        # exported: kept, through a livepatch relocation the loader applies early (5.8+).
         per_series={"5.10": {
             "edit": replace_once("err = -EACCES;", "err = -EPERM;", after="oom_score_adj_min &&"),
-            "exit_code": 2,
-            "refusal": "__jump_table entry in __set_oom_adj.isra.0+0x"},
-            # gcc 9 does not clone it (see wrong_compiler).
-            "5.10-gcc9": {"refusal": "__jump_table entry in __set_oom_adj+0x"}},
+            "changed": frozenset({"__set_oom_adj.isra.0"}),
+            "references": frozenset({".klp.sym.vmlinux.__tracepoint_oom_score_adj_update,0"})},
+            # gcc 9 does not clone it, and Debian's gcc 10 did (see wrong_compiler).
+            "5.10-gcc9": {"exit_code": 2,
+                          "refusal": "function __set_oom_adj: not in the vmlinux symbol table"}},
+    ),
+    Case(
+        # mutex_init()'s lockdep key: one of vmlinux's 127 `__key.0`, told by its file.
+        "mutex_init_key",
+        EVENTPOLL,
+        replace_once("error = -ENOMEM;", "error = -ENOSPC;", after="static int ep_alloc("),
+        0,
+        changed=frozenset({"do_epoll_create"}),
+        klp_locals=frozenset({"__key"}),
+    ),
+    Case(
+        # printk_ratelimited()'s state (`_rs.N`), one of hundreds of namesakes, in a helper
+        # inlined into both its callers: they are what changed.
+        "ratelimit_state",
+        READ_WRITE,
+        replace_once('"kernel %s not supported', '"kernel %s unsupported'),
+        0,
+        changed=frozenset({"__kernel_read", "__kernel_write_iter"}),
+        klp_locals=frozenset({"_rs"}),
+    ),
+    Case(
+        # WARN_ONCE()'s flag (`__already_done.N`): the running kernel's, so it warns once.
+        "warn_once_flag",
+        NAMESPACE,
+        replace_once('"Expected s_iflags to contain', '"kpatched: expected s_iflags to contain'),
+        0,
+        changed=frozenset({"mount_too_revealing"}),
+        klp_locals=frozenset({"__already_done"}),
+    ),
+    Case(
+        # A tracepoint whose key vmlinux does not export (trace_task_rename): its jump entry
+        # is kept, the key a livepatch relocation applied while the module loads (5.8+).
+        "tracepoint_vmlinux_key",
+        EXEC,
+        replace_once("\ttask_lock(tsk);\n",
+                     '\ttask_lock(tsk);\n\tif (!strcmp(buf, "kpb-probe"))\n'
+                     '\t\tbuf = "kpb-patched";\n', after="void __set_task_comm("),
+        0,
+        changed=frozenset({"__set_task_comm"}),
+        kept_sections=frozenset({"__jump_table"}),
+        references=frozenset({".klp.sym.vmlinux.__tracepoint_task_rename,0"}),
+        # gcc 14 moves the tracepoint's call out of line.
+        per_series={"6.12-gcc14": {"carried": frozenset({"__set_task_comm.cold"})}},
     ),
     Case(
         "static_call",
@@ -220,12 +271,17 @@ CASES = [
                      "if (pos >= PID_MAX_LIMIT + TGID_OFFSET - 1)\n\t\treturn 0;"),
         0,
         changed=frozenset({"proc_pid_readdir"}),
-        notes=("cond_resched",),
-        references=frozenset({"__SCT__cond_resched"}),
+        # The site's key (__SCK__cond_resched) is not exported: a livepatch relocation the
+        # loader applies before it reads the module's static call sites (5.8+).
+        kept_sections=frozenset({".static_call_sites"}),
+        references=frozenset({"__SCT__cond_resched",
+                              ".klp.sym.vmlinux.__SCK__cond_resched,0"}),
         # No `.static_call_sites` without objtool: the call stays on its trampoline. 5.10
         # has no PREEMPT_DYNAMIC: cond_resched() is a plain call of the exported function.
-        per_series={"6.12": {"notes": ()},
-                    "5.10": {"notes": (), "references": frozenset({"_cond_resched"})},
+        per_series={"6.12": {"kept_sections": frozenset(),
+                             "references": frozenset({"__SCT__cond_resched"})},
+                    "5.10": {"kept_sections": frozenset(),
+                             "references": frozenset({"_cond_resched"})},
                     "5.10-gcc9": wrong_compiler("has_pid_permissions.isra.0")},
     ),
     Case(

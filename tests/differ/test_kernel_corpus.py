@@ -11,6 +11,8 @@ import pytest
 from kpatchbuild.__main__ import main
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
+from kpatchbuild.elf.model import STT_FILE
+from kpatchbuild.symbols import load_symbol_table
 from tests.chroots import SUITE_TREES
 from tests.conftest import KernelTree, chroot_kernel_tree
 from tests.differ.kernel_corpus import (
@@ -178,9 +180,10 @@ def test_corpus_case(
     report = tmp_path / "report.json"
     code = main([
         "diff", str(pair.orig), str(pair.patched), "-o", str(out),
-        "--symbols", str(kernel_tree.system_map), "--target", "vmlinux",
+        "--symbols", str(kernel_tree.symbols), "--target", "vmlinux",
         "--symvers", str(kernel_tree.module_symvers),
         "--entry-sizes", str(entry_sizes), "--json", str(report),
+        "--kernel-version", kernel_tree.release,
     ])
     captured = capsys.readouterr()
     assert code == case.exit_code, captured.err
@@ -224,3 +227,21 @@ def test_corpus_case(
             assert symbol["name"] == (
                 f".klp.sym.vmlinux.{symbol['target_name']},{symbol['sympos']}"
             )
+    _check_local_positions(data, pair, kernel_tree, case)
+
+
+def _check_local_positions(report: dict, pair: BuiltPair, kernel_tree: KernelTree,
+                           case: Case) -> None:
+    """Each duplicated local the output references is its own file's one, counted as
+    kallsyms counts (checked against vmlinux's own symbol table, file symbols included)."""
+    local_klp = [s for s in report["symbols"] if s["resolution"] == "klp" and s["sympos"]]
+    for prefix in case.klp_locals:
+        assert any(s["target_name"].startswith(prefix) for s in local_klp), local_klp
+    if kernel_tree.compact_symbols is None:
+        return
+    table = load_symbol_table(kernel_tree.compact_symbols)
+    source_file = next(s.name for s in read_elf(pair.orig).symbols if s.type == STT_FILE)
+    for symbol in local_klp:
+        chosen = table.named(symbol["target_name"])[symbol["sympos"] - 1]
+        if not chosen.is_global:
+            assert chosen.source_file == source_file, (symbol, chosen)

@@ -122,3 +122,91 @@ def test_bad_text_table(tmp_path: Path) -> None:
     path.write_text("this is not a map\n")
     with pytest.raises(SymbolsError, match="not a System.map"):
         load_symbol_table(path)
+
+
+def _link_units(tmp_path: Path, bodies: dict[str, str], relocatable: bool = False) -> Path:
+    """An executable (a vmlinux stand-in) or ``ld -r`` object linked from C files, each
+    ``dir/name.c`` compiled as kbuild does, so its STT_FILE is the file's base name."""
+    import subprocess
+
+    objects = []
+    for path, body in bodies.items():
+        source = tmp_path / path
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(body)
+        obj = source.with_suffix(".o")
+        subprocess.run(["gcc", "-O0", "-c", "-o", obj.name, source.name], check=True,
+                       cwd=source.parent)
+        objects.append(str(obj))
+    linked = tmp_path / ("linked.o" if relocatable else "vmlinux")
+    mode = ["-r"] if relocatable else ["-e", "0"]
+    subprocess.run(["ld", *mode, "-o", str(linked), *objects], check=True)
+    return linked
+
+
+# Two objects named core.c (sched/ and irq/), each with a static `__key.0`; a third file.
+UNITS = {
+    "sched/core.c": "static int __key_0 = 1; int sched_tick(void) { return __key_0; }\n"
+                    "static int sched_local(void) { return 2; } int use_s(void) "
+                    "{ return sched_local(); }\n",
+    "irq/core.c": "static int __key_0 = 3; int irq_tick(void) { return __key_0; }\n"
+                  "static int irq_local(void) { return 4; } int use_i(void) "
+                  "{ return irq_local(); }\n",
+    "fs/other.c": "static int __key_0 = 5; int other_tick(void) { return __key_0; }\n",
+}
+
+
+def test_local_resolved_by_the_unit_of_its_file(tmp_path: Path) -> None:
+    table = load_symbol_table(_link_units(tmp_path, UNITS))
+    assert table.has_source_files
+    positions = {entry.source_file for entry in table.named("__key_0")}
+    assert positions == {"core.c", "other.c"}
+    irq = frozenset({"irq_tick", "irq_local", "use_i", "__key_0"})
+    sched = frozenset({"sched_tick", "sched_local", "use_s", "__key_0"})
+    by_address = [e.address for e in table.named("__key_0")]
+    assert by_address == sorted(by_address)  # counted in kallsyms (address) order
+    irq_pos = table.sympos("__key_0", local=True, source_file="core.c", neighbours=irq)
+    sched_pos = table.sympos("__key_0", local=True, source_file="core.c", neighbours=sched)
+    assert irq_pos != sched_pos
+    entries = table.named("__key_0")
+    assert "irq_local" in table._names_of_unit(entries[irq_pos - 1].unit)
+    assert "sched_local" in table._names_of_unit(entries[sched_pos - 1].unit)
+    other = next(p for p, e in enumerate(entries, 1) if e.source_file == "other.c")
+    assert table.sympos("__key_0", local=True, source_file="other.c") == other
+
+
+def test_local_in_two_units_of_one_file_name_without_evidence_is_refused(tmp_path: Path) -> None:
+    table = load_symbol_table(_link_units(tmp_path, UNITS))
+    with pytest.raises(AmbiguousSymbol) as caught:
+        table.sympos("__key_0", local=True, source_file="core.c",
+                     neighbours=frozenset({"__key_0"}))
+    assert "2 objects named core.c" in caught.value.message
+
+
+def test_compact_table_round_trip(tmp_path: Path) -> None:
+    from kpatchbuild.symbols import write_compact_table
+
+    original = load_symbol_table(_link_units(tmp_path, UNITS))
+    compact = tmp_path / "vmlinux.symbols"
+    write_compact_table(original, compact)
+    loaded = load_symbol_table(compact)
+    assert loaded.names == original.names and len(loaded) == len(original)
+    for name in ("__key_0", "irq_local", "use_s"):
+        assert loaded.named(name) == original.named(name)
+    irq = frozenset({"irq_tick", "irq_local", "use_i"})
+    assert (loaded.sympos("__key_0", local=True, source_file="core.c", neighbours=irq)
+            == original.sympos("__key_0", local=True, source_file="core.c", neighbours=irq))
+    with pytest.raises(SymbolsError, match="not of my_mod"):
+        load_symbol_table(compact, "my_mod")
+
+
+def test_damaged_compact_table(tmp_path: Path) -> None:
+    from kpatchbuild.symbols import write_compact_table
+
+    compact = tmp_path / "vmlinux.symbols"
+    write_compact_table(load_symbol_table(_link_units(tmp_path, UNITS)), compact)
+    compact.write_bytes(compact.read_bytes()[:-10])
+    with pytest.raises(SymbolsError) as caught:
+        load_symbol_table(compact)
+    assert "damaged compact symbol table" in caught.value.message
+    assert "\n" not in caught.value.message
