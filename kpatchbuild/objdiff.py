@@ -148,4 +148,6 @@ def decision_lines(diff: DiffFiles) -> list[str]:
     lines = [f"{diff.object}: changed function: {f['name']}"
              for f in report["changed_functions"]]
     lines += [f"{diff.object}: new function: {f['name']}" for f in report["new_functions"]]
+    lines += [f"{diff.object}: {kind} callback: {name}"
+              for kind, name in sorted(report.get("callbacks", {}).items())]
     return lines

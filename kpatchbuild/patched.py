@@ -193,11 +193,11 @@ def _unescape_make(command: str) -> str:
     return command.replace("$$", "$").replace("\\#", "#")
 
 
-def patched_contents(patches: tuple[Path, ...], tree: Path) -> tuple[dict[str, bytes],
-                                                                     dict[str, bytes]]:
+def patched_contents(patches: tuple[Path, ...], tree: Path, strip: int = 1
+                     ) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(original, patched) contents of every file the patches touch (b"" for new files)."""
     with tempfile.TemporaryDirectory(prefix="kpb-patched-") as scratch:
-        touched = apply_patches(patches, tree, Path(scratch))
+        touched = apply_patches(patches, tree, Path(scratch), strip)
         before = {rel: (tree / rel).read_bytes() if (tree / rel).is_file() else b""
                   for rel in touched}
         after = {rel: (Path(scratch) / rel).read_bytes() if (Path(scratch) / rel).is_file()
@@ -283,9 +283,20 @@ def object_key(stage: OriginalStage, obj: str, contents: dict[str, bytes]) -> st
                               for rel, data in contents.items()))
 
 
+# Headers a patch may include from kernel code ("kpatch-macros.h", as patches written for
+# kpatch do): put on the kernel's include path, in the workspace's include/, for every compile.
+PATCH_HEADERS = ("kpatch-macros.h", "kpatch-syscall.h", "kpatchbuild.h")
+_KMOD = Path(__file__).resolve().parent.parent / "kmod"
+
+
+def patch_headers() -> dict[str, bytes]:
+    return {f"include/{name}": (_KMOD / name).read_bytes() for name in PATCH_HEADERS}
+
+
 def compiled_object(store: Store, workspace: Workspace, obj: str,
                     contents: dict[str, bytes], log: Path) -> Path:
     """``obj`` compiled with the touched files holding ``contents``: from the cache if known."""
+    contents = {**patch_headers(), **contents}
     key = object_key(workspace.stage, obj, contents)
     artifact = store.lookup("object", key)
     if artifact:
@@ -301,13 +312,13 @@ def compiled_object(store: Store, workspace: Workspace, obj: str,
 
 def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, ...],
                        *, where: str, log: Path,
-                       header_index: bool = False) -> list[ObjectPair]:
+                       header_index: bool = False, strip: int = 1) -> list[ObjectPair]:
     """Compile every object the patches change, before and after; say which really differ.
 
     ``header_index`` lets a Debian stage index which objects include its headers (see
     :func:`objects_to_rebuild`).
     """
-    before, after = patched_contents(patches, stage.tree)
+    before, after = patched_contents(patches, stage.tree, strip)
     changed = [rel for rel in after if after[rel] != before[rel]]
     if not changed:
         raise RecipeError(f"{where}: the patches change no file")

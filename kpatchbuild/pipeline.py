@@ -224,8 +224,9 @@ class TargetPipeline:
 
     def check_patches(self) -> None:
         tree = Path(self.read(self.original_record)["path"]) / "tree"
-        touched = patching.check_patches_apply(self.recipe.patches, tree)
+        touched = patching.check_patches_apply(self.recipe.patches, tree, self.recipe.strip)
         self.write(self.patches_record, {"patches": [str(p) for p in self.recipe.patches],
+                                         "strip": self.recipe.strip,
                                          "touched": touched})
 
 
@@ -235,7 +236,8 @@ class TargetPipeline:
         self.build_log.unlink(missing_ok=True)
         pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
                                            where=str(self.recipe.path), log=self.build_log,
-                                           header_index=self.target.header_index)
+                                           header_index=self.target.header_index,
+                                           strip=self.recipe.strip)
         for pair in pairs:
             if pair.identical:
                 say(f"  {pair.object}: no change in the compiled object")

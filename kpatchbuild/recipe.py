@@ -125,6 +125,7 @@ class Recipe:
     replace: bool
     sources: tuple[Path, ...] = ()  # the recipe's own C files, compiled into the module
     refused: str | None = None  # the words an expected refusal must contain
+    strip: int = 1  # the patches' -p level: path components to drop from their file names
 
     @property
     def directory(self) -> Path:
@@ -181,6 +182,17 @@ class _NodeReader:
         if pattern is not None and not pattern.match(text):
             raise self.fail(node, key, f"'{text}' is not {what}")
         return text
+
+    def integer(self, node: Node, key: str, low: int, high: int) -> int:
+        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+            raise self.fail(node, key, f"expected a number, found {_describe(node)}")
+        try:
+            value = int(node.value)
+        except ValueError:
+            raise self.fail(node, key, f"expected a number, found '{node.value}'") from None
+        if not low <= value <= high:
+            raise self.fail(node, key, f"{value} is not between {low} and {high}")
+        return value
 
     def boolean(self, node: Node, key: str) -> bool:
         if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
@@ -267,7 +279,7 @@ def load_recipe(path: Path) -> Recipe:
     name = path.parent.name
     top = reader.mapping(
         root, "", required=("targets", "patches"),
-        optional=("description", "module", "check", "replace", "sources", "refused"),
+        optional=("description", "module", "check", "replace", "sources", "refused", "strip"),
     )
     module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
     if "module" in top:
@@ -303,6 +315,7 @@ def load_recipe(path: Path) -> Recipe:
             for index, node in enumerate(reader.sequence(top["sources"], "sources"))
         ) if "sources" in top else (),
         refused=reader.string(top["refused"], "refused") if "refused" in top else None,
+        strip=reader.integer(top["strip"], "strip", 0, 9) if "strip" in top else 1,
     )
 
 

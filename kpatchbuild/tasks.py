@@ -232,7 +232,8 @@ def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
             "basename": "check-patches", "name": name,
             "doc": f"check that the recipe's patches apply to {name}",
             "actions": [_reporting_errors(item.check_patches)],
-            "file_dep": [str(item.original_record), *map(str, item.recipe.patches)],
+            "file_dep": [str(item.original_record), str(item.recipe.path),
+                         *map(str, item.recipe.patches)],
             "targets": [str(item.patches_record)],
             "verbosity": 2,
         }

@@ -28,6 +28,7 @@ from kpatchbuild.differ.index import (
     normalized_name,
     parent_function_name,
 )
+from kpatchbuild.differ.marks import Marks
 from kpatchbuild.differ.special import SectionRole, role_of
 from kpatchbuild.elf.model import (
     R_X86_64_PC32,
@@ -152,12 +153,22 @@ def fingerprint(contents: bytes, relocations: list[tuple]) -> str:
     return digest.hexdigest()
 
 
-def compare_objects(correlation: Correlation) -> Comparison:
-    """Judge every function and every data symbol of the patched object against its original."""
+def compare_objects(correlation: Correlation, marks: Marks | None = None) -> Comparison:
+    """Judge every function and every data symbol of the patched object against its original.
+
+    What the author marked unchanged (KPATCH_IGNORE_FUNCTION, KPATCH_IGNORE_SECTION) is
+    judged the same whatever its contents.
+    """
     result = Comparison()
     orig, patched = correlation.orig, correlation.patched
+    marks = marks or Marks()
     for symbol in patched.functions:
         original = correlation.orig_of(symbol)
+        if _ignored(symbol, marks):
+            if original is not None and original.section is not None:
+                result.functions[id(symbol)] = FunctionVerdict(symbol, original, Status.SAME,
+                                                               "", None)
+                continue
         new_bytes, new_relocs = symbol_contents(correlation, patched, symbol, "patched")
         new_print = fingerprint(new_bytes, new_relocs)
         if original is None or original.section is None or original.type != STT_FUNC:
@@ -177,8 +188,14 @@ def compare_objects(correlation: Correlation) -> Comparison:
             symbol, original, status, new_print, old_print, line_only
         )
     _promote_cold_parents(result, patched)
-    _compare_data(correlation, result)
+    _compare_data(correlation, result, marks)
     return result
+
+
+def _ignored(symbol: Symbol, marks: Marks) -> bool:
+    section = symbol.section
+    return symbol.name in marks.ignored_functions or (
+        section is not None and section.name in marks.ignored_sections)
 
 
 def _promote_cold_parents(result: Comparison, patched: ObjectIndex) -> None:
@@ -242,11 +259,13 @@ def _line_argument(code: bytes, start: int, end: int, calls: list[tuple[int, str
     return False
 
 
-def _compare_data(correlation: Correlation, result: Comparison) -> None:
+def _compare_data(correlation: Correlation, result: Comparison, marks: Marks) -> None:
     orig, patched = correlation.orig, correlation.patched
     for section in patched.obj.sections:
         role = role_of(section)
         if role is not SectionRole.DATA or not section.is_alloc or section.is_text:
+            continue
+        if section.name in marks.ignored_sections:
             continue
         for symbol in patched.symbols_in(section):
             if symbol.is_function:

@@ -11,6 +11,7 @@ from kpatchbuild.differ.compare import Comparison, compare_objects
 from kpatchbuild.differ.correlate import correlate_symbols
 from kpatchbuild.differ.include import include_and_build
 from kpatchbuild.differ.index import ObjectIndex, parent_function_name
+from kpatchbuild.differ.marks import read_marks
 from kpatchbuild.differ.resolve import Resolution, Resolver
 from kpatchbuild.differ.special import EntrySizes
 from kpatchbuild.elf.model import STB_LOCAL, STT_FILE, STT_SECTION, ElfObject
@@ -65,6 +66,8 @@ class DiffResult:
     kept_sections: list[tuple[str, int]] = field(default_factory=list)
     line_only_changes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Callbacks the patch author registered (kpatch-macros.h): kind -> carried function.
+    callbacks: dict[str, str] = field(default_factory=dict)
     output: ElfObject | None = None
 
     @property
@@ -75,6 +78,8 @@ class DiffResult:
         """One line per decision, in the form kpatch users know."""
         lines = [f"{self.object_name}: changed function: {f.name}" for f in self.changed_functions]
         lines += [f"{self.object_name}: new function: {f.name}" for f in self.new_functions]
+        lines += [f"{self.object_name}: {kind} callback: {name}"
+                  for kind, name in sorted(self.callbacks.items())]
         return lines
 
 
@@ -111,16 +116,17 @@ def diff_objects(
 
     orig_index = ObjectIndex(orig_obj)
     patched_index = ObjectIndex(patched_obj)
+    marks = read_marks(patched_index)
     correlation = correlate_symbols(orig_index, patched_index)
-    comparison = compare_objects(correlation)
+    comparison = compare_objects(correlation, marks)
     refusals = list(correlation.ambiguous_functions.values()) + comparison.refusals
-    refusals += _new_exports(orig_obj, patched_obj)
+    refusals += _new_exports(orig_obj, patched_obj) + marks.problems
 
     result = DiffResult(object_name=name, line_only_changes=sorted(comparison.line_only))
     # A new static function nobody changed calls is dead code; a new global one may be
     # called from another object of the same patch, so it is carried.
     new_globals = [v for v in comparison.new if v.patched.bind != STB_LOCAL]
-    if not comparison.changed and not new_globals:
+    if not comparison.changed and not new_globals and not marks.callbacks:
         if refusals:
             raise CannotPatch(name, refusals)
         return result
@@ -169,10 +175,11 @@ def diff_objects(
                 new=original is None or original.section is None,
             )
         )
+    result.callbacks = {kind: function.name for kind, function in marks.callbacks.items()}
     result.kept_sections = inclusion.kept_sections
     result.notes = inclusion.notes
     result.output = output
-    if not result.changed_functions and not result.new_functions:
+    if not result.changed_functions and not result.new_functions and not result.callbacks:
         return DiffResult(object_name=name, line_only_changes=result.line_only_changes)
     return result
 

@@ -49,6 +49,7 @@ def report_dict(result: DiffResult, *, target: str, output: str | None) -> dict[
         "sections": [{"name": name, "size": size} for name, size in result.kept_sections],
         "line_only_changes": result.line_only_changes,
         "notes": result.notes,
+        "callbacks": result.callbacks,
     }
 
 

@@ -32,6 +32,7 @@ class SectionRole(Enum):
     CODE_PIECES = "code_pieces"  # out-of-line code referenced piecewise (.altinstr_aux...)
     MODINFO = "modinfo"  # only `import_ns=` lines are kept
     EXPORTS = "exports"  # export tables: dropped; a new export is refused
+    MARKS = "marks"  # the patch author's marks (kpatch-macros.h): read, never carried
     DROP = "drop"  # annotations for tools, debug info, notes
 
 
@@ -106,9 +107,15 @@ _DROP_PREFIXES = (
 _EXPORT_PREFIXES = ("__ksymtab", "___ksymtab", "__kcrctab", "___kcrctab", ".export_symbol")
 
 
+# Sections kpatch-macros.h fills: `.kpatchbuild.pre_patch`, `.kpatchbuild.ignore_function`...
+MARK_PREFIX = ".kpatchbuild."
+
+
 def role_of(section: Section) -> SectionRole:
     """Classify a section of a kernel object by name and flags."""
     name = section.name
+    if name.startswith(MARK_PREFIX):
+        return SectionRole.MARKS
     if name in ENTRY_TABLES:
         return SectionRole.ORC if name == ".orc_unwind_ip" else SectionRole.ENTRIES
     if name == ".orc_unwind":

@@ -23,6 +23,8 @@ EXAMPLES = {
     "header-change": {"fs/proc/version.o": (["version_proc_show"], [])},
     "header-change-debian": {"fs/proc/version.o": (["version_proc_show"], [])},
     "module-binfmt": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
+    "task-comm-kpatch": {"fs/exec.o": (["__set_task_comm"], ["kpatch_post_unpatch_comm",
+                                                             "kpatch_pre_patch_comm"])},
 }
 
 
@@ -43,6 +45,22 @@ def test_example_is_built_and_proven(recipe: str) -> None:
     assert proof["steps"][-1] == "check-after"
     assert "check-patched" in proof["steps"]
     assert Path(proof["module"]).is_file()
+
+
+def test_kpatch_style_patch_keeps_its_tracepoint_and_registers_its_callbacks() -> None:
+    """src.orig/ src/ headers and kpatch-macros.h callbacks; the tracepoint's unexported key
+    a livepatch relocation of the jump table (proven above: the check needs the callback)."""
+    stage = build_recipe_stage("task-comm-kpatch")
+    (diff,) = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    report = json.loads(Path(diff["report"]).read_text())
+    assert report["callbacks"] == {"pre_patch": "kpatch_pre_patch_comm",
+                                   "post_unpatch": "kpatch_post_unpatch_comm"}
+    assert "__jump_table" in {s["name"] for s in report["sections"]}
+    assert ".klp.sym.vmlinux.__tracepoint_task_rename,0" in {s["name"] for s in
+                                                             report["symbols"]}
+    module = Path(json.loads((stage.work / "module.json").read_text())["module"])
+    from tests.module.elfcheck import section_headers
+    assert ".klp.rela.vmlinux__jump_table" in {h.name for h in section_headers(module)}
 
 
 def test_module_patch_targets_the_module_and_loads_it_first() -> None:

@@ -177,6 +177,46 @@ def test_patch_for_a_missing_file(tmp_path: Path) -> None:
         check_patches_apply([patch], tree)
 
 
+HUNK = "@@ -12,1 +12,1 @@\n-line 12\n+line twelve\n"
+PATCH_SHAPES = {
+    # kpatch's own: diff -Nupr src.orig/ src/, with timestamps after a tab
+    "kpatch": ("diff -Nupr src.orig/fs/proc/cmdline.c src/fs/proc/cmdline.c\n"
+               "--- src.orig/fs/proc/cmdline.c\t2016-11-30 19:39:49.317737234 +0000\n"
+               "+++ src/fs/proc/cmdline.c\t2016-11-30 19:39:52.696737234 +0000\n" + HUNK),
+    # git format-patch: mail headers, a message quoting a diff-like line, the diffstat
+    "mail": ("From 1234abcd Mon Sep 17 00:00:00 2001\nFrom: A Developer <dev@example.org>\n"
+             "Subject: [PATCH] proc: fix line twelve\n\nThe old code read\n"
+             "--- not a header\nso fix it.\n\nSigned-off-by: A Developer <dev@example.org>\n"
+             "---\n fs/proc/cmdline.c | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n\n"
+             "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\nindex 1111111..2222222 100644\n"
+             "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n" + HUNK + "-- \n2.39.5\n"),
+    "crlf": ("--- a/fs/proc/cmdline.c\r\n+++ b/fs/proc/cmdline.c\r\n"
+             + HUNK.replace("\n", "\r\n")),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(PATCH_SHAPES))
+def test_patches_as_people_write_them(tmp_path: Path, shape: str) -> None:
+    tree = make_tree(tmp_path)
+    patch = tmp_path / "fix.patch"
+    patch.write_bytes(PATCH_SHAPES[shape].encode())
+    assert touched_files(patch) == ["fs/proc/cmdline.c"]
+    assert check_patches_apply([patch], tree) == ["fs/proc/cmdline.c"]
+
+
+def test_patch_without_prefix_needs_strip_zero(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- fs/proc/cmdline.c\n+++ fs/proc/cmdline.c\n" + HUNK)
+    assert touched_files(patch, strip=0) == ["fs/proc/cmdline.c"]
+    assert check_patches_apply([patch], tree, strip=0) == ["fs/proc/cmdline.c"]
+    assert touched_files(patch) == ["proc/cmdline.c"]  # as patch -p1 would read it
+    flat = tmp_path / "flat.patch"
+    flat.write_text("--- cmdline.c\n+++ cmdline.c\n" + HUNK)
+    with pytest.raises(RecipeError, match="set the recipe's 'strip'"):
+        touched_files(flat)
+
+
 def test_not_a_patch(tmp_path: Path) -> None:
     patch = tmp_path / "fix.patch"
     patch.write_text("hello\n")
