@@ -5,15 +5,13 @@ A function is its bytes plus its relocations, each relocation reduced to what it
 or a moved string is no change while a different target behind equal bytes is one. Each side
 gets an xxh3 fingerprint of that pair; equal fingerprints mean equal functions.
 
-A change confined to the 32-bit immediate of `mov $imm, %reg` just before a call to one of the
-functions that take `__LINE__` (might_sleep, WARN's printk, lockdep's RCU checks...) is the
-line number moving because lines were added above: not a change.
+A change confined to line numbers (lines.py: the immediate of a line argument, `file.c:N` in a
+string) is the code moving because lines were added above: not a change.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import xxhash
@@ -28,6 +26,7 @@ from kpatchbuild.differ.index import (
     normalized_name,
     parent_function_name,
 )
+from kpatchbuild.differ.lines import LineShift, line_shift, without_line_numbers
 from kpatchbuild.differ.marks import Marks
 from kpatchbuild.differ.special import SectionRole, role_of
 from kpatchbuild.elf.model import (
@@ -38,34 +37,6 @@ from kpatchbuild.elf.model import (
     STT_FUNC,
     Symbol,
 )
-
-# Functions that take __LINE__ as an argument, with the opcode of `mov $imm32, %reg` that
-# loads it (x86_64 calling convention: 2nd argument %esi = 0xbe, 3rd %edx = 0xba). Only such
-# an argument may differ for a line-only change: printk() and friends take no line, so a
-# changed constant next to them is a real change.
-_ESI, _EDX = 0xBE, 0xBA
-LINE_ARGUMENT_OPCODE: dict[str, int] = {
-    "__might_sleep": _ESI,  # (file, line[, preempt_offset])
-    "___might_sleep": _ESI,
-    "__might_resched": _ESI,
-    "__might_fault": _ESI,
-    "__cant_sleep": _ESI,
-    "__cant_migrate": _ESI,
-    "warn_slowpath_fmt": _ESI,  # (file, line, taint, fmt, ...) before WARN used __bug_table
-    "warn_slowpath_null": _ESI,
-    "lockdep_rcu_suspicious": _ESI,  # (file, line, s)
-    "__ext4_error": _EDX,  # (sb, function, line, ...)
-    "__ext4_error_inode": _EDX,
-    "__ext4_error_file": _EDX,
-    "__ext4_warning": _EDX,
-    "__ext4_warning_inode": _EDX,
-    "__ext4_std_error": _EDX,
-    "__btrfs_handle_fs_error": _EDX,  # (fs_info, function, line, ...)
-    "__btrfs_abort_transaction": _EDX,
-}
-LINE_MACRO_CALLEES = frozenset(LINE_ARGUMENT_OPCODE)
-_LINE_CALL_WINDOW = 64
-_CALL_REL32 = 0xE8
 
 
 class Status(Enum):
@@ -162,6 +133,7 @@ def compare_objects(correlation: Correlation, marks: Marks | None = None) -> Com
     result = Comparison()
     orig, patched = correlation.orig, correlation.patched
     marks = marks or Marks()
+    shifts: dict[int, LineShift] = {}
     for symbol in patched.functions:
         original = correlation.orig_of(symbol)
         if _ignored(symbol, marks):
@@ -177,16 +149,17 @@ def compare_objects(correlation: Correlation, marks: Marks | None = None) -> Com
             continue
         old_bytes, old_relocs = symbol_contents(correlation, orig, original, "orig")
         old_print = fingerprint(old_bytes, old_relocs)
-        status, line_only = Status.SAME, False
+        status = Status.SAME
         if new_print != old_print:
-            if old_relocs == new_relocs and _only_line_numbers(old_bytes, new_bytes, new_relocs):
-                line_only = True
-                result.line_only.append(symbol.name)
-            else:
+            shift = _line_shift(old_bytes, new_bytes, old_relocs, new_relocs)
+            if shift is None:
                 status = Status.CHANGED
+            else:
+                shifts[id(symbol)] = shift
         result.functions[id(symbol)] = FunctionVerdict(
-            symbol, original, status, new_print, old_print, line_only
+            symbol, original, status, new_print, old_print
         )
+    _settle_line_shifts(result, shifts)
     _promote_cold_parents(result, patched)
     _compare_data(correlation, result, marks)
     return result
@@ -218,45 +191,45 @@ def _promote_cold_parents(result: Comparison, patched: ObjectIndex) -> None:
             )
 
 
-def _only_line_numbers(old: bytes, new: bytes, relocations: list[tuple]) -> bool:
-    """True when every differing byte is the line argument of a call to a line-taking function.
-
-    Each run of differing bytes must sit in the immediate of `mov $imm32, %reg` whose register
-    carries the line for the first call that follows it (within a few instructions).
-    """
-    if len(old) != len(new) or not old:
-        return False
-    width = len(old)
-    difference = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
-    xored = difference.to_bytes(width, "little")
-    calls = sorted(
-        (offset, key[0][-1])
-        for offset, kind, key in relocations
-        if kind in (R_X86_64_PLT32, R_X86_64_PC32)
-        and isinstance(key[0], tuple)
-        and offset >= 1
-        and new[offset - 1] == _CALL_REL32
-    )
-    if not any(name in LINE_ARGUMENT_OPCODE for _, name in calls):
-        return False
-    for run in re.finditer(rb"[^\x00]+", xored):
-        if not _line_argument(new, run.start(), run.end(), calls):
-            return False
-    return True
+def _line_shift(old: bytes, new: bytes, old_relocations: list[tuple],
+                new_relocations: list[tuple]) -> LineShift | None:
+    """How the two versions differ in line numbers only (lines.py): in the immediates of line
+    arguments, and in `file.c:N` inside the strings they refer to; None if otherwise."""
+    if len(old_relocations) != len(new_relocations):
+        return None
+    for before, after in zip(old_relocations, new_relocations, strict=True):
+        if before != after and _without_line_numbers(before) != _without_line_numbers(after):
+            return None
+    calls = {offset: key[0][-1] for offset, kind, key in new_relocations
+             if kind in (R_X86_64_PLT32, R_X86_64_PC32) and isinstance(key[0], tuple)}
+    strings = {offset: key[1] for offset, _, key in new_relocations if key[0] == "str"}
+    return line_shift(old, new, calls, strings)
 
 
-def _line_argument(code: bytes, start: int, end: int, calls: list[tuple[int, str]]) -> bool:
-    for opcode_at in range(max(0, start - 4), start):
-        opcode = code[opcode_at]
-        if opcode not in (_ESI, _EDX) or end > opcode_at + 5:
-            continue
-        after = opcode_at + 5
-        following = next(((offset, name) for offset, name in calls if offset > after), None)
-        if following is None or following[0] - 1 >= after + _LINE_CALL_WINDOW:
-            continue
-        if LINE_ARGUMENT_OPCODE.get(following[1]) == opcode:
-            return True
-    return False
+def _settle_line_shifts(result: Comparison, shifts: dict[int, LineShift]) -> None:
+    """A printed immediate is a line if its function's family (the function, its parent,
+    its `.cold` parts) moved a known line argument by as much; otherwise a change."""
+    family_deltas: dict[str, set[int]] = {}
+    for key, shift in shifts.items():
+        name = result.functions[key].patched.name
+        family = parent_function_name(name) or name
+        family_deltas.setdefault(family, set()).update(shift.deltas)
+    for key, shift in shifts.items():
+        verdict = result.functions[key]
+        name = verdict.patched.name
+        known = family_deltas.get(parent_function_name(name) or name, set())
+        if shift.unproven <= known:
+            result.line_only.append(name)
+            result.functions[key] = replace(verdict, line_only=True)
+        else:
+            result.functions[key] = replace(verdict, status=Status.CHANGED)
+
+
+def _without_line_numbers(relocation: tuple) -> tuple:
+    offset, kind, key = relocation
+    if key[0] == "str":
+        return (offset, kind, ("str", without_line_numbers(key[1]), key[2]))
+    return relocation
 
 
 def _compare_data(correlation: Correlation, result: Comparison, marks: Marks) -> None:

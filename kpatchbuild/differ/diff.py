@@ -95,6 +95,7 @@ def diff_objects(
     object_name: str | None = None,
     provided_by_patch: Collection[str] = (),
     kernel_version: tuple[int, int] | None = None,
+    require_fentry: bool = True,
 ) -> DiffResult:
     """Diff one object pair built with -ffunction-sections -fdata-sections.
 
@@ -105,6 +106,8 @@ def diff_objects(
     ``provided_by_patch`` names the globals other objects of the same patch define (a new
     function added in another file): references to them stay plain undefined symbols, bound
     when the patch's objects are linked together, instead of being looked up in the target.
+    ``require_fentry``: every changed function must start with its ftrace call, as livepatch
+    needs on x86 (False only for objects that are not kernel code, such as test fixtures).
     ``kernel_version`` (major, minor) of the target kernel decides what the module loader can
     resolve by itself (unknown: as before 5.8, the safe side).
     Raises CannotPatch when the change is unsafe; returns a result without output when
@@ -131,7 +134,8 @@ def diff_objects(
             raise CannotPatch(name, refusals)
         return result
 
-    refusals += _untraceable(orig_index, comparison)
+    if require_fentry:
+        refusals += _untraceable(orig_index, comparison)
     resolver = Resolver(orig_index, target, symbols, exports, provided_by_patch, kernel_version)
     inclusion = include_and_build(
         correlation, comparison, resolver, EntrySizes(entry_sizes, environ)
@@ -187,10 +191,10 @@ def diff_objects(
 def _untraceable(orig: ObjectIndex, comparison: Comparison) -> list[str]:
     """Livepatch redirects a function through its ftrace call: one without it cannot change.
 
-    Checked only when the object was built for ftrace at all (some function calls __fentry__).
+    Every function the patch redirects, whatever brought it in (its own edit, an inlined
+    callee, a clone); a file built without ftrace (`CFLAGS_REMOVE_x.o = -pg`) has none.
     """
-    if "__fentry__" not in orig.by_name:
-        return []
+    without_ftrace = "__fentry__" not in orig.by_name
     refusals = []
     for verdict in comparison.changed:
         original = verdict.orig
@@ -199,9 +203,11 @@ def _untraceable(orig: ObjectIndex, comparison: Comparison) -> list[str]:
         assert original.section is not None
         head = orig.relocations_between(original.section, original.value, original.value + 16)
         if not any(r.symbol.name == "__fentry__" for r in head):
+            why = ("its file is built without ftrace (CFLAGS_REMOVE ... -pg)" if without_ftrace
+                   else "notrace or noinstr")
             refusals.append(
-                f"changed function {original.name} has no __fentry__ call (notrace or "
-                "noinstr): livepatch cannot redirect it"
+                f"changed function {original.name} has no __fentry__ call ({why}): livepatch "
+                "cannot redirect it; patch a traceable caller instead"
             )
     return refusals
 

@@ -10,6 +10,7 @@ is collected as a refusal naming the function or section and the reason.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
@@ -348,6 +349,12 @@ class PatchBuilder:
             self._include_whole(section)  # read-only constants: a copy is the same value
             return
         if role is SectionRole.CODE:
+            owner = self._subfunction_section_owner(section)
+            if owner is not None and source.is_text:
+                # `.text.unlikely.fn`, reached from fn by an annotation (R_X86_64_NONE) or a
+                # jump label only: fn's out-of-line part travels with it, as kpatch does.
+                self._include_code(section, owner)
+                return
             self.refusals.append(
                 f"{source.name}: jump into unnamed code of section {section.name} "
                 "that the patch does not carry"
@@ -357,6 +364,20 @@ class PatchBuilder:
             f"{source.name}: reference to unnamed writable data at "
             f"{section.name}+{target.addend:#x}: cannot be shared or copied safely"
         )
+
+    def _subfunction_section_owner(self, section: Section) -> Symbol | None:
+        """The carried function whose out-of-line section this is: `.text.unlikely.<fn>` (or
+        `.text.<fn>.cold`...) holding only fn's `.cold`/`.part` pieces, or no symbol at all."""
+        functions = [s for s in self.patched.symbols_in(section) if s.is_function]
+        if any(parent_function_name(s.name) is None for s in functions):
+            return None
+        for prefix in (".text.unlikely.", ".text.hot.", ".text."):
+            if section.name.startswith(prefix):
+                name = re.sub(r"\.(cold|part)(\.\d+)?$", "", section.name[len(prefix):])
+                parent = self.patched.by_name.get(name)
+                if parent is not None and parent in self.functions:
+                    return functions[0] if functions else parent
+        return None
 
     def _piece_bounds(self, section: Section, place: int) -> tuple[int, int]:
         """A piece of out-of-line code runs from a referenced offset to the next one."""

@@ -197,6 +197,13 @@ class ObjectIndex:
                     text = self.symbol_bytes(named)
                     return StringTarget(section, named.value, text, addend - named.value)
                 return SymbolTarget(named, addend - named.value)
+        if not section.is_text:
+            # One past the end of an array (a loop's bound, ARRAY_SIZE's end): still that array.
+            for adjust in adjustments:
+                before = self.containing(section, addend + adjust - 1)
+                if (before is not None and before.size and not is_content_symbol(before)
+                        and before.value + before.size == addend + adjust):
+                    return SymbolTarget(before, addend - before.value)
         return AnonymousTarget(section, addend)
 
     def _string_target(self, section: Section, addend: int, pc_relative: bool) -> Target:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import STT_SECTION
+from kpatchbuild.patched import patch_headers
 from tests.chroots import Chroot
 
 KCFLAGS = "-ffunction-sections -fdata-sections"
@@ -108,6 +109,9 @@ READDIR = "fs/readdir.c"
 MACCESS = "mm/maccess.c"
 FORK = "kernel/fork.c"
 EXEC = "fs/exec.c"
+SYS = "kernel/sys.c"
+EXT4_NAMEI = "fs/ext4/namei.c"
+DCACHE = "fs/dcache.c"
 # Four pr_debug() calls in two functions, built in (CONFIG_DYNAMIC_DEBUG=y, jump labels).
 ASYNC = "kernel/async.c"
 EVENTPOLL = "fs/eventpoll.c"
@@ -204,6 +208,23 @@ CASES = [
         changed=frozenset({"pid_delete_dentry", "proc_task_readdir"}),
     ),
     Case("line_shift_only", BASE, insert_lines_after_includes(3), 3),
+    # ext4 passes __LINE__ to its journal and error helpers (in registers and on the stack),
+    # to clones of them, prints it in assertions ("%s:%d") and in its .cold parts: five new
+    # lines above move them all, and nothing changed.
+    Case("line_shift_ext4", EXT4_NAMEI, insert_lines_after_includes(5), 3),
+    Case(
+        # A real edit that adds lines: only the edited function, not every one below it.
+        "edit_above_line_users",
+        EXT4_NAMEI,
+        replace_once("\t\treturn ERR_PTR(-ENOSPC);\n\n\t*block = inode->i_size",
+                     "\t\treturn ERR_PTR(-ENOSPC);\n\n\t/* kpatched: no blocks, no append */\n"
+                     "\tif (!inode->i_sb->s_blocksize_bits)\n\t\treturn ERR_PTR(-EINVAL);\n"
+                     "\t*block = inode->i_size"),
+        0,
+        changed=frozenset({"ext4_append"}),
+    ),
+    # Fortify's field-spanning memcpy() warning spells its place, "at fs/dcache.c:2930".
+    Case("line_in_fortify_string", DCACHE, insert_lines_after_includes(2), 3),
     Case(
         "jump_label",
         BASE,
@@ -228,6 +249,30 @@ CASES = [
                           "refusal": "function __set_oom_adj: not in the vmlinux symbol table"}},
     ),
     Case(
+        # An element in the middle of a static array (lnames[RLIMIT_NOFILE]): the running
+        # kernel's array, plus an offset.
+        "reference_into_static_array",
+        BASE,
+        replace_once('"Units     \\n");\n', '"Units     \\n");\n'
+                     "\tseq_puts(m, lnames[RLIMIT_NOFILE].name);\n"),
+        0,
+        changed=frozenset({"proc_pid_limits"}),
+        references=frozenset({".klp.sym.vmlinux.lnames,0"}),
+    ),
+    Case(
+        # A syscall written with kpatch-syscall.h: its body gets a new name, so the entry
+        # stubs (which have their __fentry__ call) are what changes.
+        "kpatch_syscall",
+        SYS,
+        lambda text: replace_once(
+            "SYSCALL_DEFINE1(umask, int, mask)\n{\n\tmask = xchg(&current->fs->umask, "
+            "mask & S_IRWXUGO);",
+            '#include "kpatch-syscall.h"\nKPATCH_SYSCALL_DEFINE1(umask, int, mask)\n{\n'
+            "\tmask = xchg(&current->fs->umask, mask & S_IRWXUGO & ~S_IWOTH);")(text),
+        0,
+        changed=frozenset({"__x64_sys_umask", "__ia32_sys_umask"}),
+    ),
+    Case(
         # mutex_init()'s lockdep key: one of vmlinux's 127 `__key.0`, told by its file.
         "mutex_init_key",
         EVENTPOLL,
@@ -248,10 +293,15 @@ CASES = [
         replace_once('"kernel %s not supported', '"kernel %s unsupported'),
         0,
         changed=frozenset({"__kernel_read", "__kernel_write_iter"}),
+        carried=frozenset({"__kernel_read.cold", "__kernel_write_iter.cold"}),
         klp_locals=frozenset({"_rs"}),
-        per_series={"5.10": {"changed": frozenset({"__kernel_read", "__kernel_write"})},
+        per_series={"5.10": {"changed": frozenset({"__kernel_read", "__kernel_write"}),
+                             "carried": frozenset({"__kernel_read.cold",
+                                                   "__kernel_write.cold"})},
                     "5.10-gcc9": GCC9_STATICS,
-                    "6.12-gcc14": {"carried": frozenset({"__kernel_write_iter.cold"})}},
+                    "6.12": {"carried": frozenset()},
+                    "6.12-gcc14": {"carried": frozenset({"__kernel_read.cold",
+                                                         "__kernel_write_iter.cold"})}},
     ),
     Case(
         # WARN_ONCE()'s flag (`__already_done.N`): the running kernel's, so it warns once.
@@ -416,6 +466,10 @@ class CorpusBuilder:
         # The chroot holding that compiler, when it is not the host's (tests/chroots.py).
         self.chroot = chroot
         self._originals: dict[str, Path] = {}
+        # Where patches find kpatch-macros.h and friends, as the pipeline's workspaces have.
+        for rel, data in patch_headers().items():
+            if not (tree / rel).is_file() or (tree / rel).read_bytes() != data:
+                _replace_file(tree / rel, data.decode())
 
     def make_object(self, source: str) -> Path:
         target = source[:-2] + ".o"

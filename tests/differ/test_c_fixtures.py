@@ -423,7 +423,7 @@ int use_helper(int v) { return helper(v) * 2; }
     subprocess.run(["ld", "-r", "-o", str(kernel), str(pair.orig), str(other / "helper.o")],
                    check=True)
     table = load_symbol_table(kernel, "vmlinux")
-    result = diff_objects(pair.orig, pair.patched, symbols=table, exports={})
+    result = diff_objects(pair.orig, pair.patched, symbols=table, exports={}, require_fentry=False)
     assert names(result.changed_functions) == {"use_helper"}
     (helper,) = [r for r in result.resolutions if r.target_name == "helper"]
     matches = table.named("helper")
@@ -444,3 +444,48 @@ def test_new_variable_sharing_a_section_with_existing_ones_refused(tmp_path: Pat
         diff_pair(build_pair(tmp_path, source, patched))
     assert "added" in caught.value.message and ".data..read_mostly" in caught.value.message
     assert caught.value.exit_code == 2
+
+
+def test_reference_into_and_past_a_static_array(tmp_path: Path) -> None:
+    """`big_table + 1000` and the loop bound `big_table + 2048` (one past its end) are the running
+    kernel's table plus an offset, not unnamed data."""
+    source = BASE + """
+static int big_table[2048];
+int sum_table(void)
+{
+	int s = big_table[1000];
+
+	for (int *p = big_table; p < big_table + 2048; p++)
+		s += *p;
+	return s;
+}
+"""
+    result = diff_pair(build_pair(tmp_path, source, source.replace("s += *p;", "s += *p * 2;")))
+    assert names(result.changed_functions) == {"sum_table"}
+    assert {r.target_name for r in result.resolutions} >= {"big_table"}
+    text = result.output.section_by_name(".text.sum_table")
+    addends = {r.addend for r in text.relocations if r.symbol.name.endswith(".big_table,0")}
+    assert 0x2000 in addends  # one past the end, on the table itself
+
+
+def test_out_of_line_part_reached_only_by_an_annotation_travels_with_its_function(
+        tmp_path: Path) -> None:
+    """An R_X86_64_NONE from fn to `.text.unlikely.fn` (no jump, no symbol at the target):
+    the section is fn's out-of-line part and comes with it."""
+    source = BASE + r"""
+int annotated(int v)
+{
+	asm volatile(".reloc ., R_X86_64_NONE, .text.unlikely.annotated");
+	if (v > 100)
+		return v + 1;
+	return v - 1;
+}
+asm(".pushsection .text.unlikely.annotated,\"ax\",@progbits\n\tnop\n\tnop\n"
+    "\t.type annotated.cold, @function\nannotated.cold:\n\tud2\n"
+    "\t.size annotated.cold, .-annotated.cold\n.popsection\n");
+"""
+    result = diff_pair(build_pair(tmp_path, source, source.replace("v - 1", "v - 2")))
+    assert names(result.changed_functions) == {"annotated"}
+    assert (".text.unlikely.annotated", 4) in result.kept_sections
+    out = _link(tmp_path, result)
+    assert {"annotated", "annotated.cold"} <= _defined_functions(out)

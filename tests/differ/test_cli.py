@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.differ.cfixtures import build_pair
+from tests.differ.cfixtures import build_pair as build_plain_pair
 from tests.differ.test_c_fixtures import BASE
+
+
+def build_pair(tmp_path: Path, original: str, patched: str):  # noqa: ANN201
+    """Built for ftrace, as kernel objects are: the command checks every function's call."""
+    return build_plain_pair(tmp_path, original, patched, extra=("-pg", "-mfentry"))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,12 +90,25 @@ def test_bad_input_one_line(tmp_path: Path, damage: str) -> None:
     assert "bad.o" in lines[0] and "Traceback" not in result.stderr
 
 
+def test_function_of_a_file_built_without_ftrace_refused(tmp_path: Path) -> None:
+    """CFLAGS_REMOVE_x.o = -pg: the kernel could never redirect its functions."""
+    pair = build_plain_pair(tmp_path, BASE, BASE.replace("value %d", "new value %d"))
+    result = subprocess.run(
+        [sys.executable, "-m", "kpatchbuild", "diff", str(pair.orig), str(pair.patched),
+         "-o", str(tmp_path / "out.o"), "--symbols", str(pair.orig), "--target", "vmlinux"],
+        capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "changed function report has no __fentry__ call (its file is built without " \
+        "ftrace" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.o").exists()
+
+
 def test_provided_by_patch_names_file(tmp_path: Path) -> None:
     """A call to a global another object of the patch adds resolves inside the patch."""
     source = BASE + "extern int kpb_added(int);\nint caller(int v) { return v; }\n"
     pair = build_pair(tmp_path, source, source.replace("return v; }", "return kpb_added(v); }"))
     symvers = tmp_path / "Module.symvers"
-    symvers.write_text("")
+    symvers.write_text("0x00000000\t__fentry__\tvmlinux\tEXPORT_SYMBOL\t\n")
     refused = run_diff(*_args(pair, tmp_path, "--symvers", str(symvers)))
     assert refused.returncode == 2 and "kpb_added" in refused.stderr
     names_file = tmp_path / "provided.txt"

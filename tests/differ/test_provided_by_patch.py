@@ -50,12 +50,12 @@ def test_reference_to_another_objects_new_function_refused_without_it(tmp_path: 
 def test_reference_to_another_objects_new_function_provided(tmp_path: Path) -> None:
     a, b, kernel = _pairs(tmp_path)
     table = load_symbol_table(kernel, "vmlinux")
-    a_result = diff_objects(a.orig, a.patched, symbols=table, exports={})
+    a_result = diff_objects(a.orig, a.patched, symbols=table, exports={}, require_fentry=False)
     assert names(a_result.new_functions) == {"kpb_helper"}
     assert a_result.changed_functions == []
     provided = {f.name for f in a_result.new_functions if f.global_binding}
 
-    b_result = diff_objects(b.orig, b.patched, symbols=table, exports={},
+    b_result = diff_objects(b.orig, b.patched, symbols=table, exports={}, require_fentry=False,
                             provided_by_patch=provided)
     assert names(b_result.changed_functions) == {"b_user"}
     how = {r.target_name: r for r in b_result.resolutions}
@@ -83,7 +83,7 @@ def test_provided_name_does_not_capture_the_objects_own_static(tmp_path: Path) -
     )
     pair = build_pair(tmp_path, source, source.replace("* 2;", "* 3;"), name="b")
     table = load_symbol_table(pair.orig, "vmlinux")
-    result = diff_objects(pair.orig, pair.patched, symbols=table, exports={},
+    result = diff_objects(pair.orig, pair.patched, symbols=table, exports={}, require_fentry=False,
                           provided_by_patch={"kpb_helper"})
     assert names(result.changed_functions) == {"b_other"}
     how = {r.target_name: r for r in result.resolutions}

@@ -1,0 +1,272 @@
+"""Changes that only move line numbers: lines added above a function are no change to it.
+
+`__LINE__` reaches code in two ways. As an argument: might_sleep(), lockdep's RCU checks,
+4.18-era WARN (warn_slowpath_fmt), ext4's and btrfs's error and journal helpers take
+(file, line, ...), so a `mov $line, %reg` before the call changes. And as text: a string
+literal that spells `file.c:123`. A function whose only differences are such immediates,
+and such strings, has not changed.
+
+Instructions are decoded with iced-x86 rather than scanned byte by byte: its decoder gives
+each instruction's length and where its immediate lies (ConstantOffsets), so a differing
+byte is known to sit in the immediate of a `mov` into the register that carries the line
+argument of the next call, and in nothing else. (capstone would decode as well; iced-x86
+was chosen for those exact field offsets and for a decoder kept current with new
+instructions, in one wheel with no system library.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from iced_x86 import (
+    Code,
+    Decoder,
+    FlowControl,
+    Instruction,
+    InstructionInfoFactory,
+    Mnemonic,
+    OpAccess,
+    OpKind,
+    Register,
+    RegisterInfo,
+)
+
+
+# Functions that take __LINE__, and the positions (0-based) of that argument: every callee
+# Debian's 5.10, 6.1 and 6.12 sources pass __LINE__ to (line_arguments.txt says how it was
+# made). Parameters called `line` that are not source lines (serial8250's port line) never
+# receive __LINE__, so they are not there.
+def _read_line_arguments() -> dict[str, frozenset[int]]:
+    table: dict[str, set[int]] = {}
+    text = (Path(__file__).with_name("line_arguments.txt")).read_text()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, position = line.split()
+            table.setdefault(name, set()).add(int(position))
+    return {name: frozenset(positions) for name, positions in table.items()}
+
+
+LINE_ARGUMENT = _read_line_arguments()
+_ARGUMENT_REGISTERS = (Register.RDI, Register.RSI, Register.RDX, Register.RCX, Register.R8,
+                       Register.R9)
+
+# `fs/foo.c:123` in a string: the number is the line the literal was written on.
+_LINE_IN_TEXT = re.compile(rb"(\.[chS]:)\d+")
+
+
+def without_line_numbers(text: bytes) -> bytes:
+    """A string with every `file.c:N` line number blanked, to compare two versions."""
+    return _LINE_IN_TEXT.sub(rb"\1#", text)
+
+
+@dataclass(frozen=True)
+class LineShift:
+    """How two versions of a function differ when only line numbers do.
+
+    ``deltas``: the line changes of arguments known to be lines (new minus old).
+    ``unproven``: changes of immediates passed to printf-like functions (a line printed
+    with "%d", as ext4's assertions do) or carried into the function's `.cold` part: lines
+    only if the function, or its parent or `.cold` part, shows a known line argument moved
+    by the same amount.
+    """
+
+    deltas: frozenset[int]
+    unproven: frozenset[int] = frozenset()
+
+
+def line_shift(old: bytes, new: bytes, calls: dict[int, str],
+               strings: dict[int, bytes] | None = None) -> LineShift | None:
+    """How ``old`` and ``new`` differ in line numbers; None when they differ otherwise.
+
+    ``calls`` maps the offset of each call's (or tail call's) rel32 field to the callee's
+    name, ``strings`` the offset of each relocated immediate to the string it points at
+    (both from the function's relocations). A printed immediate right after a `__FILE__`
+    argument (`"... at %s:%d"`, ext4's assertions) is a line.
+    """
+    strings = strings or {}
+    if len(old) != len(new):
+        return None
+    if old == new:
+        return LineShift(frozenset())
+    new_code = _decode(new)
+    old_code = {offset: instruction for offset, instruction, _ in _decode(old)}
+    differing = [i for i in range(len(new)) if old[i] != new[i]]
+    deltas: set[int] = set()
+    unproven: set[int] = set()
+    for position, (offset, instruction, immediate) in enumerate(new_code):
+        end = offset + instruction.len
+        inside = [i for i in differing if offset <= i < end]
+        if not inside:
+            continue
+        before = old_code.get(offset)
+        if before is None or before.code != instruction.code or immediate is None:
+            return None
+        start, size = immediate
+        if not all(offset + start <= i < offset + start + size for i in inside):
+            return None
+        register = _line_register(instruction)
+        if register is None:
+            return None
+        use = _use_of(register, new_code[position + 1:], calls, new_code)
+        if use is _Use.PRINTED and _follows_file_argument(register, position, new_code, strings):
+            use = _Use.LINE
+        delta = _immediate(instruction) - _immediate(before)
+        if use is _Use.LINE:
+            deltas.add(delta)
+        elif use is _Use.PRINTED:
+            unproven.add(delta)
+        else:
+            return None
+    return LineShift(frozenset(deltas), frozenset(unproven))
+
+
+def _decode(code: bytes) -> list[tuple[int, Instruction, tuple[int, int] | None]]:
+    """(offset, instruction, (immediate offset, size) or None) for each instruction."""
+    decoder = Decoder(64, code, ip=0)
+    decoded = []
+    for instruction in decoder:
+        offsets = decoder.get_constant_offsets(instruction)
+        immediate = ((offsets.immediate_offset, offsets.immediate_size)
+                     if offsets.has_immediate else None)
+        decoded.append((instruction.ip, instruction, immediate))
+    return decoded
+
+
+# Where an immediate goes: a register, or the stack (a `push`, for arguments 7 and on).
+STACK = -1
+
+
+def _line_register(instruction: Instruction) -> int | None:
+    """The full register a `mov $imm, %reg` writes, STACK for a `push $imm`, else None."""
+    if instruction.code in (Code.PUSHQ_IMM32, Code.PUSHQ_IMM8):
+        return STACK
+    if instruction.code not in (Code.MOV_R32_IMM32, Code.MOV_RM32_IMM32, Code.MOV_RM64_IMM32,
+                                Code.MOV_R64_IMM64):
+        return None
+    if instruction.op0_kind != OpKind.REGISTER:
+        return None
+    return RegisterInfo(instruction.op0_register).full_register
+
+
+class _Use(Enum):
+    LINE = "line"  # the line argument of a function known to take one
+    PRINTED = "printed"  # an argument of a printf-like function
+    OTHER = "other"
+
+
+# Variadic printing functions: a line may be one of their arguments.
+_PRINTF_LIKE = re.compile(r"printk|^_dev_|^dev_printk|^panic$|^__dynamic_|^__drm_|_msg$|"
+                          r"^seq_printf$|^v?s?n?printf$|^scnprintf$")
+
+
+def _use_of(register: int, following: Sequence[tuple[int, Instruction, object]],
+            calls: dict[int, str], code: Sequence[tuple[int, Instruction, object]] = ()
+            ) -> _Use:
+    """What the next call does with ``register``: it must still hold the value when the next
+    call (or tail jump) is made; any other call in between would have clobbered it. A
+    pushed value is argument 6 + the number of pushes that follow it before the call.
+    Jumps inside the function are followed (``code``: the whole function); a jump into
+    another piece of it (its `.cold` part) leaves the value unproven."""
+    pushes_after = 0
+    by_offset = {offset: index for index, (offset, _, _) in enumerate(code)}
+    visited: set[int] = set()
+    index, stream = 0, list(following)
+    while index < len(stream):
+        offset, instruction, _ = stream[index]
+        index += 1
+        flow = instruction.flow_control
+        if flow == FlowControl.UNCONDITIONAL_BRANCH and offset + 1 not in calls:
+            target = instruction.near_branch_target
+            if target in visited or target not in by_offset:
+                return _Use.OTHER
+            visited.add(target)
+            stream, index = list(code[by_offset[target]:]), 0
+            continue
+        if flow in (FlowControl.CALL, FlowControl.UNCONDITIONAL_BRANCH):
+            callee = calls[offset + 1] if offset + 1 in calls else ""
+            return _argument_use(register, pushes_after, callee, flow)
+        if register == STACK:
+            if instruction.mnemonic == Mnemonic.PUSH:
+                pushes_after += 1
+            elif _writes(instruction, Register.RSP):
+                return _Use.OTHER
+            continue
+        if flow in (FlowControl.INDIRECT_CALL, FlowControl.RETURN, FlowControl.INDIRECT_BRANCH,
+                    FlowControl.INTERRUPT, FlowControl.EXCEPTION):
+            return _Use.OTHER
+        if _writes(instruction, register):
+            return _Use.OTHER
+    return _Use.OTHER
+
+
+def _argument_use(register: int, pushes_after: int, callee: str, flow: int) -> _Use:
+    if register == STACK:
+        argument = 6 + pushes_after
+    elif register in _ARGUMENT_REGISTERS:
+        argument = _ARGUMENT_REGISTERS.index(register)
+    else:
+        return _Use.OTHER
+    if argument in LINE_ARGUMENT.get(callee, frozenset()):
+        return _Use.LINE
+    # A clone (`.constprop`, `.isra`) may have lost parameters: its line moved position.
+    clone_of = _CLONE_SUFFIX.sub("", callee)
+    if argument >= 1 and (_PRINTF_LIKE.search(callee) or (
+            flow == FlowControl.UNCONDITIONAL_BRANCH and _COLD_PART.search(callee)) or (
+            clone_of != callee and clone_of in LINE_ARGUMENT)):
+        return _Use.PRINTED
+    return _Use.OTHER
+
+
+_CLONE_SUFFIX = re.compile(r"\.(constprop|isra|part)\.\d+.*$")
+
+
+_SOURCE_FILE = re.compile(rb"\.[chS]$")
+
+
+def _follows_file_argument(register: int, position: int,
+                           code: Sequence[tuple[int, Instruction, tuple[int, int] | None]],
+                           strings: dict[int, bytes]) -> bool:
+    """Is the argument before ``register``'s a source file name (`__FILE__`), loaded in the
+    same call's setup (between the previous call and the next)?"""
+    if register not in _ARGUMENT_REGISTERS[1:]:
+        return False
+    previous = _ARGUMENT_REGISTERS[_ARGUMENT_REGISTERS.index(register) - 1]
+    for direction in (range(position - 1, -1, -1), range(position + 1, len(code))):
+        for index in direction:
+            offset, instruction, immediate = code[index]
+            if instruction.flow_control != FlowControl.NEXT:
+                break
+            if _writes(instruction, previous):
+                text = strings.get(offset + immediate[0]) if immediate else None
+                if text is not None and _SOURCE_FILE.search(text):
+                    return True
+                break
+    return False
+
+
+_COLD_PART = re.compile(r"\.cold(\.\d+)?$")
+
+
+_IMMEDIATE_KINDS = frozenset({OpKind.IMMEDIATE8, OpKind.IMMEDIATE16, OpKind.IMMEDIATE32,
+                              OpKind.IMMEDIATE64, OpKind.IMMEDIATE8TO32, OpKind.IMMEDIATE8TO64,
+                              OpKind.IMMEDIATE32TO64})
+
+
+def _immediate(instruction: Instruction) -> int:
+    operand = next(i for i in range(instruction.op_count)
+                   if instruction.op_kind(i) in _IMMEDIATE_KINDS)
+    return instruction.immediate(operand)
+
+
+_INFO = InstructionInfoFactory()
+_WRITES = frozenset({OpAccess.WRITE, OpAccess.COND_WRITE, OpAccess.READ_WRITE,
+                     OpAccess.READ_COND_WRITE})
+
+
+def _writes(instruction: Instruction, register: int) -> bool:
+    return any(RegisterInfo(used.register).full_register == register and used.access in _WRITES
+               for used in _INFO.info(instruction).used_registers())
