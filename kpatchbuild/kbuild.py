@@ -188,3 +188,57 @@ def toolchain_fingerprint() -> dict[str, int | None]:
         path = shutil.which(tool)
         found[tool] = Path(path).resolve().stat().st_mtime_ns if path else None
     return found
+
+
+# --- which config option builds an object ---
+
+_ASSIGNMENT = re.compile(r"^\s*([\w.-]*(?:\$\([^)]*\))?[\w.-]*)\s*[:+]?=\s*(.*)$", re.M)
+_OPTION = re.compile(r"CONFIG_\w+")
+
+
+def unbuilt_reason(tree: Path, obj: str, config: str) -> str | None:
+    """Why kbuild does not build ``obj`` with ``config`` (the .config text), or None.
+
+    Reads the object's Makefile line (``obj-$(CONFIG_FOO) += foo.o``, or a composite's
+    ``bar-$(CONFIG_FOO) += foo.o`` and then bar.o's own line) and each parent directory's
+    (``obj-$(CONFIG_FOO) += dir/``): the first option none of whose lines is enabled is the
+    reason, e.g. "CONFIG_FOO is not set". Objects whose Makefiles say nothing decisive (no
+    Makefile, generated lists) are taken to be built: the compile then says more.
+    """
+    enabled = set(re.findall(r"^(CONFIG_\w+)=[ym]$", config, re.M))
+    path = Path(obj)
+    reason = _unset_guard(tree / path.parent, f"{path.stem}.o", enabled, depth=0)
+    if reason:
+        return reason
+    directory = path.parent
+    while directory.parent != directory and str(directory) not in ("", "."):
+        reason = _unset_guard(tree / directory.parent, f"{directory.name}/", enabled, depth=0)
+        if reason:
+            return reason
+        directory = directory.parent
+    return None
+
+
+def _unset_guard(directory: Path, target: str, enabled: set[str], depth: int) -> str | None:
+    text = ""
+    for name in ("Kbuild", "Makefile"):
+        if (directory / name).is_file():
+            text = (directory / name).read_text(errors="replace").replace("\\\n", " ")
+            break
+    guards: list[set[str]] = []
+    for variable, value in _ASSIGNMENT.findall(text):
+        if target not in value.split():
+            continue
+        options = set(_OPTION.findall(variable))
+        composite = re.match(r"^([\w.-]+?)-(?:\$\(|y$|objs$|m$)", variable)
+        if composite and composite.group(1) not in ("obj", "lib", "subdir", "core", "libs"):
+            # A part of bar.o (bar-y, bar-objs, bar-$(CONFIG_X)): bar.o's own line decides too.
+            if depth < 3:
+                inner = _unset_guard(directory, composite.group(1) + ".o", enabled, depth + 1)
+                if inner:
+                    options.add(inner.split()[0])
+        guards.append(options)
+    if not guards or any(not options or options <= enabled for options in guards):
+        return None
+    unset = sorted(set().union(*guards) - enabled)
+    return f"{unset[0]} is not set" if unset else None

@@ -245,6 +245,7 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
         missing = [rel for rel in built if rel.endswith(".c")
                    and not any(rel in records[o].sources for o in objects)]
         if missing:
+            _refuse_unbuilt(stage, workspace, missing, where)
             raise RecipeError(f"{where}: kbuild does not build {', '.join(missing)} in this "
                               "kernel's config; nothing to live-patch there")
         return {obj: [rel for rel in built if rel in records[obj].sources] for obj in objects}
@@ -262,8 +263,25 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
         if not _listed_in_kbuild(workspace.tree, rel):
             raise RecipeError(f"{where}: kbuild does not build {rel} (its directory's Makefile "
                               "does not list it); nothing to live-patch there")
+        _refuse_unbuilt(stage, workspace, [rel], where)
         objects[rel[:-2] + ".o"] = [rel]
     return objects
+
+
+def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[str],
+                    where: str) -> None:
+    """Refuse, naming the option, a source whose object this kernel's config leaves out,
+    rather than let its compile fail with the compiler's errors."""
+    config_file = stage.tree / ".config"
+    if not config_file.is_file():
+        return
+    config = config_file.read_text(errors="replace")
+    for rel in sources:
+        obj = rel[:-2] + ".o"
+        reason = kbuild.unbuilt_reason(workspace.tree, obj, config)
+        if reason:
+            raise RecipeError(f"{where}: {obj} is not built in {stage.release}: {reason}; "
+                              "nothing to live-patch there")
 
 
 def _listed_in_kbuild(tree: Path, rel: str) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kpatchbuild.vm import expected_steps
 from tests.conftest import build_recipe_stage
 
 pytestmark = pytest.mark.kernel
@@ -23,6 +24,7 @@ EXAMPLES = {
     "header-change": {"fs/proc/version.o": (["version_proc_show"], [])},
     "header-change-debian": {"fs/proc/version.o": (["version_proc_show"], [])},
     "module-binfmt": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
+    "no-check": {"fs/readdir.o": (["filldir64"], [])},
     "task-comm-kpatch": {"fs/exec.o": (["__set_task_comm"], ["kpatch_post_unpatch_comm",
                                                              "kpatch_pre_patch_comm"])},
 }
@@ -42,8 +44,11 @@ def test_example_is_built_and_proven(recipe: str) -> None:
                                  [f["name"] for f in report["new_functions"]])
     assert found == EXAMPLES[recipe]
     proof = json.loads((stage.work / "proof.json").read_text())
-    assert proof["steps"][-1] == "check-after"
-    assert "check-patched" in proof["steps"]
+    if recipe == "no-check":  # proven without a behavioural check, and recorded so
+        assert proof["steps"] == expected_steps(with_check=False) and not proof["checked"]
+    else:
+        assert proof["steps"][-1] == "check-after" and proof["checked"]
+        assert "check-patched" in proof["steps"]
     assert Path(proof["module"]).is_file()
 
 

@@ -49,6 +49,31 @@ def test_a_c_file_means_its_object(tmp_path: Path) -> None:
                               "r") == {"fs/proc/cmdline.o": ["fs/proc/cmdline.c"]}
 
 
+def test_object_the_config_leaves_out_is_refused_naming_the_option(tmp_path: Path) -> None:
+    stage, workspace = prepared_stage(tmp_path)
+    stage.tree.mkdir(parents=True)
+    (stage.tree / ".config").write_text("CONFIG_PROC_FS=y\n# CONFIG_FOO is not set\n"
+                                        "CONFIG_BAR_MOD=m\n")
+    (workspace.tree / "fs/Makefile").write_text("obj-$(CONFIG_PROC_FS) += proc/\n"
+                                                "obj-$(CONFIG_FOO) += foo.o \\\n\tfoo2.o\n"
+                                                "obj-$(CONFIG_BAR_MOD) += bar.o\n"
+                                                "bar-y := bar_main.o\n"
+                                                "bar-$(CONFIG_FOO) += bar_extra.o\n")
+    with pytest.raises(RecipeError) as caught:
+        objects_to_rebuild(stage, workspace, ["fs/foo2.c"], "r.yaml")
+    assert caught.value.message == ("r.yaml: fs/foo2.o is not built in 6.1.0-1-test: "
+                                    "CONFIG_FOO is not set; nothing to live-patch there")
+    with pytest.raises(RecipeError, match="fs/bar_extra.o is not built .*CONFIG_FOO is not set"):
+        objects_to_rebuild(stage, workspace, ["fs/bar_extra.c"], "r.yaml")
+    assert objects_to_rebuild(stage, workspace, ["fs/bar_main.c"], "r") == {
+        "fs/bar_main.o": ["fs/bar_main.c"]}
+    assert objects_to_rebuild(stage, workspace, ["fs/proc/base.c"], "r") == {
+        "fs/proc/base.o": ["fs/proc/base.c"]}
+    (stage.tree / ".config").write_text("# CONFIG_PROC_FS is not set\n")
+    with pytest.raises(RecipeError, match="fs/proc/base.o is not built .*CONFIG_PROC_FS is not"):
+        objects_to_rebuild(stage, workspace, ["fs/proc/base.c"], "r")
+
+
 @pytest.mark.kernel
 def test_default_recipe_diffs_cmdline(default_recipe_stage: RecipeStage) -> None:
     objects = json.loads((default_recipe_stage.work / "objects.json").read_text())["objects"]

@@ -55,6 +55,23 @@ def test_proof_initramfs_holds_init_busybox_check_and_modules(tmp_path: Path) ->
         seen.add(entry.path)
 
 
+def test_proof_without_a_check_has_no_check_steps(tmp_path: Path) -> None:
+    module = fake_module(tmp_path, "livepatch-fix.ko", b"patch")
+    entries = members(vm.build_proof_initramfs(tmp_path / "initrd.gz", module, None))
+    assert "kpb/check.sh" not in entries
+    assert b"if [ -e /kpb/check.sh ]; then" in entries["init"].data
+    steps = vm.expected_steps(with_check=False)
+    assert steps == ["mount", "insmod", "transition-enable", "disable", "transition-disable",
+                     "sysfs-removed", "rmmod"]
+    # Kernel problems still fail a proof without a check.
+    report = vm.parse_console("\r\n".join(
+        [f"KPB-BEGIN {s}\r\nKPB-STEP {s} ok" for s in steps]
+        + ["[    2.1] WARNING: CPU: 0 PID: 1 at fs/readdir.c:321 filldir64+0x1/0x2",
+           "KPB-INFO taint-boot 0", "KPB-INFO taint-end 45056", "KPB-DMESG-BEGIN",
+           "KPB-DMESG-END", "KPB-END"]))
+    assert vm.first_failure(report, steps)[0] == "dmesg"
+
+
 def test_patch_name_defaults_to_module_name_and_can_be_given(tmp_path: Path) -> None:
     module = fake_module(tmp_path, "livepatch-a-b.ko", b"")
     assert vm.module_name(module) == "livepatch_a_b"
