@@ -19,7 +19,8 @@ from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.differ.report import write_report
 from kpatchbuild.differ.resolve import kernel_version
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
-from kpatchbuild.elf.read import read_elf
+from kpatchbuild.elf.model import STB_LOCAL
+from kpatchbuild.elf.read import iter_symbol_records, read_elf
 from kpatchbuild.elf.write import write_elf_file
 from kpatchbuild.errors import KpbError
 from kpatchbuild.patched import ObjectPair, Workspace
@@ -140,6 +141,25 @@ def _target_tables(symbols: str, symbols_hash: str, symvers: str, symvers_hash: 
     """The target's symbol table and exports, read once per process for all the objects a
     patch changes (System.map's 87,000 lines take half a second); keyed by content too."""
     return load_symbol_table(symbols, objname), load_module_symvers(symvers)
+
+
+def new_globals(pair: ObjectPair) -> frozenset[str]:
+    """Globals the patched object defines and its original does not (a new function or
+    variable another object of the same patch may use)."""
+    def defined_globals(path: str) -> set[str]:
+        return {record.name for record in iter_symbol_records(path)
+                if record.bind != STB_LOCAL and record.section_name is not None and record.name}
+    return frozenset(defined_globals(pair.patched) - defined_globals(pair.original))
+
+
+def provided_by_others(pair: ObjectPair, pairs: list[ObjectPair]) -> tuple[str, ...]:
+    """What the patch's other objects of the same target newly define: references to those
+    stay inside the patch (bound when its objects are linked into one module)."""
+    names: set[str] = set()
+    for other in pairs:
+        if other.object != pair.object and other.target == pair.target:
+            names |= new_globals(other)
+    return tuple(sorted(names))
 
 
 def decision_lines(diff: DiffFiles) -> list[str]:

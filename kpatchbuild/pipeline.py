@@ -281,8 +281,9 @@ class TargetPipeline:
         workspace = patched.Workspace(self.store, self.stage())
         sizes = objdiff.measured_entry_sizes(self.store, workspace)
         try:
+            provided = objdiff.provided_by_others(pair, self.changed_pairs())
             diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes,
-                                     self.stage().release)
+                                     self.stage().release, provided)
         except CannotPatch as refusal:
             if not (self.recipe.refused and self.recipe.refused in refusal.message):
                 raise

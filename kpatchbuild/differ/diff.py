@@ -126,9 +126,10 @@ def diff_objects(
     refusals += _new_exports(orig_obj, patched_obj) + marks.problems
 
     result = DiffResult(object_name=name, line_only_changes=sorted(comparison.line_only))
-    # A new static function nobody changed calls is dead code; a new global one may be
-    # called from another object of the same patch, so it is carried.
-    new_globals = [v for v in comparison.new if v.patched.bind != STB_LOCAL]
+    # A new static function nobody changed calls is dead code; a new global function or
+    # variable may be used by another object of the same patch, so it is carried.
+    new_globals = [v.patched for v in comparison.new if v.patched.bind != STB_LOCAL]
+    new_globals += [s for s in comparison.new_data if s.bind != STB_LOCAL]
     if not comparison.changed and not new_globals and not marks.callbacks:
         if refusals:
             raise CannotPatch(name, refusals)
@@ -183,7 +184,9 @@ def diff_objects(
     result.kept_sections = inclusion.kept_sections
     result.notes = inclusion.notes
     result.output = output
-    if not result.changed_functions and not result.new_functions and not result.callbacks:
+    shared_data = any(s.bind != STB_LOCAL for s in comparison.new_data)
+    if not (result.changed_functions or result.new_functions or result.callbacks
+            or shared_data):
         return DiffResult(object_name=name, line_only_changes=result.line_only_changes)
     return result
 

@@ -169,6 +169,10 @@ class PatchBuilder:
             if parent_function_name(symbol.name) is not None:
                 continue  # `.cold` parts come with their parent
             self._include_code(symbol.section, symbol)
+        for symbol in self.comparison.new_data:
+            if symbol.bind != STB_LOCAL and symbol.section is not None:
+                # Another object of the patch may use it: carried whether or not this one does.
+                self._include_new_data(symbol, symbol.section, symbol.section)
         while True:
             self._drain()
             self._select_table_entries()
@@ -313,25 +317,30 @@ class PatchBuilder:
         if self.correlation.orig_of(symbol) is not None:
             return  # existing data: referenced in the running kernel
         if role is SectionRole.DATA:
-            existing = sorted(
-                s.name for s in self.patched.symbols_in(section)
-                if self.correlation.orig_of(s) is not None
-            )
-            if existing and section.flags & SHF_WRITE:
-                # Sections are carried whole: the copy would detach the carried code from
-                # the running kernel's variables (`__read_mostly` and other named sections).
-                self.refusals.append(
-                    f"{source.name}: new variable {symbol.name} shares section {section.name} "
-                    f"with existing variable(s) {', '.join(existing[:3])}: carrying it would "
-                    "copy them; use a shadow variable"
-                )
-                return
-            self._include_whole(section)
+            self._include_new_data(symbol, section, source)
             return
         self.refusals.append(
             f"{source.name}: reference to {symbol.name} in section {section.name}, "
             "which the differ does not know how to carry"
         )
+
+    def _include_new_data(self, symbol: Symbol, section: Section, source: Section) -> None:
+        if id(section) in self.slices:
+            return
+        existing = sorted(
+            s.name for s in self.patched.symbols_in(section)
+            if self.correlation.orig_of(s) is not None
+        )
+        if existing and section.flags & SHF_WRITE:
+            # Sections are carried whole: the copy would detach the carried code from the
+            # running kernel's variables (`__read_mostly` and other named sections).
+            self.refusals.append(
+                f"{source.name}: new variable {symbol.name} shares section {section.name} "
+                f"with existing variable(s) {', '.join(existing[:3])}: carrying it would "
+                "copy them; use a shadow variable"
+            )
+            return
+        self._include_whole(section)
 
     def _need_anonymous(
         self, target: AnonymousTarget, relocation: Relocation, source: Section

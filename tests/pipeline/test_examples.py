@@ -25,6 +25,8 @@ EXAMPLES = {
     "header-change-debian": {"fs/proc/version.o": (["version_proc_show"], [])},
     "module-binfmt": {"fs/binfmt_misc.o": (["bm_status_read"], [])},
     "no-check": {"fs/readdir.o": (["filldir64"], [])},
+    "shared-global": {"fs/proc/cmdline.o": ([], ["kpb_shared_marker"]),
+                      "fs/proc/version.o": (["version_proc_show"], [])},
     "task-comm-kpatch": {"fs/exec.o": (["__set_task_comm"], ["kpatch_post_unpatch_comm",
                                                              "kpatch_pre_patch_comm"])},
 }
@@ -66,6 +68,17 @@ def test_kpatch_style_patch_keeps_its_tracepoint_and_registers_its_callbacks() -
     module = Path(json.loads((stage.work / "module.json").read_text())["module"])
     from tests.module.elfcheck import section_headers
     assert ".klp.rela.vmlinux__jump_table" in {h.name for h in section_headers(module)}
+
+
+def test_new_global_of_one_object_binds_inside_the_patch() -> None:
+    stage = build_recipe_stage("shared-global")
+    diffs = {d["object"]: d for d in json.loads((stage.work / "diffs.json").read_text())["diffs"]}
+    report = json.loads(Path(diffs["fs/proc/version.o"]["report"]).read_text())
+    how = {s["target_name"]: s for s in report["symbols"]}
+    assert how["kpb_shared_marker"]["resolution"] == "provided"
+    carried = json.loads(Path(diffs["fs/proc/cmdline.o"]["report"]).read_text())
+    assert {"kpb_shared_marker", "kpb_shared_reads"} <= {
+        s["name"] for s in carried["symbols"] if s["resolution"] == "included"}
 
 
 def test_module_patch_targets_the_module_and_loads_it_first() -> None:
