@@ -166,41 +166,68 @@ _PRINTF_LIKE = re.compile(r"printk|^_dev_|^dev_printk|^panic$|^__dynamic_|^__drm
 def _use_of(register: int, following: Sequence[tuple[int, Instruction, object]],
             calls: dict[int, str], code: Sequence[tuple[int, Instruction, object]] = ()
             ) -> _Use:
-    """What the next call does with ``register``: it must still hold the value when the next
-    call (or tail jump) is made; any other call in between would have clobbered it. A
-    pushed value is argument 6 + the number of pushes that follow it before the call.
-    Jumps inside the function are followed (``code``: the whole function); a jump into
-    another piece of it (its `.cold` part) leaves the value unproven."""
-    pushes_after = 0
+    """What the code after a `mov $imm, register` (or `push $imm`) does with the value.
+
+    Every path is followed, through the function's own jumps and both ways of each
+    conditional one, to its first call, tail jump or write of the register: the value is a
+    line if some path passes it as a line argument and no path uses it as anything else
+    (a path that overwrites it first never sees it). A pushed value is argument 6 plus the
+    number of pushes after it on its path. A jump into the function's `.cold` part leaves
+    the value unproven.
+    """
     by_offset = {offset: index for index, (offset, _, _) in enumerate(code)}
-    visited: set[int] = set()
-    index, stream = 0, list(following)
-    while index < len(stream):
-        offset, instruction, _ = stream[index]
-        index += 1
-        flow = instruction.flow_control
-        if flow == FlowControl.UNCONDITIONAL_BRANCH and offset + 1 not in calls:
-            target = instruction.near_branch_target
-            if target in visited or target not in by_offset:
-                return _Use.OTHER
-            visited.add(target)
-            stream, index = list(code[by_offset[target]:]), 0
-            continue
-        if flow in (FlowControl.CALL, FlowControl.UNCONDITIONAL_BRANCH):
-            callee = calls[offset + 1] if offset + 1 in calls else ""
-            return _argument_use(register, pushes_after, callee, flow)
-        if register == STACK:
-            if instruction.mnemonic == Mnemonic.PUSH:
-                pushes_after += 1
-            elif _writes(instruction, Register.RSP):
-                return _Use.OTHER
-            continue
-        if flow in (FlowControl.INDIRECT_CALL, FlowControl.RETURN, FlowControl.INDIRECT_BRANCH,
-                    FlowControl.INTERRUPT, FlowControl.EXCEPTION):
-            return _Use.OTHER
-        if _writes(instruction, register):
-            return _Use.OTHER
-    return _Use.OTHER
+    start = by_offset.get(following[0][0]) if following else None
+    if start is None:
+        return _Use.OTHER
+    uses: set[_Use] = set()
+    pending = [(start, 0)]
+    seen: set[tuple[int, int]] = set()
+    while pending:
+        index, pushes = pending.pop()
+        while index < len(code) and (index, pushes) not in seen:
+            seen.add((index, pushes))
+            offset, instruction, _ = code[index]
+            flow = instruction.flow_control
+            field = offset + instruction.len - 4  # where a rel32 branch's relocation lies
+            if flow == FlowControl.CALL or (
+                    flow in (FlowControl.UNCONDITIONAL_BRANCH, FlowControl.CONDITIONAL_BRANCH)
+                    and field in calls):
+                uses.add(_argument_use(register, pushes, calls.get(field, ""), flow))
+                if flow != FlowControl.CONDITIONAL_BRANCH:
+                    break
+                index += 1
+                continue
+            if flow in (FlowControl.UNCONDITIONAL_BRANCH, FlowControl.CONDITIONAL_BRANCH):
+                target = by_offset.get(instruction.near_branch_target)
+                if target is None:
+                    uses.add(_Use.OTHER)
+                    break
+                if flow == FlowControl.CONDITIONAL_BRANCH:
+                    pending.append((target, pushes))
+                    index += 1
+                else:
+                    index = target
+                continue
+            if flow == FlowControl.RETURN:
+                break  # the register dies here (a line is never a return value)
+            if flow != FlowControl.NEXT:
+                uses.add(_Use.OTHER)  # indirect branches and calls: cannot tell
+                break
+            if register == STACK:
+                if instruction.mnemonic == Mnemonic.PUSH:
+                    pushes += 1
+                elif _writes(instruction, Register.RSP):
+                    uses.add(_Use.OTHER)
+                    break
+            elif _reads(instruction, register):
+                uses.add(_Use.OTHER)  # copied or computed with: not only an argument
+                break
+            elif _writes(instruction, register):
+                break  # overwritten: dead on this path
+            index += 1
+    if not uses or _Use.OTHER in uses:
+        return _Use.OTHER
+    return _Use.PRINTED if _Use.PRINTED in uses else _Use.LINE
 
 
 def _argument_use(register: int, pushes_after: int, callee: str, flow: int) -> _Use:
@@ -265,6 +292,23 @@ def _immediate(instruction: Instruction) -> int:
 _INFO = InstructionInfoFactory()
 _WRITES = frozenset({OpAccess.WRITE, OpAccess.COND_WRITE, OpAccess.READ_WRITE,
                      OpAccess.READ_COND_WRITE})
+
+
+_READS = frozenset({OpAccess.READ, OpAccess.COND_READ, OpAccess.READ_WRITE,
+                    OpAccess.READ_COND_WRITE})
+
+
+_SAME_REGISTER_IDIOMS = frozenset({Mnemonic.XOR, Mnemonic.SUB, Mnemonic.SBB, Mnemonic.PXOR})
+
+
+def _reads(instruction: Instruction, register: int) -> bool:
+    """Does the instruction depend on the register's value? (`xor r,r`, `sbb r,r` do not.)"""
+    if (instruction.mnemonic in _SAME_REGISTER_IDIOMS and instruction.op_count == 2
+            and instruction.op0_kind == OpKind.REGISTER == instruction.op1_kind
+            and instruction.op0_register == instruction.op1_register):
+        return False
+    return any(RegisterInfo(used.register).full_register == register and used.access in _READS
+               for used in _INFO.info(instruction).used_registers())
 
 
 def _writes(instruction: Instruction, register: int) -> bool:
