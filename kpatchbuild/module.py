@@ -145,6 +145,7 @@ def _function(data: dict) -> FunctionChange:
         name=data["name"], old_name=data["old_name"], old_sympos=data["old_sympos"],
         section=data["section"], global_binding=data["global"],
         fingerprint=data["fingerprint"], old_fingerprint=data["old_fingerprint"],
+        reason=data.get("reason", ""),
     )
 
 

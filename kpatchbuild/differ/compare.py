@@ -53,6 +53,8 @@ class FunctionVerdict:
     fingerprint: str
     orig_fingerprint: str | None
     line_only: bool = False
+    # Why it is in the patch, in words for the report: "new", "changed code", ...
+    reason: str = ""
 
 
 @dataclass
@@ -144,25 +146,47 @@ def compare_objects(correlation: Correlation, marks: Marks | None = None) -> Com
         new_bytes, new_relocs = symbol_contents(correlation, patched, symbol, "patched")
         new_print = fingerprint(new_bytes, new_relocs)
         if original is None or original.section is None or original.type != STT_FUNC:
-            verdict = FunctionVerdict(symbol, None, Status.NEW, new_print, None)
+            verdict = FunctionVerdict(symbol, None, Status.NEW, new_print, None, reason="new")
             result.functions[id(symbol)] = verdict
             continue
         old_bytes, old_relocs = symbol_contents(correlation, orig, original, "orig")
         old_print = fingerprint(old_bytes, old_relocs)
-        status = Status.SAME
+        status, reason = Status.SAME, ""
         if new_print != old_print:
             shift = _line_shift(old_bytes, new_bytes, old_relocs, new_relocs)
             if shift is None:
-                status = Status.CHANGED
+                status, reason = Status.CHANGED, _change_reason(old_bytes, new_bytes,
+                                                                old_relocs, new_relocs)
             else:
                 shifts[id(symbol)] = shift
         result.functions[id(symbol)] = FunctionVerdict(
-            symbol, original, status, new_print, old_print
+            symbol, original, status, new_print, old_print, reason=reason
         )
     _settle_line_shifts(result, shifts)
     _promote_cold_parents(result, patched)
     _compare_data(correlation, result, marks)
     return result
+
+
+def _change_reason(old: bytes, new: bytes, old_relocations: list[tuple],
+                   new_relocations: list[tuple]) -> str:
+    """What differs, in words: the code, or only what a relocation designates."""
+    if old != new or len(old_relocations) != len(new_relocations):
+        return "changed code"
+    for before, after in zip(old_relocations, new_relocations, strict=True):
+        if before != after:
+            return f"changed reference at +{after[0]:#x} ({_describe_key(before[2])} -> " \
+                   f"{_describe_key(after[2])})"
+    return "changed code"
+
+
+def _describe_key(key: tuple) -> str:
+    if key[0] == "str":
+        return repr(key[1][:40].decode(errors="replace"))
+    if key[0] == "anon":
+        return f"{key[1]}+{key[2]:#x}"
+    identity, delta = key
+    return f"{identity[1]}{f'{delta:+#x}' if delta else ''}"
 
 
 def _ignored(symbol: Symbol, marks: Marks) -> bool:
@@ -182,13 +206,9 @@ def _promote_cold_parents(result: Comparison, patched: ObjectIndex) -> None:
             continue
         parent_verdict = result.functions.get(id(parent))
         if parent_verdict is not None and parent_verdict.status is Status.SAME:
-            result.functions[id(parent)] = FunctionVerdict(
-                parent,
-                parent_verdict.orig,
-                Status.CHANGED,
-                parent_verdict.fingerprint,
-                parent_verdict.orig_fingerprint,
-            )
+            result.functions[id(parent)] = replace(
+                parent_verdict, status=Status.CHANGED,
+                reason=f"its out-of-line part {verdict.patched.name} changed")
 
 
 def _line_shift(old: bytes, new: bytes, old_relocations: list[tuple],
@@ -222,7 +242,10 @@ def _settle_line_shifts(result: Comparison, shifts: dict[int, LineShift]) -> Non
             result.line_only.append(name)
             result.functions[key] = replace(verdict, line_only=True)
         else:
-            result.functions[key] = replace(verdict, status=Status.CHANGED)
+            result.functions[key] = replace(
+                verdict, status=Status.CHANGED,
+                reason="changed constants (not only line numbers: "
+                       f"moved by {sorted(shift.unproven - known)})")
 
 
 def _without_line_numbers(relocation: tuple) -> tuple:

@@ -7,14 +7,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatchbuild.differ.compare import Comparison, compare_objects
+from kpatchbuild.differ.compare import Comparison, FunctionVerdict, compare_objects
 from kpatchbuild.differ.correlate import correlate_symbols
 from kpatchbuild.differ.include import include_and_build
 from kpatchbuild.differ.index import ObjectIndex, parent_function_name
 from kpatchbuild.differ.marks import read_marks
 from kpatchbuild.differ.resolve import Resolution, Resolver
 from kpatchbuild.differ.special import EntrySizes
-from kpatchbuild.elf.model import STB_LOCAL, STT_FILE, STT_SECTION, ElfObject
+from kpatchbuild.elf.model import STB_LOCAL, STT_FILE, STT_SECTION, ElfObject, Symbol
 from kpatchbuild.elf.read import read_elf
 from kpatchbuild.errors import KpbError
 from kpatchbuild.symbols import Export, SymbolTable
@@ -42,6 +42,7 @@ class FunctionChange:
     global_binding: bool
     fingerprint: str  # xxh3-64 of bytes + symbolic relocations, patched build
     old_fingerprint: str | None
+    reason: str = ""  # why it is in the patch: "new", "changed code", "callback"...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class IncludedSymbol:
     kind: str  # "function" or "data"
     section: str
     new: bool  # no counterpart in the original object
+    # For a function: why the patch carries it ("changed code", "new", "out-of-line part
+    # of f", "pre_patch callback"...).
+    reason: str = ""
 
 
 @dataclass
@@ -160,6 +164,7 @@ def diff_objects(
             global_binding=symbol.bind != STB_LOCAL,
             fingerprint=verdict.fingerprint,
             old_fingerprint=verdict.orig_fingerprint,
+            reason=_reason(verdict, marks.callbacks, symbol),
         )
         if verdict.status.value == "changed":
             result.changed_functions.append(change)
@@ -168,16 +173,24 @@ def diff_objects(
     result.changed_functions.sort(key=lambda f: f.name)
     result.new_functions.sort(key=lambda f: f.name)
     result.resolutions = sorted(inclusion.resolutions.values(), key=lambda r: r.name)
+    reasons = {f.name: f.reason for f in result.changed_functions + result.new_functions}
     for symbol in output.symbols:
         if symbol.section is None or symbol.type in (STT_SECTION, STT_FILE) or not symbol.name:
             continue
         original = orig_index.by_name.get(symbol.name)
+        reason = ""
+        if symbol.is_function:
+            parent = parent_function_name(symbol.name)
+            reason = reasons.get(symbol.name) or (
+                f"out-of-line part of {parent}" if parent else
+                "carried with the code that uses it")
         result.included_symbols.append(
             IncludedSymbol(
                 name=symbol.name,
                 kind="function" if symbol.is_function else "data",
                 section=symbol.section.name,
                 new=original is None or original.section is None,
+                reason=reason,
             )
         )
     result.callbacks = {kind: function.name for kind, function in marks.callbacks.items()}
@@ -189,6 +202,13 @@ def diff_objects(
             or shared_data):
         return DiffResult(object_name=name, line_only_changes=result.line_only_changes)
     return result
+
+
+def _reason(verdict: FunctionVerdict, callbacks: dict[str, Symbol], symbol: Symbol) -> str:
+    kinds = [kind for kind, function in callbacks.items() if function is symbol]
+    if kinds:
+        return f"{kinds[0]} callback"
+    return verdict.reason or verdict.status.value
 
 
 def _untraceable(orig: ObjectIndex, comparison: Comparison) -> list[str]:

@@ -10,7 +10,8 @@ from typing import Any
 
 from kpatchbuild.differ.diff import DiffResult
 
-REPORT_VERSION = 1
+# 2: functions say why the patch carries them ("reason"); callbacks.
+REPORT_VERSION = 2
 
 
 def report_dict(result: DiffResult, *, target: str, output: str | None) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def report_dict(result: DiffResult, *, target: str, output: str | None) -> dict[
                 "kind": included.kind,
                 "section": included.section,
                 "new": included.new,
+                **({"reason": included.reason} if included.reason else {}),
             }
         )
     return {

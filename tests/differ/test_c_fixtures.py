@@ -158,6 +158,9 @@ int checked(int v, int w)
     patched = source.replace("negative %d", "negative value %d")
     pair = build_pair(tmp_path, source, patched)
     assert "checked.cold" in _defined_functions(pair.orig)
+    why = {s.name: s.reason for s in diff_pair(pair).included_symbols if s.kind == "function"}
+    assert why["checked"] == "its out-of-line part checked.cold changed"
+    assert why["checked.cold"] == "out-of-line part of checked"
     result = diff_pair(pair)
     assert names(result.changed_functions) == {"checked"}
     out = _link(tmp_path, result)
@@ -286,6 +289,9 @@ def test_relocation_target_change_behind_equal_bytes(tmp_path: Path) -> None:
     patched = BASE + "int other_total;\nint pick(void) { return other_total; }\n"
     result = diff_pair(build_pair(tmp_path, source, patched))
     assert names(result.changed_functions) == {"pick"}
+    (pick,) = result.changed_functions
+    assert pick.reason.startswith("changed reference at +0x") and \
+        "(shared_total-0x4 -> other_total-0x4)" in pick.reason
 
 
 def test_notrace_function_refused(tmp_path: Path) -> None:
