@@ -33,6 +33,7 @@ from kpatchbuild.differ.special import (
     EntrySizes,
     SectionRole,
     TableKind,
+    inferred_stride,
     role_of,
     whole_entries,
 )
@@ -534,19 +535,30 @@ class PatchBuilder:
         self._include_range(orc, index * size, index * size + size)
 
     def _entry_size(self, kind: TableKind, section: Section) -> int | None:
+        """The table's entry size: given (environment, measured, sh_entsize) when it divides
+        the section, else the stride the table's relocations show, checked against it."""
         try:
             size, origin = self.sizes.size_of(kind, section)
         except ValueError as error:
             self.refusals.append(str(error))
             return None
-        if not whole_entries(kind, section, size):
-            hint = f"; set {kind.env}" if kind.env else ""
-            self.refusals.append(
-                f"section {section.name}: size {section.size} is not a multiple of the entry "
-                f"size {size} ({origin}){hint}"
-            )
-            return None
-        return size
+        if origin != "default" and whole_entries(kind, section, size):
+            return size
+        offsets = [r.offset for r in self.patched.relocations.get(id(section), ())]
+        stride = inferred_stride(kind, section, offsets)
+        if stride is not None:
+            if stride != size:
+                self.notes.append(f"section {section.name}: entries of {stride} bytes, as its "
+                                  f"relocations show ({origin} size {size} does not fit)")
+            return stride
+        if origin == "default" and whole_entries(kind, section, size):
+            return size  # entries without relocations at fixed places: the known layout
+        hint = f"; set {kind.env}" if kind.env else ""
+        self.refusals.append(
+            f"section {section.name}: size {section.size} is not a multiple of the entry "
+            f"size {size} ({origin}), and its relocations show no other{hint}"
+        )
+        return None
 
     # -- resolution ----------------------------------------------------------------------------
 

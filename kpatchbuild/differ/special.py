@@ -151,6 +151,30 @@ def whole_entries(kind: TableKind, section: Section, size: int) -> bool:
     return padded % size == 0
 
 
+def inferred_stride(kind: TableKind, section: Section, offsets: list[int]) -> int | None:
+    """The entry size the table's own relocations show, or None if none fits.
+
+    Every entry of a table carries its relocations at the same offsets (its pointer
+    fields), the first at offset 0: the smallest size that divides the section (as
+    ``whole_entries`` judges) and gives every entry the same pattern is the entry size.
+    """
+    if not offsets or section.size <= 0:
+        return None
+    present = set(offsets)
+    for stride in range(4, 65):  # no kernel table has entries of more than 64 bytes
+        if not whole_entries(kind, section, stride):
+            continue
+        count = -(-section.size // stride)
+        pattern = {o for o in present if o < stride}
+        if 0 not in pattern:
+            continue
+        if all({o - k * stride for o in present if k * stride <= o < (k + 1) * stride}
+               == {p for p in pattern if k * stride + p < section.size}
+               for k in range(count)):
+            return stride
+    return None
+
+
 class EntrySizes:
     """Entry sizes per table name, resolved env > measured > sh_entsize > default."""
 

@@ -31,11 +31,42 @@ def test_entries_follow_included_functions(tmp_path: Path) -> None:
     assert anchor.offset == 0 and anchor.symbol.section.name == ".text.second"
 
 
-def test_environment_size_wins_and_bad_size_is_refused(tmp_path: Path) -> None:
+def test_a_size_that_does_not_fit_gives_way_to_the_relocations(tmp_path: Path) -> None:
+    """BUG_STRUCT_SIZE=7 does not divide the 24-byte table; its relocations, one at the
+    start of every 12 bytes, show the entry size."""
+    pair = build_pair(tmp_path, SOURCE, SOURCE.replace("v + 2", "v + 5"))
+    result = diff_pair(pair, environ={"BUG_STRUCT_SIZE": "7"})
+    table = next(s for s in result.output.sections if s.name == "__bug_table")
+    assert len(table.data) == 12 and int.from_bytes(table.data[8:10], "little") == 20
+    assert any("__bug_table: entries of 12 bytes, as its relocations show" in n
+               for n in result.notes)
+
+
+def test_unreadable_environment_size_is_refused(tmp_path: Path) -> None:
     pair = build_pair(tmp_path, SOURCE, SOURCE.replace("v + 2", "v + 5"))
     with pytest.raises(CannotPatch) as caught:
+        diff_pair(pair, environ={"BUG_STRUCT_SIZE": "twelve"})
+    assert "BUG_STRUCT_SIZE='twelve' is not a number" in caught.value.message
+
+
+def test_stride_inferred_without_any_size_given(tmp_path: Path) -> None:
+    """Objects of another kernel: no size measured, the default wrong (14-byte entries, as
+    .altinstructions has since 6.3, where the default is 12)."""
+    alt = SOURCE.replace("__bug_table", ".altinstructions").replace(
+        r'#line ", 0\n.popsection', r'#line ", 0, 0\n.popsection')
+    pair = build_pair(tmp_path, alt, alt.replace("v + 2", "v + 5"))
+    result = diff_pair(pair, entry_sizes={})
+    table = next(s for s in result.output.sections if s.name == ".altinstructions")
+    assert len(table.data) == 14 and int.from_bytes(table.data[8:10], "little") == 20
+
+
+def test_table_without_a_consistent_stride_is_refused(tmp_path: Path) -> None:
+    broken = SOURCE.replace(r'".long 1b - .\n.long 0\n', r'".long 0\n.long 1b - .\n')
+    pair = build_pair(tmp_path, broken, broken.replace("v + 2", "v + 5"))
+    with pytest.raises(CannotPatch) as caught:
         diff_pair(pair, environ={"BUG_STRUCT_SIZE": "7"})
-    assert "__bug_table" in caught.value.message and "BUG_STRUCT_SIZE" in caught.value.message
+    assert "__bug_table" in caught.value.message and "relocations show no other" in (
+        caught.value.message) and "BUG_STRUCT_SIZE" in caught.value.message
 
 
 def test_size_precedence() -> None:
@@ -80,8 +111,9 @@ def test_paravirt_entry_before_the_short_one_keeps_its_padding(tmp_path: Path) -
     assert len(table.data) == 16 and table.data[8] == 3
 
 
-def test_table_not_completed_by_its_alignment_is_refused(tmp_path: Path) -> None:
+def test_wrong_measured_size_corrected_by_the_relocations(tmp_path: Path) -> None:
+    """24 does not fit 26 bytes (even padded); the relocations show 16-byte entries."""
     pair = build_pair(tmp_path, PARA_SOURCE, PARA_SOURCE.replace("v + 2", "v + 5"))
-    with pytest.raises(CannotPatch) as caught:
-        diff_pair(pair, entry_sizes={".parainstructions": 24})
-    assert "size 26 is not a multiple of the entry size 24" in caught.value.message
+    result = diff_pair(pair, entry_sizes={".parainstructions": 24})
+    table = _para_table(result)
+    assert len(table.data) == 10 and table.data[8] == 4
