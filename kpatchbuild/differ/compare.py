@@ -272,8 +272,11 @@ def _compare_data(correlation: Correlation, result: Comparison, marks: Marks) ->
                 if section.name.startswith(".data..percpu"):
                     result.refusals.append(f"new per-cpu variable {where}: not supported")
                 elif symbol in correlation.unpaired_locals and _needs_pairing(symbol, correlation):
+                    candidates = _unpaired_namesakes(symbol, correlation)
                     result.refusals.append(
-                        f"static variable {where}: cannot tell which original variable it is"
+                        f"static variable {where}: cannot tell which original variable it is "
+                        f"(unpaired in the original: {', '.join(candidates[:4])}); keep its "
+                        "uses as they were, or give it a name of its own"
                     )
                 else:
                     result.new_data.append(symbol)
@@ -320,6 +323,15 @@ _FRESH_COPY_OK = (
     "__UNIQUE_ID_",
     "__initcall__",
 )
+
+
+def _unpaired_namesakes(symbol: Symbol, correlation: Correlation) -> list[str]:
+    base = normalized_name(symbol.name)
+    return sorted(
+        other.name for other in correlation.orig.obj.symbols
+        if other.section is not None and other.is_local and normalized_name(other.name) == base
+        and correlation.patched_of(other) is None
+    )
 
 
 def _needs_pairing(symbol: Symbol, correlation: Correlation) -> bool:

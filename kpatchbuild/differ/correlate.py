@@ -20,6 +20,7 @@ from kpatchbuild.differ.index import (
     ObjectIndex,
     StringTarget,
     SymbolTarget,
+    base_function_name,
     is_numbered,
     normalized_name,
 )
@@ -111,7 +112,8 @@ def _referencing_functions(index: ObjectIndex) -> dict[int, dict[str, int]]:
             user = index.containing(section, relocation.offset)
             if user is not None:
                 uses = refs[id(target.symbol)]
-                name = normalized_name(user.name)
+                # A static used by foo.part.0 or foo.cold (after a split) is still foo's.
+                name = base_function_name(user.name)
                 offset = relocation.offset - user.value
                 if name not in uses or offset < uses[name]:
                     uses[name] = offset
@@ -194,8 +196,31 @@ def _pair_locals(
         if users and len(symbols) == len(originals):
             for patched_symbol, original in zip(symbols, originals, strict=True):
                 result.pair(patched_symbol, original)
+            continue
+        # As many as the patch added or removed: pair those whose contents (size, initial
+        # bytes, what they point to) say which they are, one to one.
+        left = _pair_by_contents(result, symbols, originals)
+        result.unpaired_locals.extend(left)
+
+
+def _pair_by_contents(result: Correlation, symbols: list[Symbol],
+                      originals: list[Symbol]) -> list[Symbol]:
+    """Pair statics whose loose fingerprint is unique on both sides; return the rest."""
+    def prints(index: ObjectIndex, group: list[Symbol]) -> dict[str, list[Symbol]]:
+        found: dict[str, list[Symbol]] = defaultdict(list)
+        for symbol in group:
+            found[_loose_fingerprint(index, symbol) + f":{symbol.size}"].append(symbol)
+        return found
+
+    mine, theirs = prints(result.patched, symbols), prints(result.orig, originals)
+    left = []
+    for key, group in mine.items():
+        match = theirs.get(key, [])
+        if len(group) == 1 and len(match) == 1:
+            result.pair(group[0], match[0])
         else:
-            result.unpaired_locals.extend(symbols)
+            left.extend(group)
+    return left
 
 
 def _pair_sections(result: Correlation) -> None:

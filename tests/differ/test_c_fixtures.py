@@ -495,3 +495,54 @@ asm(".pushsection .text.unlikely.annotated,\"ax\",@progbits\n\tnop\n\tnop\n"
     assert (".text.unlikely.annotated", 4) in result.kept_sections
     out = _link(tmp_path, result)
     assert {"annotated", "annotated.cold"} <= _defined_functions(out)
+
+
+STATICS = BASE + """
+int blocks(int v)
+{
+	if (v > 10) { static int hits = 11; hits += v; v = hits; }
+	if (v > 20) { static int hits = 22; hits += v; v = hits; }
+	return v;
+}
+"""
+
+
+def test_static_locals_paired_when_their_count_changes(tmp_path: Path) -> None:
+    """A third `hits` added: the two the original had pair by what they hold."""
+    patched = STATICS.replace("\treturn v;\n}", "\tif (v > 30) { static int hits = 33; "
+                              "hits += v; v = hits; }\n\treturn v;\n}")
+    result = diff_pair(build_pair(tmp_path, STATICS, patched))
+    assert names(result.changed_functions) == {"blocks"}
+    references = {r.target_name for r in result.resolutions}
+    assert sum(name.startswith("hits.") for name in references) == 2  # the running kernel's
+    carried = {s.name for s in result.included_symbols if s.kind == "data"}
+    assert sum(name.startswith("hits.") for name in carried) == 1  # the new one
+
+
+def test_indistinguishable_static_locals_refused_naming_them(tmp_path: Path) -> None:
+    source = STATICS.replace("hits = 11", "hits").replace("hits = 22", "hits")
+    patched = source.replace("\treturn v;\n}", "\tif (v > 30) { static int hits; "
+                             "hits += v; v = hits; }\n\treturn v;\n}")
+    with pytest.raises(CannotPatch) as caught:
+        diff_pair(build_pair(tmp_path, source, patched))
+    message = caught.value.message
+    assert "static variable hits." in message and "cannot tell which original" in message
+    assert "unpaired in the original: hits." in message
+
+
+def test_static_local_moved_into_a_cold_part_keeps_its_original(tmp_path: Path) -> None:
+    source = BASE + """
+int tally(int v)
+{
+	static int seen;
+
+	seen += v;
+	return seen;
+}
+"""
+    patched = source.replace("\tseen += v;\n", "\tif (__builtin_expect(v < 0, 0)) {\n"
+                             '\t\tprintk("negative %d\\n", v);\n\t\tseen = 0;\n\t}\n'
+                             "\tseen += v;\n")
+    result = diff_pair(build_pair(tmp_path, source, patched))
+    assert names(result.changed_functions) == {"tally"}
+    assert any(r.target_name.startswith("seen") for r in result.resolutions)
