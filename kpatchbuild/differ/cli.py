@@ -15,6 +15,7 @@ from pathlib import Path
 from kpatchbuild.differ.diff import diff_objects
 from kpatchbuild.differ.report import write_report
 from kpatchbuild.differ.resolve import kernel_version
+from kpatchbuild.differ.trace import PASSES, Trace
 from kpatchbuild.elf.read import read_elf
 from kpatchbuild.elf.write import write_elf_file
 from kpatchbuild.errors import KpbError
@@ -60,6 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAMES",
         help="file of global symbol names (one a line) other objects of the same patch define",
     )
+    parser.add_argument(
+        "--debug",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help=f"print what a pass decided, to stderr: {', '.join(PASSES)}, or all (repeatable)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,17 +80,26 @@ def run(args: argparse.Namespace) -> int:
     sizes = _load_sizes(args.entry_sizes) if args.entry_sizes else None
     provided = _load_names(args.provided_by_patch) if args.provided_by_patch else ()
     version = kernel_version(args.kernel_version) if args.kernel_version else None
-    result = diff_objects(
-        orig,
-        patched,
-        target=args.target,
-        symbols=table,
-        exports=exports,
-        entry_sizes=sizes,
-        object_name=Path(args.patched).name,
-        provided_by_patch=provided,
-        kernel_version=version,
-    )
+    try:
+        trace = Trace(args.debug)
+    except ValueError as error:
+        raise KpbError(f"--debug: {error}") from None
+    try:
+        result = diff_objects(
+            orig,
+            patched,
+            target=args.target,
+            symbols=table,
+            exports=exports,
+            entry_sizes=sizes,
+            object_name=Path(args.patched).name,
+            provided_by_patch=provided,
+            kernel_version=version,
+            trace=trace,
+        )
+    finally:  # what the passes decided, also (above all) when the change is refused
+        for line in trace.lines:
+            print(line, file=sys.stderr)
     for line in result.decision_lines():
         print(line)
     output = None

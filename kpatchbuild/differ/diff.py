@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatchbuild.differ.compare import Comparison, FunctionVerdict, compare_objects
-from kpatchbuild.differ.correlate import correlate_symbols
+from kpatchbuild.differ.correlate import Correlation, correlate_symbols
 from kpatchbuild.differ.include import include_and_build
 from kpatchbuild.differ.index import ObjectIndex, parent_function_name
 from kpatchbuild.differ.marks import read_marks
 from kpatchbuild.differ.resolve import Resolution, Resolver
 from kpatchbuild.differ.special import EntrySizes
+from kpatchbuild.differ.trace import Trace
 from kpatchbuild.elf.model import STB_LOCAL, STT_FILE, STT_SECTION, ElfObject, Symbol
 from kpatchbuild.elf.read import read_elf
 from kpatchbuild.errors import KpbError
@@ -100,6 +101,7 @@ def diff_objects(
     provided_by_patch: Collection[str] = (),
     kernel_version: tuple[int, int] | None = None,
     require_fentry: bool = True,
+    trace: Trace | None = None,
 ) -> DiffResult:
     """Diff one object pair built with -ffunction-sections -fdata-sections.
 
@@ -114,6 +116,7 @@ def diff_objects(
     needs on x86 (False only for objects that are not kernel code, such as test fixtures).
     ``kernel_version`` (major, minor) of the target kernel decides what the module loader can
     resolve by itself (unknown: as before 5.8, the safe side).
+    ``trace`` collects what each pass decided (``diff --debug PASS``).
     Raises CannotPatch when the change is unsafe; returns a result without output when
     nothing changed functionally.
     """
@@ -123,9 +126,12 @@ def diff_objects(
 
     orig_index = ObjectIndex(orig_obj)
     patched_index = ObjectIndex(patched_obj)
+    trace = trace or Trace()
     marks = read_marks(patched_index)
     correlation = correlate_symbols(orig_index, patched_index)
+    _trace_correlation(trace, correlation, patched_index)
     comparison = compare_objects(correlation, marks)
+    _trace_comparison(trace, comparison)
     refusals = list(correlation.ambiguous_functions.values()) + comparison.refusals
     refusals += _new_exports(orig_obj, patched_obj) + marks.problems
 
@@ -143,7 +149,7 @@ def diff_objects(
         refusals += _untraceable(orig_index, comparison)
     resolver = Resolver(orig_index, target, symbols, exports, provided_by_patch, kernel_version)
     inclusion = include_and_build(
-        correlation, comparison, resolver, EntrySizes(entry_sizes, environ)
+        correlation, comparison, resolver, EntrySizes(entry_sizes, environ), trace
     )
     refusals += inclusion.refusals
     if refusals:
@@ -202,6 +208,32 @@ def diff_objects(
             or shared_data):
         return DiffResult(object_name=name, line_only_changes=result.line_only_changes)
     return result
+
+
+def _trace_correlation(trace: Trace, correlation: Correlation, patched: ObjectIndex) -> None:
+    if not trace.wants("correlate"):
+        return
+    for symbol in patched.obj.symbols:
+        original = correlation.orig_of(symbol)
+        if original is not None and original.name != symbol.name:
+            trace.say("correlate", f"{symbol.name} is the original {original.name}")
+    for reason in correlation.ambiguous_functions.values():
+        trace.say("correlate", f"ambiguous: {reason}")
+    for symbol in correlation.unpaired_locals:
+        trace.say("correlate", f"unpaired static {symbol.name}")
+
+
+def _trace_comparison(trace: Trace, comparison: Comparison) -> None:
+    if not trace.wants("compare"):
+        return
+    for verdict in comparison.functions.values():
+        if verdict.status.value != "same":
+            trace.say("compare", f"{verdict.patched.name}: {verdict.status.value}"
+                                 f"{f' ({verdict.reason})' if verdict.reason else ''}")
+        elif verdict.line_only:
+            trace.say("compare", f"{verdict.patched.name}: same (only line numbers moved)")
+    for refusal in comparison.refusals:
+        trace.say("compare", f"refused: {refusal}")
 
 
 def _reason(verdict: FunctionVerdict, callbacks: dict[str, Symbol], symbol: Symbol) -> str:

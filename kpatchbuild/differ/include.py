@@ -37,6 +37,7 @@ from kpatchbuild.differ.special import (
     role_of,
     whole_entries,
 )
+from kpatchbuild.differ.trace import Trace
 from kpatchbuild.elf.model import (
     PC_RELATIVE_TYPES,
     SHF_GROUP,
@@ -132,7 +133,10 @@ class PatchBuilder:
         comparison: Comparison,
         resolver: Resolver,
         sizes: EntrySizes,
+        trace: Trace | None = None,
     ) -> None:
+        self.trace = trace or Trace()
+        self.current = "select-functions"  # the pass running, for the trace
         self.correlation = correlation
         self.comparison = comparison
         self.resolver = resolver
@@ -150,7 +154,9 @@ class PatchBuilder:
 
     # -- selection -----------------------------------------------------------------------------
 
-    def select(self) -> None:
+    def select_functions(self) -> None:
+        """Pass: the changed and new functions, and the code and data they reference."""
+        self.current = "select-functions"
         for verdict in self.comparison.functions.values():
             if verdict.status is Status.SAME:
                 continue
@@ -174,13 +180,32 @@ class PatchBuilder:
             if symbol.bind != STB_LOCAL and symbol.section is not None:
                 # Another object of the patch may use it: carried whether or not this one does.
                 self._include_new_data(symbol, symbol.section, symbol.section)
+        self._drain()
+
+    def select_table_entries(self) -> None:
+        """Pass: the special-section entries of the carried code, and what they reference in
+        turn (a jump label's target in a `.cold` part), until nothing more comes."""
+        self.current = "select-entries"
         while True:
-            self._drain()
             self._select_table_entries()
             if not self.queue:
                 break
+            self._drain()
+        for piece in self.slices.values():
+            if role_of(piece.source) in (SectionRole.ENTRIES, SectionRole.ORC):
+                self.trace.say(self.current, f"{piece.source.name}: {len(piece.ranges)} "
+                                             "entries kept")
+
+    def check(self) -> None:
+        """Pass: safety checks on what was selected."""
+        self.current = "check"
+        before = len(self.refusals)
         self._check_dyndbg_classes()
         self._check_unknown_code_tables()
+        for refusal in self.refusals[before:]:
+            self.trace.say(self.current, f"refused: {refusal}")
+        if len(self.refusals) == before:
+            self.trace.say(self.current, "nothing refused")
 
     def _check_dyndbg_classes(self) -> None:
         """Carried descriptors may name a class whose map (`__dyndbg_classes`) stays behind.
@@ -243,6 +268,7 @@ class PatchBuilder:
     def _include_code(self, section: Section, because: Symbol) -> None:
         if id(section) in self.slices:
             return
+        self.trace.say(self.current, f"carry {section.name} (for {because.name})")
         functions = [s for s in self.patched.symbols_in(section) if s.is_function]
         others = [s for s in functions if parent_function_name(s.name) is None]
         if len(others) > 1:
@@ -260,6 +286,8 @@ class PatchBuilder:
     def _include_whole(self, section: Section) -> None:
         if id(section) in self.slices:
             return
+        if not section.is_text:
+            self.trace.say(self.current, f"carry {section.name}")
         piece = _Slice(section, [(0, section.size)])
         self.slices[id(section)] = piece
         self.whole.append(section)
@@ -590,6 +618,8 @@ class PatchBuilder:
     # -- output --------------------------------------------------------------------------------
 
     def build(self) -> ElfObject:
+        """Pass (emit): the patch object, from what the other passes selected."""
+        self.current = "emit"
         patched = self.patched
         out = ElfObject(name="patch")
         file_symbol = next((s for s in patched.obj.symbols if s.type == STT_FILE), None)
@@ -648,6 +678,9 @@ class PatchBuilder:
         modinfo = self._modinfo()
         if modinfo is not None:
             out.sections.append(modinfo)
+        for section in out.sections:
+            self.trace.say(self.current, f"section {section.name}: {section.size} bytes, "
+                                         f"{len(section.relocations or ())} relocations")
         out.sections.append(Section(".note.GNU-stack", SHT_PROGBITS, 0, b""))
         return out
 
@@ -777,10 +810,14 @@ def include_and_build(
     comparison: Comparison,
     resolver: Resolver,
     sizes: EntrySizes,
+    trace: Trace | None = None,
 ) -> Inclusion:
-    """Run selection and, when nothing was refused, build the patch object."""
-    builder = PatchBuilder(correlation, comparison, resolver, sizes)
-    builder.select()
+    """Run the passes in order (select functions, select table entries, safety checks)
+    and, when nothing was refused, the last one: emit the patch object."""
+    builder = PatchBuilder(correlation, comparison, resolver, sizes, trace)
+    for selection_pass in (builder.select_functions, builder.select_table_entries,
+                           builder.check):
+        selection_pass()
     refusals = list(builder.refusals)
     output = None
     if not refusals:
