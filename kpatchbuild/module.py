@@ -271,26 +271,26 @@ def _ship_diff_object(
     obj = read_elf_bytes(write_elf(diff.patch_object), name=diff.object_name)
     defined = {s.name: s for s in obj.symbols if s.is_function and s.section is not None}
     stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(diff.object_name).stem)
-    patched = []
-    for change in diff.changed_functions:
-        symbol = defined.get(change.name)
+
+    def add_alias(function_name: str, alias: str, what: str) -> None:
+        """A global alias at the function's address, for the registration to name."""
+        symbol = defined.get(function_name)
         if symbol is None:
-            raise ModuleLinkError(f"{where}: {diff.object_name} does not define the changed "
-                                  f"function {change.name}; log: {log}")
-        alias = f"kpb_func_{index}_{re.sub(r'[^A-Za-z0-9_]', '_', change.name)}"
+            raise ModuleLinkError(f"{where}: {diff.object_name} does not define the {what} "
+                                  f"{function_name}; log: {log}")
         obj.symbols.append(Symbol(alias, value=symbol.value, size=symbol.size, bind=STB_GLOBAL,
                                   type=STT_FUNC, section=symbol.section))
+
+    patched = []
+    for change in diff.changed_functions:
+        alias = f"kpb_func_{index}_{re.sub(r'[^A-Za-z0-9_]', '_', change.name)}"
+        add_alias(change.name, alias, "changed function")
         patched.append(PatchedFunction(diff.objname, change.old_name or change.name,
                                        change.old_sympos or 0, alias))
     registered = []
     for kind, function_name in diff.callbacks:
-        symbol = defined.get(function_name)
-        if symbol is None:
-            raise ModuleLinkError(f"{where}: {diff.object_name} does not define its {kind} "
-                                  f"callback {function_name}; log: {log}")
         alias = f"kpb_callback_{index}_{kind}"
-        obj.symbols.append(Symbol(alias, value=symbol.value, size=symbol.size, bind=STB_GLOBAL,
-                                  type=STT_FUNC, section=symbol.section))
+        add_alias(function_name, alias, f"{kind} callback")
         registered.append(PatchCallback(diff.objname, kind, alias,
                                         f"{diff.object_name}: {function_name}"))
     shipped = f"kpb_{index}_{stem}.o"
