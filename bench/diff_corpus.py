@@ -76,9 +76,12 @@ def bench_series(label: str, tree: Path, files: Path, repeat: int) -> list[tuple
     series = SUITE_TREES[label].series if label in SUITE_TREES else label.split("-")[0]
     release = (tree / "include/config/kernel.release").read_text().strip()
     start = time.perf_counter()
-    table = load_symbol_table(files / "System.map")
+    symbols = files / "vmlinux.symbols"  # the compact table, where the store has one
+    if not symbols.is_file():
+        symbols = files / "System.map"
+    table = load_symbol_table(symbols)
     exports = load_module_symvers(files / "Module.symvers")
-    print(f"\n== {label} ({release}): symbol table + Module.symvers "
+    print(f"\n== {label} ({release}): {symbols.name} + Module.symvers "
           f"{time.perf_counter() - start:.3f} s (once)")
 
     builder = _builder(label, tree, release)
