@@ -158,10 +158,18 @@ def diff_objects(
     assert output is not None
 
     carried = {id(s) for s in inclusion.included_functions}
-    for verdict in comparison.functions.values():
+    redirected: set[tuple[int, int, int]] = set()  # (section, value, size): aliases are one
+    # Globals first: of a function and its aliases, the patch redirects the global name.
+    verdicts = sorted(comparison.functions.values(),
+                      key=lambda v: (v.patched.bind == STB_LOCAL, v.patched.name))
+    for verdict in verdicts:
         symbol = verdict.patched
         if id(symbol) not in carried or parent_function_name(symbol.name) is not None:
             continue
+        place = (id(symbol.section), symbol.value, symbol.size)
+        if place in redirected:
+            continue
+        redirected.add(place)
         change = FunctionChange(
             name=symbol.name,
             old_name=verdict.orig.name if verdict.orig is not None else None,

@@ -270,7 +270,8 @@ class PatchBuilder:
             return
         self.trace.say(self.current, f"carry {section.name} (for {because.name})")
         functions = [s for s in self.patched.symbols_in(section) if s.is_function]
-        others = [s for s in functions if parent_function_name(s.name) is None]
+        # Aliases (SYSCALL_DEFINE0's __x64_sys_x for __do_sys_x) are one function.
+        others = {(s.value, s.size) for s in functions if parent_function_name(s.name) is None}
         if len(others) > 1:
             self.refusals.append(
                 f"function {because.name} shares section {section.name} with "

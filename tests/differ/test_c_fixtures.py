@@ -546,3 +546,16 @@ int tally(int v)
     result = diff_pair(build_pair(tmp_path, source, patched))
     assert names(result.changed_functions) == {"tally"}
     assert any(r.target_name.startswith("seen") for r in result.resolutions)
+
+
+def test_aliases_of_one_function_are_one_change(tmp_path: Path) -> None:
+    """SYSCALL_DEFINE0 makes __x64_sys_x and __ia32_sys_x aliases of __do_sys_x, in one
+    section: one function, redirected once, by a global name."""
+    source = BASE + """
+static long __do_sys_thing(void *regs) { return shared_total + 42; }
+long __x64_sys_thing(void *regs) __attribute__((alias("__do_sys_thing")));
+long __ia32_sys_thing(void *regs) __attribute__((alias("__do_sys_thing")));
+"""
+    result = diff_pair(build_pair(tmp_path, source, source.replace("42", "43")))
+    (change,) = [f for f in result.changed_functions if "thing" in f.name]
+    assert change.global_binding and change.name in ("__x64_sys_thing", "__ia32_sys_thing")
