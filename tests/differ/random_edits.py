@@ -167,8 +167,11 @@ def run_case(case: EditCase, corpus_case: Case, builder: CorpusBuilder, symbols:
         # Compiled out (#ifdef) if neither object has it nor anything calling it.
         names = {base_function_name(s.name) for s in read_elf(pair.orig).symbols
                  if s.is_function}
-        callers = _source_callers((builder.tree / case.source).read_text(), case.function)
-        case.compiled_in = case.function in names or bool(callers & names)
+        text = (builder.tree / case.source).read_text()
+        callers = _source_callers(text, case.function)
+        # `#else #define fn(p) do {} while (0)`: the callers use the macro, not the function.
+        macro = re.search(rf"^\s*#\s*define\s+{re.escape(case.function)}\(", text, re.M)
+        case.compiled_in = case.function in names or (bool(callers & names) and not macro)
         return case
     case.exit_code = 0
     case.changed = sorted(f.name for f in result.changed_functions)
