@@ -16,6 +16,7 @@ instructions, in one wheel with no system library.)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -303,14 +304,23 @@ _SAME_REGISTER_IDIOMS = frozenset({Mnemonic.XOR, Mnemonic.SUB, Mnemonic.SBB, Mne
 
 def _reads(instruction: Instruction, register: int) -> bool:
     """Does the instruction depend on the register's value? (`xor r,r`, `sbb r,r` do not.)"""
-    if (instruction.mnemonic in _SAME_REGISTER_IDIOMS and instruction.op_count == 2
-            and instruction.op0_kind == OpKind.REGISTER == instruction.op1_kind
-            and instruction.op0_register == instruction.op1_register):
-        return False
-    return any(RegisterInfo(used.register).full_register == register and used.access in _READS
-               for used in _INFO.info(instruction).used_registers())
+    return register in _register_access(instruction)[0]
 
 
 def _writes(instruction: Instruction, register: int) -> bool:
-    return any(RegisterInfo(used.register).full_register == register and used.access in _WRITES
-               for used in _INFO.info(instruction).used_registers())
+    return register in _register_access(instruction)[1]
+
+
+@functools.lru_cache(maxsize=65536)
+def _register_access(instruction: Instruction) -> tuple[frozenset[int], frozenset[int]]:
+    """(full registers read, full registers written); instructions compare by value, so the
+    answer is shared by every function holding the same instruction."""
+    used = _INFO.info(instruction).used_registers()
+    reads = frozenset(RegisterInfo(u.register).full_register for u in used if u.access in _READS)
+    writes = frozenset(RegisterInfo(u.register).full_register for u in used
+                       if u.access in _WRITES)
+    if (instruction.mnemonic in _SAME_REGISTER_IDIOMS and instruction.op_count == 2
+            and instruction.op0_kind == OpKind.REGISTER == instruction.op1_kind
+            and instruction.op0_register == instruction.op1_register):
+        reads = frozenset()
+    return reads, writes
