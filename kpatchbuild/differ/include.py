@@ -534,8 +534,9 @@ class PatchBuilder:
             # The site stays the compiler's default: a disabled tracepoint or pr_debug().
             what = "tracepoint" if key.startswith("__tracepoint_") else "dynamic debug print"
             self.notes.append(f"{what} {key.removeprefix('__tracepoint_')} in {user} is inert "
-                              f"in the patched function: its key lives in {resolution.objname} "
-                              "and is not exported, so its jump entry is dropped")
+                              f"in the patched function: its key lives in module "
+                              f"{resolution.objname}, bound only after the loader reads the "
+                              "jump table, so its entry is dropped")
             return
         if section.name == "__jump_table":
             self.refusals.append(
