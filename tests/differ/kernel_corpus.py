@@ -327,7 +327,7 @@ CASES = [
         changed=frozenset({"__set_task_comm"}),
         kept_sections=frozenset({"__jump_table"}),
         references=frozenset({".klp.sym.vmlinux.__tracepoint_task_rename,0"}),
-        # gcc 14 moves the tracepoint's call out of line.
+        # gcc 14 moves the tracepoint's call out of line, into a `.cold` part.
         per_series={"6.12-gcc14": {"carried": frozenset({"__set_task_comm.cold"})}},
     ),
     Case(
