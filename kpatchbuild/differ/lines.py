@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -95,12 +96,13 @@ def line_shift(old: bytes, new: bytes, calls: dict[int, str],
         return LineShift(frozenset())
     new_code = _decode(new)
     old_code = {offset: instruction for offset, instruction, _ in _decode(old)}
+    by_offset = {offset: index for index, (offset, _, _) in enumerate(new_code)}
     differing = [i for i in range(len(new)) if old[i] != new[i]]
     deltas: set[int] = set()
     unproven: set[int] = set()
     for position, (offset, instruction, immediate) in enumerate(new_code):
         end = offset + instruction.len
-        inside = [i for i in differing if offset <= i < end]
+        inside = differing[bisect_left(differing, offset):bisect_left(differing, end)]
         if not inside:
             continue
         before = old_code.get(offset)
@@ -112,7 +114,7 @@ def line_shift(old: bytes, new: bytes, calls: dict[int, str],
         register = _line_register(instruction)
         if register is None:
             return None
-        use = _use_of(register, new_code[position + 1:], calls, new_code)
+        use = _use_of(register, position + 1, new_code, by_offset, calls)
         if use is _Use.PRINTED and _follows_file_argument(register, position, new_code, strings):
             use = _Use.LINE
         delta = _immediate(instruction) - _immediate(before)
@@ -164,10 +166,10 @@ _PRINTF_LIKE = re.compile(r"printk|^_dev_|^dev_printk|^panic$|^__dynamic_|^__drm
                           r"^seq_printf$|^v?s?n?printf$|^scnprintf$")
 
 
-def _use_of(register: int, following: Sequence[tuple[int, Instruction, object]],
-            calls: dict[int, str], code: Sequence[tuple[int, Instruction, object]] = ()
-            ) -> _Use:
-    """What the code after a `mov $imm, register` (or `push $imm`) does with the value.
+def _use_of(register: int, start: int, code: Sequence[tuple[int, Instruction, object]],
+            by_offset: dict[int, int], calls: dict[int, str]) -> _Use:
+    """What the code from ``code[start]`` on, after a `mov $imm, register` (or `push $imm`),
+    does with the value (``by_offset``: instruction index by offset, for jump targets).
 
     Every path is followed, through the function's own jumps and both ways of each
     conditional one, to its first call, tail jump or write of the register: the value is a
@@ -176,10 +178,6 @@ def _use_of(register: int, following: Sequence[tuple[int, Instruction, object]],
     number of pushes after it on its path. A jump into the function's `.cold` part leaves
     the value unproven.
     """
-    by_offset = {offset: index for index, (offset, _, _) in enumerate(code)}
-    start = by_offset.get(following[0][0]) if following else None
-    if start is None:
-        return _Use.OTHER
     uses: set[_Use] = set()
     pending = [(start, 0)]
     seen: set[tuple[int, int]] = set()

@@ -87,12 +87,3 @@ def scan_line_arguments(tree: Path) -> dict[str, set[int]]:
         if name not in macros and kept:
             table[name] = kept
     return table
-
-
-def read_table(path: Path) -> dict[str, set[int]]:
-    table: dict[str, set[int]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, position = line.split()
-            table.setdefault(name, set()).add(int(position))
-    return table

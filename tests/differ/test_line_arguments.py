@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from kpatchbuild.differ.lines import LINE_ARGUMENT
 from tests.conftest import KernelTree
-from tests.differ.line_arguments import read_table, scan_line_arguments
+from tests.differ.line_arguments import scan_line_arguments
 
 pytestmark = pytest.mark.kernel
 
@@ -17,7 +18,7 @@ TABLE = Path(__file__).resolve().parents[2] / "kpatchbuild" / "differ" / "line_a
 
 def test_table_covers_the_tree(debian_kernel_tree: KernelTree) -> None:
     scanned = scan_line_arguments(debian_kernel_tree.path)
-    table = read_table(TABLE)
+    table = LINE_ARGUMENT
     missing = {name: sorted(positions - table.get(name, set()))
                for name, positions in scanned.items() if positions - table.get(name, set())}
     assert not missing, f"add to {TABLE.name}: {missing}"
