@@ -27,8 +27,9 @@ EXAMPLES = {
     "no-check": {"fs/readdir.o": (["filldir64"], [])},
     "shared-global": {"fs/proc/cmdline.o": ([], ["kpb_shared_marker"]),
                       "fs/proc/version.o": (["version_proc_show"], [])},
-    "task-comm-kpatch": {"fs/exec.o": (["__set_task_comm"], ["kpatch_post_unpatch_comm",
-                                                             "kpatch_pre_patch_comm"])},
+    "task-comm-kpatch": {"fs/exec.o": (["__set_task_comm"], []),
+                         "fs/proc/version.o": ([], ["kpatch_post_unpatch_comm",
+                                                    "kpatch_pre_patch_comm"])},
 }
 
 
@@ -55,13 +56,16 @@ def test_example_is_built_and_proven(recipe: str) -> None:
 
 
 def test_kpatch_style_patch_keeps_its_tracepoint_and_registers_its_callbacks() -> None:
-    """src.orig/ src/ headers and kpatch-macros.h callbacks; the tracepoint's unexported key
-    a livepatch relocation of the jump table (proven above: the check needs the callback)."""
+    """src.orig/ src/ headers and kpatch-macros.h callbacks in an object with no changed
+    function; the tracepoint's unexported key a livepatch relocation of the jump table
+    (proven above: the check needs the callback)."""
     stage = build_recipe_stage("task-comm-kpatch")
-    (diff,) = json.loads((stage.work / "diffs.json").read_text())["diffs"]
-    report = json.loads(Path(diff["report"]).read_text())
-    assert report["callbacks"] == {"pre_patch": "kpatch_pre_patch_comm",
-                                   "post_unpatch": "kpatch_post_unpatch_comm"}
+    diffs = {d["object"]: d for d in json.loads((stage.work / "diffs.json").read_text())["diffs"]}
+    callbacks = json.loads(Path(diffs["fs/proc/version.o"]["report"]).read_text())
+    assert callbacks["callbacks"] == {"pre_patch": "kpatch_pre_patch_comm",
+                                      "post_unpatch": "kpatch_post_unpatch_comm"}
+    assert not callbacks["changed_functions"]
+    report = json.loads(Path(diffs["fs/exec.o"]["report"]).read_text())
     assert "__jump_table" in {s["name"] for s in report["sections"]}
     assert ".klp.sym.vmlinux.__tracepoint_task_rename,0" in {s["name"] for s in
                                                              report["symbols"]}
