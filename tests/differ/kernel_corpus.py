@@ -331,6 +331,25 @@ CASES = [
         per_series={"6.12-gcc14": {"carried": frozenset({"__set_task_comm.cold"})}},
     ),
     Case(
+        # A block behind a static key that calls a __cold function (printk) goes to a
+        # `.cold` part that nothing but the jump entry's target and an R_X86_64_NONE of the
+        # parent reach: it must travel with __set_task_comm, and the entry with it.
+        "cold_part_behind_jump_label",
+        EXEC,
+        replace_once("\ttask_lock(tsk);\n",
+                     "\tif (static_branch_unlikely(&init_on_free))\n"
+                     '\t\tpr_info("kpb: %s\\n", buf);\n\ttask_lock(tsk);\n',
+                     after="void __set_task_comm("),
+        0,
+        changed=frozenset({"__set_task_comm"}),
+        carried=frozenset({"__set_task_comm.cold"}),
+        kept_sections=frozenset({"__jump_table"}),
+        references=frozenset({"init_on_free"}),
+        # gcc 12 on 6.12 makes no `.cold` parts (see cold_split_and_bug).
+        per_series={"6.12": {"carried": frozenset()},
+                    "6.12-gcc14": {"carried": frozenset({"__set_task_comm.cold"})}},
+    ),
+    Case(
         "static_call",
         BASE,
         replace_once("if (pos >= PID_MAX_LIMIT + TGID_OFFSET)\n\t\treturn 0;",
