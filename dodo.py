@@ -7,9 +7,9 @@ import sys
 
 from doit import get_var
 
-from kpatchbuild.errors import KpbError
-from kpatchbuild.store import Store
-from kpatchbuild.tasks import DOIT_CONFIG, diff_task_creators, generate_tasks, pipelines
+from kpatchbuild.base.errors import KpbError
+from kpatchbuild.base.store import Store
+from kpatchbuild.graph.tasks import DOIT_CONFIG, diff_task_creators, generate_tasks, pipelines
 
 __all__ = ["DOIT_CONFIG", "task_pipeline"]
 

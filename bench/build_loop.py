@@ -24,7 +24,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from kpatchbuild.store import default_root  # noqa: E402
+from kpatchbuild.base.store import default_root  # noqa: E402
 
 TARGET = "debian-6.1-cloud-amd64"
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kpatchbuild.base.store import Store  # noqa: E402
 from kpatchbuild.differ import CannotPatch, diff_objects  # noqa: E402
+from kpatchbuild.differ.symbols import load_module_symvers, load_symbol_table  # noqa: E402
 from kpatchbuild.elf import read_elf  # noqa: E402
-from kpatchbuild.store import Store  # noqa: E402
-from kpatchbuild.symbols import load_module_symvers, load_symbol_table  # noqa: E402
-from tests.chroots import SUITE_TREES, make_chroot  # noqa: E402
 from tests.differ.kernel_corpus import CASES, Case, CorpusBuilder  # noqa: E402
+from tests.support.chroots import SUITE_TREES, make_chroot  # noqa: E402
 
 LARGE_SOURCES = [
     "fs/proc/base.c",

@@ -2,7 +2,7 @@
 
 (a) initramfs: the host's interpreter, the shared libraries ldd lists, the modules the
     command imports (compiled) and the package, copied into the busybox initramfs
-    (kpatchbuild.guestpython.guest_python);
+    (kpatchbuild.stages.prove.guestpython.guest_python);
 (b) 9p: the host's root shared read-only over virtio-9p, as virtme-ng does; the guest
     loads the 9p modules, mounts it, and runs the same interpreter chrooted into it.
 
@@ -32,8 +32,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from kpatchbuild import guestpython, initramfs, vm  # noqa: E402
-from kpatchbuild.store import default_root  # noqa: E402
+from kpatchbuild.base.store import default_root  # noqa: E402
+from kpatchbuild.stages.prove import guestpython, initramfs, vm  # noqa: E402
 
 GENERIC_RELEASE = "6.1.0-56-amd64"
 # 9p over virtio-pci and what it needs, in dependency order (the modules' depends=).

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kpatchbuild.symbols import load_module_symvers, load_symbol_table  # noqa: E402
+from kpatchbuild.differ.symbols import load_module_symvers, load_symbol_table  # noqa: E402
 from tests.differ.kernel_corpus import CorpusBuilder  # noqa: E402
 from tests.differ.random_edits import (  # noqa: E402
     generate,

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kpatchbuild.errors import KpbError
+from kpatchbuild.base.errors import KpbError
 
 # Modules that provide a subcommand: each has add_parser(subparsers) setting func=run(args)->int.
 SUBCOMMAND_MODULES: list[str] = ["kpatchbuild.differ.cli"]

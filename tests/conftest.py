@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.debian import VMLINUX_SYMBOLS
-from kpatchbuild.errors import KpbError
-from kpatchbuild.store import Store, default_root
-from tests.chroots import (
+from kpatchbuild.base.errors import KpbError
+from kpatchbuild.base.store import Store, default_root
+from kpatchbuild.stages.fetch.debian import VMLINUX_SYMBOLS
+from tests.support.chroots import (
     SUITE_TREES,
     Chroot,
     make_chroot,

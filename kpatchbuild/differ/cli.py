@@ -12,14 +12,14 @@ import json
 import sys
 from pathlib import Path
 
+from kpatchbuild.base.errors import KpbError
 from kpatchbuild.differ.diff import diff_objects
 from kpatchbuild.differ.report import write_report
 from kpatchbuild.differ.resolve import kernel_version
+from kpatchbuild.differ.symbols import load_module_symvers, load_symbol_table, module_objname
 from kpatchbuild.differ.trace import PASSES, Trace
 from kpatchbuild.elf.read import read_elf
 from kpatchbuild.elf.write import write_elf_file
-from kpatchbuild.errors import KpbError
-from kpatchbuild.symbols import load_module_symvers, load_symbol_table, module_objname
 
 EXIT_WRITTEN = 0
 EXIT_CANNOT_PATCH = 2

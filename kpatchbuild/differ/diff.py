@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kpatchbuild.base.errors import KpbError
 from kpatchbuild.differ.compare import Comparison, FunctionVerdict, compare_objects
 from kpatchbuild.differ.correlate import Correlation, correlate_symbols
 from kpatchbuild.differ.include import include_and_build
@@ -14,11 +15,10 @@ from kpatchbuild.differ.index import ObjectIndex, parent_function_name
 from kpatchbuild.differ.marks import read_marks
 from kpatchbuild.differ.resolve import Resolution, Resolver
 from kpatchbuild.differ.special import EntrySizes
+from kpatchbuild.differ.symbols import Export, SymbolTable
 from kpatchbuild.differ.trace import Trace
 from kpatchbuild.elf.model import STB_LOCAL, STT_FILE, STT_SECTION, ElfObject, Symbol
 from kpatchbuild.elf.read import read_elf
-from kpatchbuild.errors import KpbError
-from kpatchbuild.symbols import Export, SymbolTable
 
 
 class CannotPatch(KpbError):

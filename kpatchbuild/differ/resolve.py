@@ -15,9 +15,9 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from kpatchbuild.base.errors import KpbError
 from kpatchbuild.differ.index import ObjectIndex
-from kpatchbuild.errors import KpbError
-from kpatchbuild.symbols import Export, SymbolTable, module_objname
+from kpatchbuild.differ.symbols import Export, SymbolTable, module_objname
 
 EXPORTED = "exported"
 KLP = "klp"

@@ -20,6 +20,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
+from kpatchbuild.base.errors import KpbError
 from kpatchbuild.elf.model import (
     EM_X86_64,
     ET_REL,
@@ -44,7 +45,6 @@ from kpatchbuild.elf.model import (
     Symbol,
 )
 from kpatchbuild.elf.structs import ELF64_EHDR, ELF64_RELA, ELF64_SHDR, ELF64_SYM, ELF64_WORD
-from kpatchbuild.errors import KpbError
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS64 = 2

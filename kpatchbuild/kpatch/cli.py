@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kpatchbuild.errors import KpbError
+from kpatchbuild.base.errors import KpbError
 from kpatchbuild.kpatch import install as installing
 from kpatchbuild.kpatch import livepatch
 from kpatchbuild.kpatch.errors import KpatchError, exit_codes_text

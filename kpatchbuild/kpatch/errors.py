@@ -7,7 +7,7 @@ the line. argparse's own usage errors exit with 2.
 
 from __future__ import annotations
 
-from kpatchbuild.errors import KpbError
+from kpatchbuild.base.errors import KpbError
 
 EXIT_CODES: dict[int, str] = {
     0: "success",

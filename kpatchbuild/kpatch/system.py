@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from kpatchbuild.buildid import build_id_in_notes
+from kpatchbuild.base.notes import build_id_in_notes
 from kpatchbuild.kpatch.errors import KpatchError
 
 ROOT_ENV = "KPATCH_ROOT"

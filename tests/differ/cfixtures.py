@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild.differ import DiffResult, diff_objects
+from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf import read_elf
-from kpatchbuild.symbols import load_symbol_table
 
 CFLAGS = ["-O2", "-ffunction-sections", "-fdata-sections", "-fno-asynchronous-unwind-tables",
           "-fno-pic", "-mcmodel=kernel", "-c"]

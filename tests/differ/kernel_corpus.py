@@ -30,8 +30,8 @@ from pathlib import Path
 
 from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import STT_SECTION
-from kpatchbuild.patched import patch_headers
-from tests.chroots import Chroot
+from kpatchbuild.stages.patched.patched import patch_headers
+from tests.support.chroots import Chroot
 
 KCFLAGS = "-ffunction-sections -fdata-sections"
 # The Debian kernel series the corpus runs on (see tests/conftest.py for their trees).

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.differ.index import base_function_name
+from kpatchbuild.differ.symbols import Export, SymbolTable
 from kpatchbuild.elf import read_elf, write_elf_file
-from kpatchbuild.symbols import Export, SymbolTable
 from tests.differ.kernel_corpus import Case, CorpusBuilder
 
 EXPECTATIONS = Path(__file__).with_name("random_edits.json")

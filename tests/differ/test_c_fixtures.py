@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.differ import CannotPatch, diff_objects
+from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf import read_elf, write_elf_file
 from kpatchbuild.elf.model import STT_SECTION
-from kpatchbuild.symbols import load_symbol_table
 from tests.differ import cfixtures
 from tests.differ.cfixtures import available_compilers, build_pair, diff_pair, names
 

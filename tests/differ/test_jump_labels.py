@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.differ import CannotPatch, diff_objects
+from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf.model import R_X86_64_PC64
-from kpatchbuild.symbols import load_symbol_table
 from tests.differ.cfixtures import build_pair
 
 # One static branch, as arch_static_branch() emits it: a 5-byte nop, and a jump entry of

@@ -10,10 +10,9 @@ import pytest
 
 from kpatchbuild.__main__ import main
 from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
+from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
 from kpatchbuild.elf.model import STT_FILE
-from kpatchbuild.symbols import load_symbol_table
-from tests.chroots import SUITE_TREES
 from tests.conftest import KernelTree, chroot_kernel_tree
 from tests.differ.kernel_corpus import (
     CASES,
@@ -25,6 +24,7 @@ from tests.differ.kernel_corpus import (
     dyndbg_descriptors,
 )
 from tests.elf.snapshot import snapshot
+from tests.support.chroots import SUITE_TREES
 
 pytestmark = pytest.mark.kernel
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild import debian, target_modules
+from kpatchbuild.base.store import Store
 from kpatchbuild.differ import diff_objects
-from kpatchbuild.store import Store
-from kpatchbuild.symbols import load_module_symvers, load_symbol_table
+from kpatchbuild.differ.symbols import load_module_symvers, load_symbol_table
+from kpatchbuild.stages.fetch import debian, target_modules
 from tests.conftest import KernelTree, RecipeStage
 from tests.differ.kernel_corpus import Case, CorpusBuilder, replace_once
 

@@ -13,9 +13,9 @@ from kpatchbuild.differ.include import PatchBuilder
 from kpatchbuild.differ.index import ObjectIndex
 from kpatchbuild.differ.resolve import Resolver
 from kpatchbuild.differ.special import EntrySizes
+from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.differ.trace import Trace
 from kpatchbuild.elf import read_elf
-from kpatchbuild.symbols import load_symbol_table
 from tests.differ.cfixtures import build_pair
 from tests.differ.test_special import SOURCE as BUG_SOURCE
 

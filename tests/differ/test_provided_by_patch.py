@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.differ import CannotPatch, diff_objects
+from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf import read_elf, write_elf_file
-from kpatchbuild.symbols import load_symbol_table
 from tests.differ.cfixtures import Pair, build_pair, names
 
 A_ORIG = "int a_value(int v) { return v + 1; }\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.symbols import load_module_symvers, load_symbol_table
+from kpatchbuild.differ.symbols import load_module_symvers, load_symbol_table
 from tests.conftest import KernelTree
 from tests.differ.kernel_corpus import CorpusBuilder
 from tests.differ.random_edits import generate, load_expectations, problems, run_case

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.symbols import (
+from kpatchbuild.differ.symbols import (
     AmbiguousSymbol,
     SymbolsError,
     load_module_symvers,
@@ -184,7 +184,7 @@ def test_local_in_two_units_of_one_file_name_without_evidence_is_refused(tmp_pat
 
 
 def test_compact_table_round_trip(tmp_path: Path) -> None:
-    from kpatchbuild.symbols import write_compact_table
+    from kpatchbuild.differ.symbols import write_compact_table
 
     original = load_symbol_table(_link_units(tmp_path, UNITS))
     compact = tmp_path / "vmlinux.symbols"
@@ -201,7 +201,7 @@ def test_compact_table_round_trip(tmp_path: Path) -> None:
 
 
 def test_damaged_compact_table(tmp_path: Path) -> None:
-    from kpatchbuild.symbols import write_compact_table
+    from kpatchbuild.differ.symbols import write_compact_table
 
     compact = tmp_path / "vmlinux.symbols"
     write_compact_table(load_symbol_table(_link_units(tmp_path, UNITS)), compact)

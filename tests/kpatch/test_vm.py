@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild import guestpython, initramfs, vm
+from kpatchbuild.stages.prove import guestpython, initramfs, vm
 from tests.conftest import PROJECT, RecipeStage, run_doit
 
 pytestmark = pytest.mark.kernel
@@ -87,7 +87,7 @@ def _build_module(recipe: str, target: str, env: dict[str, str]) -> Path:
 
 
 def vm_cache_work() -> Path:
-    from kpatchbuild.store import default_root
+    from kpatchbuild.base.store import default_root
     return default_root() / "work"
 
 

@@ -1,0 +1,430 @@
+"""One recipe on one kernel target: its steps, and the small records that link them.
+
+Per recipe and kernel target, the flow of the package, one call per step:
+
+    fetch -> configure -> make_original (prepare a Debian tree | build a kernel)
+    -> check_patches -> build_patched_objects -> diff_object (each changed object)
+    -> collect_diffs -> link -> prove
+
+Each step records its result in a small JSON or text file under
+``<cache>/work/<recipe>/<target>/``; a later step reads only those records, and the heavy
+artifacts they point to live in the content-addressed store, so two recipes on the same
+kernel share one original stage. Nothing here knows doit: ``tasks.py`` turns the steps
+into tasks, with these records as their targets and dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from kpatchbuild.base import kbuild
+from kpatchbuild.base.commands import say
+from kpatchbuild.base.errors import BuildError, KpbError
+from kpatchbuild.base.store import (
+    PROJECT_ROOT,
+    Store,
+    content_key,
+    file_hash,
+    write_atomically,
+)
+from kpatchbuild.differ import CannotPatch
+from kpatchbuild.graph.recipe import KernelTarget, Recipe, find_recipes
+from kpatchbuild.stages.config import kconfig
+from kpatchbuild.stages.diff import objdiff
+from kpatchbuild.stages.fetch import debian, source, target_modules
+from kpatchbuild.stages.module import buildid, module
+from kpatchbuild.stages.original import original
+from kpatchbuild.stages.patched import patched
+from kpatchbuild.stages.patches import patching
+from kpatchbuild.stages.prove import vm
+
+RECIPES_ENV = "KPATCHBUILD_RECIPES"
+
+
+@dataclass(frozen=True)
+class TargetPipeline:
+    """The steps of one recipe on one kernel target, and the files that link them."""
+
+    store: Store
+    recipe: Recipe
+    target: KernelTarget
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe.name}/{self.target.name}"
+
+    @property
+    def work(self) -> Path:
+        return self.store.root / "work" / self.recipe.name / self.target.name
+
+    @property
+    def fetch_record(self) -> Path:
+        return self.work / "fetch.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.work / "config"
+
+    @property
+    def original_record(self) -> Path:
+        return self.work / "original.json"
+
+    @property
+    def patches_record(self) -> Path:
+        return self.work / "patches.json"
+
+    @property
+    def objects_record(self) -> Path:
+        return self.work / "objects.json"
+
+    @property
+    def diffs_record(self) -> Path:
+        return self.work / "diffs.json"
+
+    @property
+    def module_record(self) -> Path:
+        return self.work / "module.json"
+
+    @property
+    def proof_record(self) -> Path:
+        return self.work / "proof.json"
+
+    @property
+    def build_log(self) -> Path:
+        return self.store.log_path(f"build-{self.recipe.name}-{self.target.name}")
+
+    def read(self, record: Path) -> dict:
+        return json.loads(record.read_text())
+
+    def write(self, record: Path, data: dict) -> None:
+        write_atomically(record, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def source_tree(self) -> source.SourceTree:
+        data = self.read(self.fetch_record)["source"]
+        return source.SourceTree(Path(data["path"]), data["key"], data["origin"])
+
+    # --- fetch ---
+
+    def fetch(self) -> None:
+        if self.target.debian:
+            kernel = debian.resolve_release(self.target.debian, self.store)
+            # Both mostly wait on dpkg-deb, xz and the disk: unpack the source meanwhile.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                files_job = pool.submit(debian.kernel_files, self.store, kernel)
+                tree = source.debian_source_tree(self.store, kernel.packages["source"])
+                files = files_job.result()
+            record = {"kind": "debian", "kernel": kernel.to_json(), "files": str(files.path)}
+        else:
+            assert self.target.source is not None
+            tree = source.obtain_source(self.store, self.target.source,
+                                        f"{self.target.place}.source")
+            record = {"kind": "built"}
+        record["source"] = {"path": str(tree.path), "key": tree.key, "origin": tree.origin}
+        self.write(self.fetch_record, record)
+
+    def fetch_still_current(self) -> bool:
+        """False when what the recipe names now resolves to something else (Debian moved on,
+        a local tree changed), so fetch runs again even though no file it depends on did."""
+        if not self.fetch_record.is_file():
+            return False
+        record = self.read(self.fetch_record)
+        if not Path(record["source"]["path"]).is_dir():
+            return False
+        if self.target.debian and not (Path(record["files"]) / debian.VMLINUX_SYMBOLS).is_file():
+            return False  # fetched before vmlinux's symbol table was kept
+        try:
+            if self.target.debian and not self.target.debian.image:
+                release, version = debian.newest_release_known(self.target.debian, self.store)
+                return (release, version) == (record["kernel"]["release"],
+                                              record["kernel"]["version"])
+            spec = self.target.source
+            if spec and spec.kind == "tree":
+                assert spec.path is not None
+                return source.tree_fingerprint(spec.path) == record["source"]["key"]
+            if spec and spec.kind == "debian" and not spec.version:
+                assert spec.package is not None
+                newest = debian.newest_version_known(spec.package, self.store)
+                return newest == record["source"]["origin"]["version"]
+        except KpbError:
+            return True  # offline or index gone: keep what was fetched
+        return True
+
+    # --- config ---
+
+    def configure(self) -> None:
+        record = self.read(self.fetch_record)
+        if record["kind"] == "debian":
+            text = (Path(record["files"]) / "config").read_text()
+            original.check_livepatch_config(text, self.label)
+            kbuild.check_compiler(text, f"{self.label} (Debian's config)")
+        else:
+            assert self.target.config is not None
+            log = self.store.log_path(f"config-{self.recipe.name}-{self.target.name}")
+            log.unlink(missing_ok=True)
+            scratch = self.store.tmp / f"config-{os.getpid()}"
+            try:
+                text = kconfig.make_config(self.source_tree().path, self.target.config,
+                                           scratch, log)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        write_atomically(self.config_file, text)
+
+    def config_deps(self) -> list[str]:
+        deps = [str(self.recipe.path), str(self.fetch_record)]
+        if self.target.config:
+            deps += [str(p) for p in self.target.config.fragments]
+            if self.target.config.base_path:
+                deps.append(str(self.target.config.base_path))
+        return deps
+
+    # --- original stage ---
+
+    def make_original(self) -> None:
+        record = self.read(self.fetch_record)
+        config_text = self.config_file.read_text()
+        tree = self.source_tree()
+        if record["kind"] == "debian":
+            files = Path(record["files"])
+            stage = original.prepare_debian_tree(
+                self.store, tree, config_text, record["kernel"]["release"],
+                files / "Module.symvers", label=self.label.replace("/", "-"),
+            )
+        else:
+            stage = original.build_kernel(self.store, tree, config_text,
+                                          label=self.label.replace("/", "-"))
+        self.write(self.original_record, {"kind": stage.kind, "key": stage.key,
+                                          "path": str(stage.path), "release": stage.release})
+        say(f"  {self.label}: original stage {stage.release} at {stage.tree}")
+
+    def original_still_there(self) -> bool:
+        if not self.original_record.is_file():
+            return False
+        return (Path(self.read(self.original_record)["path"]) / "manifest.json").is_file()
+
+    # --- patches ---
+
+    def stage(self) -> original.OriginalStage:
+        """The original stage the record names, as its manifest in the store describes it."""
+        record = self.read(self.original_record)
+        artifact = self.store.lookup(record["kind"], record["key"])
+        if artifact is None:
+            raise BuildError(f"{self.label}: its original stage {record['path']} is no longer "
+                             "in the cache; run the build again to make it")
+        return original.OriginalStage.from_artifact(artifact)
+
+    def check_patches(self) -> None:
+        tree = Path(self.read(self.original_record)["path"]) / "tree"
+        touched = patching.check_patches_apply(self.recipe.patches, tree, self.recipe.strip)
+        self.write(self.patches_record, {"patches": [str(p) for p in self.recipe.patches],
+                                         "strip": self.recipe.strip,
+                                         "touched": touched})
+
+
+    # --- patched objects and their diffs ---
+
+    def build_patched_objects(self) -> None:
+        self.build_log.unlink(missing_ok=True)
+        pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
+                                           where=str(self.recipe.path), log=self.build_log,
+                                           header_index=self.target.header_index,
+                                           strip=self.recipe.strip)
+        for pair in pairs:
+            if pair.identical:
+                say(f"  {pair.object}: no change in the compiled object")
+        self.write(self.objects_record, {"objects": [p.to_json() for p in pairs]})
+
+    def target_modules(self) -> target_modules.DebianModules | target_modules.BuiltModules:
+        """Where this kernel's loadable modules come from: Debian's image, or the build."""
+        if self.target.kind == "debian":
+            kernel = debian.KernelRelease.from_json(self.read(self.fetch_record)["kernel"])
+            return target_modules.DebianModules(self.store, kernel.packages["image"],
+                                                kernel.release)
+        return target_modules.BuiltModules(self.stage().tree)
+
+    def symbol_files(self, target: str) -> objdiff.SymbolFiles:
+        """What references into ``target`` resolve against: vmlinux's symbol table (the
+        compact one from Debian's -dbg package, else System.map), or the module's .ko."""
+        if self.target.kind == "debian":
+            files = Path(self.read(self.fetch_record)["files"])
+        else:
+            files = self.stage().tree
+        if target == "vmlinux":
+            symbols = files / debian.VMLINUX_SYMBOLS
+            if not symbols.is_file():
+                symbols = files / "System.map"
+            return objdiff.SymbolFiles(symbols, files / "Module.symvers")
+        return objdiff.SymbolFiles(self.target_modules().find(target),
+                                   files / "Module.symvers")
+
+    def changed_pairs(self) -> list[patched.ObjectPair]:
+        """The rebuilt objects whose bytes differ from the original: one diff task each."""
+        if not self.objects_record.is_file():
+            return []  # `doit list` before anything was built
+        return [patched.ObjectPair(**o) for o in self.read(self.objects_record)["objects"]
+                if not o["identical"]]
+
+    def object_diff_record(self, obj: str) -> Path:
+        return self.work / "diffs" / f"{obj}.json"
+
+    def diff_object(self, pair: patched.ObjectPair) -> None:
+        """Diff one object; a refusal the recipe expects is recorded, any other one fails."""
+        workspace = patched.Workspace(self.store, self.stage())
+        sizes = objdiff.measured_entry_sizes(self.store, workspace)
+        try:
+            provided = objdiff.provided_by_others(pair, self.changed_pairs())
+            diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes,
+                                     self.stage().release, provided)
+        except CannotPatch as refusal:
+            if not (self.recipe.refused and self.recipe.refused in refusal.message):
+                raise
+            say(f"  refused, as the recipe expects: {refusal.message}")
+            record: dict = {"refused": refusal.message}
+        else:
+            for line in objdiff.decision_lines(diff):
+                say(f"  {line}")
+            record = {"diff": diff.to_json()}
+        self.object_diff_record(pair.object).parent.mkdir(parents=True, exist_ok=True)
+        self.write(self.object_diff_record(pair.object), record)
+
+    def collect_diffs(self) -> None:
+        """The target's diffs in one record: what the module links, or the expected refusal."""
+        pairs = self.changed_pairs()
+        if not pairs:
+            raise KpbError(f"{self.recipe.path}: the patches change no compiled code "
+                           "(every rebuilt object is byte-identical)", exit_code=3)
+        records = [self.read(self.object_diff_record(p.object)) for p in pairs]
+        refused = [r["refused"] for r in records if "refused" in r]
+        if refused:
+            self.write(self.diffs_record, {"diffs": [], "refused": refused[0]})
+            return
+        if self.recipe.refused:
+            raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
+                           f"'{self.recipe.refused}', but the differ accepted the change")
+        diffs = [r["diff"] for r in records]
+        if not any(d["output"] for d in diffs):
+            raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
+                           "only line numbers or nothing the kernel runs", exit_code=3)
+        self.write(self.diffs_record, {"diffs": diffs})
+
+    # --- the module and its proof ---
+
+    def kernel_image(self) -> Path:
+        """The original kernel to boot: Debian's own vmlinuz, or the bzImage built here."""
+        if self.target.kind == "debian":
+            return Path(self.read(self.fetch_record)["files"]) / "vmlinuz"
+        return self.stage().tree / "arch/x86/boot/bzImage"
+
+    def expected_refusal(self, record: Path) -> bool:
+        """True when the diff was refused as the recipe expects: nothing to link or prove."""
+        if "refused" not in self.read(self.diffs_record):
+            return False
+        self.write(record, {"refused": self.read(self.diffs_record)["refused"]})
+        return True
+
+    def link(self) -> None:
+        if self.expected_refusal(self.module_record):
+            return
+        records = [d for d in self.read(self.diffs_record)["diffs"] if d["output"]]
+        diffs = [module.ObjectDiff.from_report(Path(d["report"]), Path(d["output"]))
+                 for d in records]
+        stage = self.stage()
+        log = self.store.log_path(f"module-{self.recipe.name}-{self.target.name}")
+        key = content_key(
+            "module", stage.key, self.recipe.module, self.recipe.replace,
+            self.recipe.description, objdiff.differ_version(), file_hash(Path(module.__file__)),
+            [(file_hash(Path(d["output"])), file_hash(Path(d["report"]))) for d in records],
+            [(p.name, file_hash(p)) for p in self.recipe.sources],
+            [(p.name, file_hash(p)) for p in module_inputs()],
+        )
+        name = f"{self.recipe.module}.ko"
+        if not self.store.lookup("module", key):
+            log.unlink(missing_ok=True)
+            workspace = patched.Workspace(self.store, stage)
+            with self.store.publishing("module", key, {"module": name,
+                                                       "stage": stage.key}) as work:
+                with workspace.locked(), source.no_write_through(
+                    workspace.tree, what="linking the module", on_damage=workspace.discard
+                ):
+                    ko = module.link_module(
+                        workspace.tree, self.recipe.module, diffs, self.work / "module",
+                        release=stage.release, log=log, replace=self.recipe.replace,
+                        build_id=self.kernel_build_id(), sources=self.recipe.sources,
+                        description=self.recipe.description,
+                    )
+                shutil.copyfile(ko, work / name)
+        final = self.work / name
+        shutil.copyfile(self.store.path("module", key) / name, final.with_suffix(".ko.tmp"))
+        os.replace(final.with_suffix(".ko.tmp"), final)
+        say(f"  module: {final}")
+        for diff in diffs:
+            for change in diff.changed_functions:
+                say(f"    {diff.object_name}: changed function: {change.name}")
+            for change in diff.new_functions:
+                say(f"    {diff.object_name}: new function: {change.name}")
+        say(f"  build log: {log}")
+        # The module's hash in its record: a relinked module with new bytes is proven again.
+        self.write(self.module_record, {"module": str(final), "release": stage.release,
+                                        "log": str(log), "xxh3": file_hash(final)})
+
+    def kernel_build_id(self) -> str:
+        """The build id of the kernel the module is for; decompressing vmlinuz once."""
+        image = self.kernel_image()
+        memory = ("build-id", file_hash(image))
+        known = self.store.recall(memory)
+        if not known:
+            known = buildid.kernel_build_id(image)
+            self.store.remember(memory, known)
+        return known
+
+    def patched_modules(self) -> list[Path]:
+        """The modules the patch changes, with their dependencies, to load before it."""
+        targets = sorted({d["target"] for d in self.read(self.diffs_record)["diffs"]
+                          if d["output"] and d["target"] != "vmlinux"})
+        modules = self.target_modules()
+        ordered: list[Path] = []
+        for name in targets:
+            ordered += [ko for ko in target_modules.with_dependencies(name, modules.find)
+                        if ko not in ordered]
+        return ordered
+
+    def prove(self) -> None:
+        if self.expected_refusal(self.proof_record):
+            return
+        if not self.recipe.check:
+            say(f"  {self.label}: the recipe has no 'check': the proof shows the module loads, "
+                "transitions, disables and unloads cleanly, not that it fixes anything")
+        ko = Path(self.read(self.module_record)["module"])
+        result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
+                                    workdir=self.work / "vm", preload=self.patched_modules())
+        exit_line = f"{vm.module_name(ko)}: exit"
+        if exit_line not in result.console_log.read_text(errors="replace"):
+            raise KpbError(f"{self.label}: the module unloaded but its exit function never ran "
+                           f"('{exit_line}' missing): the module's struct module does not match "
+                           f"the kernel's; console log: {result.console_log}")
+        say(f"  proven in {self.read(self.module_record)['release']} under qemu "
+            f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
+        say(f"  console log: {result.console_log}")
+        self.write(self.proof_record, {"module": str(ko), "console_log": str(result.console_log),
+                                       "steps": [s.name for s in result.steps],
+                                       "checked": self.recipe.check is not None,
+                                       "elapsed": result.elapsed, "accel": result.accel})
+
+
+def recipes_dir() -> Path:
+    return Path(os.environ.get(RECIPES_ENV) or PROJECT_ROOT / "recipes")
+
+
+def pipelines(store: Store, only: str | None) -> list[TargetPipeline]:
+    recipes = find_recipes(recipes_dir(), only)
+    return [TargetPipeline(store, recipe, target)
+            for recipe in recipes for target in recipe.targets]
+
+
+def module_inputs() -> list[Path]:
+    """The templates a module is generated from: an edit to them relinks every module."""
+    return sorted((PROJECT_ROOT / "kmod").glob("*"))

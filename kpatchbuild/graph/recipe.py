@@ -1,0 +1,468 @@
+"""A recipe: YAML in, frozen values out, every mistake reported with its file, key and line.
+
+A recipe lives in its own directory (``recipes/<name>/recipe.yaml``) with its patches and
+config fragments beside it; relative paths are relative to that directory. The recipe's name
+is its directory's name.
+
+Validation works on pyyaml's node tree rather than on loaded dicts, because only nodes still
+know the line they came from, and "line 7: targets[0].debian: unknown key 'flavor'" is what
+lets a user fix a recipe without reading our code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from kpatchbuild.base.errors import RecipeError
+
+RECIPE_FILE = "recipe.yaml"
+
+# The bases kbuild can make itself; anything else is a path to a .config.
+KCONFIG_BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig", "olddefconfig")
+
+_OPTION_LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_NOT_SET_LINE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+_MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,54}$")
+_SERIES = re.compile(r"^\d+\.\d+$")
+_FLAVOUR = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+[^\s]*)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SOURCE_PACKAGE = re.compile(r"^(linux-source-\d+\.\d+)(?:=(\S+))?$")
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a value came from, for error messages: ``recipes/x/recipe.yaml:7: targets[0]``."""
+
+    file: Path
+    line: int
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}"
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One ``CONFIG_X=value`` request; ``value`` is ``n`` for "is not set"."""
+
+    name: str
+    value: str
+    place: Place
+
+
+@dataclass(frozen=True)
+class DebianKernel:
+    """A kernel Debian ships: an exact image package, or a series and flavour to resolve."""
+
+    image: str | None
+    series: str | None
+    flavour: str | None
+
+    @property
+    def label(self) -> str:
+        if self.image:
+            return self.image.removeprefix("linux-image-")
+        return f"debian-{self.series}-{self.flavour}"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a built kernel's source comes from."""
+
+    kind: Literal["debian", "tarball", "tree"]
+    package: str | None = None  # linux-source-6.1
+    version: str | None = None  # pinned Debian version, or None for the newest
+    path: Path | None = None  # tarball or tree
+    sha256: str | None = None  # tarball only
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """A base config plus fragments and inline options, in the order they apply."""
+
+    base: str  # a KCONFIG_BASE_TARGETS name, or "file"
+    base_path: Path | None
+    fragments: tuple[Path, ...]
+    options: tuple[ConfigOption, ...]  # fragments' options first, then inline ones
+
+
+@dataclass(frozen=True)
+class KernelTarget:
+    """One kernel a recipe's patch is built for: Debian's own, or one configured and built."""
+
+    name: str
+    place: Place
+    debian: DebianKernel | None = None
+    source: SourceSpec | None = None
+    config: ConfigSpec | None = None
+    # A Debian kernel may index which objects include each header (a one-time pass over
+    # its tree), so that patches to headers can be built; a built kernel always knows.
+    header_index: bool = False
+
+    @property
+    def kind(self) -> Literal["debian", "built"]:
+        return "debian" if self.debian else "built"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    module: str
+    description: str
+    targets: tuple[KernelTarget, ...]
+    patches: tuple[Path, ...]
+    check: str | None
+    replace: bool
+    sources: tuple[Path, ...] = ()  # the recipe's own C files, compiled into the module
+    refused: str | None = None  # the words an expected refusal must contain
+    strip: int = 1  # the patches' -p level: path components to drop from their file names
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+
+class _NodeReader:
+    """Typed accessors over yaml nodes that raise RecipeError naming file, line and key."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    def place(self, node: Node, key: str) -> Place:
+        return Place(self.file, node.start_mark.line + 1, key)
+
+    def fail(self, node: Node, key: str, message: str) -> RecipeError:
+        return RecipeError(f"{self.place(node, key)}: {message}")
+
+    def mapping(
+        self, node: Node, key: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> dict[str, Node]:
+        if not isinstance(node, MappingNode):
+            raise self.fail(node, key, f"expected a mapping, found {_describe(node)}")
+        allowed = required + optional
+        found: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, ScalarNode) else None
+            sub = f"{key}.{name}" if key else str(name)
+            if name not in allowed:
+                hint = difflib.get_close_matches(str(name), allowed, n=1)
+                advice = f"did you mean '{hint[0]}'?" if hint else "remove it"
+                raise self.fail(
+                    key_node, sub,
+                    f"unknown key; expected one of {', '.join(allowed)} ({advice})",
+                )
+            if name in found:
+                raise self.fail(key_node, sub, "key given twice; keep one")
+            found[name] = value_node
+        for name in required:
+            if name not in found:
+                raise self.fail(node, key or "(top level)", f"missing required key '{name}'")
+        return found
+
+    def string(self, node: Node, key: str, pattern: re.Pattern[str] | None = None,
+               what: str = "") -> str:
+        if not isinstance(node, ScalarNode) or node.tag not in (
+            "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+        ):
+            raise self.fail(node, key, f"expected a string, found {_describe(node)}")
+        # An unquoted 6.1 is a float to YAML: keep the text the user wrote, not 6.1 as a number.
+        text = node.value
+        if not text.strip():
+            raise self.fail(node, key, "must not be empty")
+        if pattern is not None and not pattern.match(text):
+            raise self.fail(node, key, f"'{text}' is not {what}")
+        return text
+
+    def integer(self, node: Node, key: str, low: int, high: int) -> int:
+        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+            raise self.fail(node, key, f"expected a number, found {_describe(node)}")
+        try:
+            value = int(node.value)
+        except ValueError:
+            raise self.fail(node, key, f"expected a number, found '{node.value}'") from None
+        if not low <= value <= high:
+            raise self.fail(node, key, f"{value} is not between {low} and {high}")
+        return value
+
+    def boolean(self, node: Node, key: str) -> bool:
+        if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+            raise self.fail(node, key, f"expected true or false, found {_describe(node)}")
+        return node.value.lower() in ("true", "yes", "on")
+
+    def sequence(self, node: Node, key: str, allow_empty: bool = False) -> list[Node]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail(node, key, f"expected a list, found {_describe(node)}")
+        if not node.value and not allow_empty:
+            raise self.fail(node, key, "must list at least one entry")
+        return list(node.value)
+
+    def existing_file(self, node: Node, key: str) -> Path:
+        text = self.string(node, key)
+        path = (self.file.parent / text).resolve()
+        if not path.is_file():
+            raise self.fail(node, key, f"file '{text}' not found (looked for {path})")
+        return path
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == "tag:yaml.org,2002:null":
+        return "nothing"
+    kind = node.tag.rsplit(":", 1)[-1]
+    return f"{kind} '{node.value}'"
+
+
+def parse_config_line(text: str) -> tuple[str, str] | None:
+    """``CONFIG_X=y`` or ``# CONFIG_X is not set`` -> (name, value); other lines -> None."""
+    text = text.strip()
+    match = _OPTION_LINE.match(text)
+    if match:
+        return match.group(1), match.group(2)
+    match = _NOT_SET_LINE.match(text)
+    if match:
+        return match.group(1), "n"
+    return None
+
+
+def read_fragment(path: Path) -> list[ConfigOption]:
+    """A Kconfig fragment: option lines, comments and blank lines; anything else is an error."""
+    options = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parsed = parse_config_line(line)
+        if parsed is None:
+            if line.strip() and not line.lstrip().startswith("#"):
+                raise RecipeError(
+                    f"{path}:{number}: '{line.strip()}' is not a config line; "
+                    "write CONFIG_NAME=value or '# CONFIG_NAME is not set'"
+                )
+            continue
+        options.append(ConfigOption(parsed[0], parsed[1], Place(path, number, parsed[0])))
+    return options
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate ``path`` (a recipe.yaml, or the directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECIPE_FILE
+    if not path.is_file():
+        raise RecipeError(
+            f"{path}: recipe not found; a recipe is a directory holding {RECIPE_FILE}"
+        )
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(
+            f"{path}{line}: YAML syntax error: {error.problem or error.context}; fix the recipe"
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not readable as YAML: {error}") from None
+    if root is None:
+        raise RecipeError(f"{path}: the recipe is empty; it needs at least 'targets' and 'patches'")
+
+    reader = _NodeReader(path)
+    name = path.parent.name
+    top = reader.mapping(
+        root, "", required=("targets", "patches"),
+        optional=("description", "module", "check", "replace", "sources", "refused", "strip"),
+    )
+    module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
+    if "module" in top:
+        module = reader.string(top["module"], "module", _MODULE_NAME,
+                               "a module name (lower case, digits and _, at most 55 characters)")
+    targets = tuple(
+        _read_target(reader, node, f"targets[{index}]")
+        for index, node in enumerate(reader.sequence(top["targets"], "targets"))
+    )
+    seen: dict[str, KernelTarget] = {}
+    for target in targets:
+        if target.name in seen:
+            raise RecipeError(
+                f"{target.place}: target name '{target.name}' is used twice; give one a 'name'"
+            )
+        seen[target.name] = target
+    patches = tuple(
+        reader.existing_file(node, f"patches[{index}]")
+        for index, node in enumerate(reader.sequence(top["patches"], "patches"))
+    )
+    return Recipe(
+        name=name,
+        path=path.resolve(),
+        module=module,
+        description=reader.string(top["description"], "description")
+        if "description" in top else "",
+        targets=targets,
+        patches=patches,
+        check=reader.string(top["check"], "check") if "check" in top else None,
+        replace=reader.boolean(top["replace"], "replace") if "replace" in top else True,
+        sources=tuple(
+            reader.existing_file(node, f"sources[{index}]")
+            for index, node in enumerate(reader.sequence(top["sources"], "sources"))
+        ) if "sources" in top else (),
+        refused=reader.string(top["refused"], "refused") if "refused" in top else None,
+        strip=reader.integer(top["strip"], "strip", 0, 9) if "strip" in top else 1,
+    )
+
+
+def _read_target(reader: _NodeReader, node: Node, key: str) -> KernelTarget:
+    fields = reader.mapping(node, key, required=(),
+                            optional=("name", "debian", "source", "config", "header_index"))
+    place = reader.place(node, key)
+    if "debian" in fields:
+        if "source" in fields or "config" in fields:
+            raise reader.fail(
+                node, key,
+                "a target is either 'debian' (Debian's own kernel) or 'source' + 'config' "
+                "(a kernel to build), not both",
+            )
+        debian = _read_debian(reader, fields["debian"], f"{key}.debian")
+        name = debian.label
+        if "name" in fields:
+            name = reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name")
+        header_index = ("header_index" in fields
+                        and reader.boolean(fields["header_index"], f"{key}.header_index"))
+        return KernelTarget(name=name, place=place, debian=debian, header_index=header_index)
+    if "header_index" in fields:
+        raise reader.fail(fields["header_index"], f"{key}.header_index",
+                          "only a 'debian' target needs a header index: a built kernel "
+                          "knows which objects include each header from its build")
+    if "source" not in fields or "config" not in fields:
+        raise reader.fail(
+            node, key,
+            "a target needs 'debian' (Debian's own kernel) or both 'source' and 'config' "
+            "(a kernel to build)",
+        )
+    if "name" not in fields:
+        raise reader.fail(node, key, "a built kernel target needs a 'name'")
+    return KernelTarget(
+        name=reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name"),
+        place=place,
+        source=_read_source(reader, fields["source"], f"{key}.source"),
+        config=_read_config(reader, fields["config"], f"{key}.config"),
+    )
+
+
+def _read_debian(reader: _NodeReader, node: Node, key: str) -> DebianKernel:
+    fields = reader.mapping(node, key, required=(), optional=("image", "series", "flavour"))
+    if "image" in fields:
+        if "series" in fields or "flavour" in fields:
+            raise reader.fail(node, key, "give either 'image' or 'series' + 'flavour', not both")
+        image = reader.string(fields["image"], f"{key}.image", _IMAGE_PACKAGE,
+                              "a Debian kernel image package (linux-image-6.1.0-56-cloud-amd64)")
+        if image.endswith(("-dbg", "-unsigned")):
+            raise reader.fail(fields["image"], f"{key}.image",
+                              f"'{image}' is not the image itself; name linux-image-<release>")
+        return DebianKernel(image=image, series=None, flavour=None)
+    if "series" not in fields or "flavour" not in fields:
+        raise reader.fail(node, key, "give 'image', or both 'series' (6.1) and 'flavour' "
+                                     "(cloud-amd64)")
+    return DebianKernel(
+        image=None,
+        series=reader.string(fields["series"], f"{key}.series", _SERIES,
+                             "a kernel series such as \"6.1\" (quote it)"),
+        flavour=reader.string(fields["flavour"], f"{key}.flavour", _FLAVOUR,
+                              "a Debian kernel flavour such as cloud-amd64"),
+    )
+
+
+def _read_source(reader: _NodeReader, node: Node, key: str) -> SourceSpec:
+    fields = reader.mapping(node, key, required=(),
+                            optional=("debian", "tarball", "sha256", "tree"))
+    kinds = [kind for kind in ("debian", "tarball", "tree") if kind in fields]
+    if len(kinds) != 1:
+        raise reader.fail(node, key, "give exactly one of 'debian' (linux-source-6.1), "
+                                     "'tarball' (with 'sha256') or 'tree'")
+    kind = kinds[0]
+    if "sha256" in fields and kind != "tarball":
+        raise reader.fail(fields["sha256"], f"{key}.sha256", "only a 'tarball' has a sha256")
+    if kind == "debian":
+        text = reader.string(fields["debian"], f"{key}.debian", _SOURCE_PACKAGE,
+                             "a Debian source package (linux-source-6.1 or "
+                             "linux-source-6.1=6.1.192-2)")
+        match = _SOURCE_PACKAGE.match(text)
+        assert match is not None
+        return SourceSpec(kind="debian", package=match.group(1), version=match.group(2))
+    if kind == "tarball":
+        if "sha256" not in fields:
+            raise reader.fail(node, key, "a 'tarball' needs its 'sha256' (sha256sum prints it)")
+        return SourceSpec(
+            kind="tarball",
+            path=reader.existing_file(fields["tarball"], f"{key}.tarball"),
+            sha256=reader.string(fields["sha256"], f"{key}.sha256", _SHA256,
+                                 "a sha256 (64 lower-case hex digits)"),
+        )
+    text = reader.string(fields["tree"], f"{key}.tree")
+    tree = (reader.file.parent / text).resolve()
+    if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
+        raise reader.fail(fields["tree"], f"{key}.tree",
+                          f"'{text}' is not a kernel source tree "
+                          f"(no Makefile and Kconfig in {tree})")
+    return SourceSpec(kind="tree", path=tree)
+
+
+def _read_config(reader: _NodeReader, node: Node, key: str) -> ConfigSpec:
+    fields = reader.mapping(node, key, required=("base",), optional=("fragments", "options"))
+    base = reader.string(fields["base"], f"{key}.base")
+    base_path = None
+    if base not in KCONFIG_BASE_TARGETS:
+        base_path = (reader.file.parent / base).resolve()
+        if not base_path.is_file():
+            raise reader.fail(
+                fields["base"], f"{key}.base",
+                f"'{base}' is neither one of {', '.join(KCONFIG_BASE_TARGETS)} "
+                f"nor an existing .config file",
+            )
+        base = "file"
+    fragments: list[Path] = []
+    options: list[ConfigOption] = []
+    if "fragments" in fields:
+        for index, item in enumerate(reader.sequence(fields["fragments"], f"{key}.fragments")):
+            fragment = reader.existing_file(item, f"{key}.fragments[{index}]")
+            fragments.append(fragment)
+            options.extend(read_fragment(fragment))
+    if "options" in fields:
+        for index, item in enumerate(reader.sequence(fields["options"], f"{key}.options")):
+            sub = f"{key}.options[{index}]"
+            parsed = parse_config_line(reader.string(item, sub))
+            if parsed is None:
+                raise reader.fail(item, sub, f"'{item.value}' is not CONFIG_NAME=value")
+            options.append(ConfigOption(parsed[0], parsed[1], reader.place(item, sub)))
+    return ConfigSpec(base=base, base_path=base_path, fragments=tuple(fragments),
+                      options=tuple(options))
+
+
+def find_recipes(recipes_dir: Path, only: str | None = None) -> list[Recipe]:
+    """Every recipe under ``recipes_dir`` (or just ``only``), sorted by name."""
+    recipes_dir = Path(recipes_dir)
+    if only:
+        candidate = recipes_dir / only
+        if not (candidate / RECIPE_FILE).is_file():
+            known = ", ".join(sorted(p.parent.name for p in recipes_dir.glob(f"*/{RECIPE_FILE}")))
+            raise RecipeError(f"recipe '{only}' not found in {recipes_dir} (recipes: {known})")
+        return [load_recipe(candidate)]
+    return [load_recipe(p) for p in sorted(recipes_dir.glob(f"*/{RECIPE_FILE}"))]
+
+
+def each_target(recipes: list[Recipe]) -> list[tuple[Recipe, KernelTarget]]:
+    return [(recipe, target) for recipe in recipes for target in recipe.targets]
+
+
+__all__: list[str] = [
+    "ConfigOption", "ConfigSpec", "DebianKernel", "KernelTarget", "Place", "Recipe",
+    "SourceSpec", "find_recipes", "load_recipe", "parse_config_line", "read_fragment",
+]

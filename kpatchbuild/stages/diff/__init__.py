@@ -1,0 +1,2 @@
+"""diff: the differ applied to each changed object pair of a target, cached by content.
+"""

@@ -1,0 +1,446 @@
+"""Debian's own kernels: a release resolved to its packages, fetched and unpacked only as needed.
+
+For a release REL (``6.1.0-56-cloud-amd64``) at Debian version V (``6.1.192-2``):
+- ``linux-image-REL``: ``vmlinuz-REL`` (booted for proof) and ``config-REL``;
+- ``linux-image-REL-dbg``: only its ``System.map`` (the image ships a placeholder) and the
+  symbol table of its ``vmlinux`` (kept in the compact form, ``vmlinux.symbols``: which
+  object each local symbol comes from), the archive's first two members, so they come out
+  without unpacking the rest;
+- ``linux-headers-REL``: ``Module.symvers`` (Debian builds with modversions);
+- ``linux-source-X.Y`` at exactly V: the code the image was built from.
+Everything is fetched with ``apt-get download`` (no root, nothing installed), verified
+against the sha256 Debian's index gives, and stored by that hash.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from kpatchbuild.base.commands import say
+from kpatchbuild.base.errors import FetchError
+from kpatchbuild.base.store import (
+    Artifact,
+    Store,
+    content_key,
+    default_root,
+    file_hash,
+    sha256_file,
+)
+from kpatchbuild.differ.symbols import load_symbol_table, write_compact_table
+from kpatchbuild.graph.recipe import DebianKernel
+
+ROLES = ("image", "dbg", "headers", "source")
+VMLINUX_SYMBOLS = "vmlinux.symbols"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DebianPackage:
+    name: str
+    version: str
+    sha256: str
+    filename: str  # the .deb's file name as apt-get download writes it
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}={self.version}"
+
+
+@dataclass(frozen=True)
+class KernelRelease:
+    """A resolved Debian kernel: its release string, Debian version and four packages."""
+
+    release: str
+    version: str
+    packages: dict[str, DebianPackage]
+
+    @property
+    def series(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+    def to_json(self) -> dict:
+        return {"release": self.release, "version": self.version,
+                "packages": {role: asdict(p) for role, p in self.packages.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> KernelRelease:
+        return cls(data["release"], data["version"],
+                   {role: DebianPackage(**p) for role, p in data["packages"].items()})
+
+
+# --- Debian version ordering (deb-version(7)), so "newest" means what dpkg means ---
+
+def _order(char: str) -> int:
+    if char == "~":
+        return -1
+    if char.isdigit():
+        return 0
+    if char.isalpha():
+        return ord(char)
+    return ord(char) + 256
+
+
+def _compare_fragment(left: str, right: str) -> int:
+    i = j = 0
+    while i < len(left) or j < len(right):
+        first_diff = 0
+        while (i < len(left) and not left[i].isdigit()) or (
+            j < len(right) and not right[j].isdigit()
+        ):
+            lc = _order(left[i]) if i < len(left) and not left[i].isdigit() else 0
+            rc = _order(right[j]) if j < len(right) and not right[j].isdigit() else 0
+            if lc != rc:
+                return lc - rc
+            i += 1
+            j += 1
+        while i < len(left) and left[i] == "0":
+            i += 1
+        while j < len(right) and right[j] == "0":
+            j += 1
+        while i < len(left) and left[i].isdigit() and j < len(right) and right[j].isdigit():
+            if not first_diff:
+                first_diff = ord(left[i]) - ord(right[j])
+            i += 1
+            j += 1
+        if i < len(left) and left[i].isdigit():
+            return 1
+        if j < len(right) and right[j].isdigit():
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
+def compare_versions(left: str, right: str) -> int:
+    """<0, 0, >0 as Debian orders the versions ``left`` and ``right``."""
+
+    def split(version: str) -> tuple[int, str, str]:
+        epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
+        upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "0")
+        return int(epoch or 0), upstream, revision
+
+    le, lu, lr = split(left)
+    re_, ru, rr = split(right)
+    if le != re_:
+        return le - re_
+    return _compare_fragment(lu, ru) or _compare_fragment(lr, rr)
+
+
+def newest(versions: list[str]) -> str:
+    best = versions[0]
+    for version in versions[1:]:
+        if compare_versions(version, best) > 0:
+            best = version
+    return best
+
+
+# --- Debian's index, through apt-cache ---
+
+def _apt_cache(*args: str) -> str:
+    """apt-cache with a binary cache of its own.
+
+    Container images of Debian turn apt's package cache off (``Dir::Cache::pkgcache ""``
+    in apt.conf.d/docker-clean), so each apt-cache call re-reads the whole index: a second
+    each, seven of them to resolve one kernel. apt remakes the cache file by itself when the
+    index changes, so one kept in the project's cache is always current: 0.2 s a call.
+    """
+    cache = default_root() / "apt"
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        result = subprocess.run(
+            ["apt-cache", "-o", f"Dir::Cache::pkgcache={cache / 'pkgcache.bin'}",
+             "-o", f"Dir::Cache::srcpkgcache={cache / 'srcpkgcache.bin'}", *args],
+            capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FetchError("apt-cache not found: Debian kernels need a Debian host") from None
+    return result.stdout
+
+
+def available_versions(names: list[str]) -> dict[str, list[str]]:
+    """Binary package name -> versions Debian's index serves (madison, one call for all)."""
+    found: dict[str, list[str]] = {name: [] for name in names}
+    if not names:
+        return found
+    for line in _apt_cache("madison", *names).splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 3 and parts[0] in found and not parts[2].endswith("Sources"):
+            if parts[1] not in found[parts[0]]:
+                found[parts[0]].append(parts[1])
+    return found
+
+
+def package_record(name: str, version: str) -> DebianPackage:
+    """The index's record of one package version: its sha256 and file name."""
+    text = _apt_cache("show", "--no-all-versions", f"{name}={version}")
+    fields = dict(re.findall(r"^(SHA256|Filename|Architecture): (\S+)$", text, re.MULTILINE))
+    if "SHA256" not in fields:
+        raise FetchError(f"Debian's index has no {name} {version}; run apt-get update, "
+                         "or pin a version it serves")
+    arch = fields.get("Architecture", "amd64")
+    epochless = version.split(":", 1)[-1].replace(":", "%3a")
+    return DebianPackage(name, version, fields["SHA256"], f"{name}_{epochless}_{arch}.deb")
+
+
+def resolve_release(spec: DebianKernel, store: Store) -> KernelRelease:
+    """Turn a recipe's Debian kernel into a release and its four packages.
+
+    A series + flavour resolves to the newest release Debian serves, and the answer is
+    remembered: when Debian moves on, the user is told. An exact image that Debian no longer
+    serves still works if an earlier run fetched it.
+    """
+    memory_key = ("resolved", spec.label)
+    if spec.image:
+        release = spec.image.removeprefix("linux-image-")
+        versions = available_versions([spec.image])[spec.image]
+        if not versions:
+            remembered = store.recall(memory_key)
+            if remembered and all(_deb_path(store, KernelRelease.from_json(remembered)
+                                             .packages[r]).exists() for r in ROLES):
+                say(f"note: {spec.image} is no longer in Debian's index; using the copy "
+                    "fetched earlier")
+                return KernelRelease.from_json(remembered)
+            raise FetchError(
+                f"unknown Debian package {spec.image}: not in Debian's index "
+                f"({_known_images_hint(release)}); run apt-get update, or name a release "
+                "Debian serves, or use series + flavour"
+            )
+        version = newest(versions)
+    else:
+        release, version = newest_release(spec)
+    resolved = KernelRelease(release, version, _packages_for(release, version))
+    previous = store.remember(memory_key, resolved.to_json())
+    if previous and previous["release"] != release and not spec.image:
+        say(f"note: Debian moved on: {spec.label} was {previous['release']} "
+            f"({previous['version']}), now {release} ({version})")
+    return resolved
+
+
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _while_index_unchanged(store: Store, memory: tuple[str, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, answered from the store while Debian's index is unchanged.
+
+    apt-cache takes most of a second; the index only changes when apt-get update renames
+    new lists into place, which changes the directory's mtime, so that mtime keys the answer.
+    """
+    try:
+        stamp = APT_LISTS.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    known = store.recall(memory)
+    if stamp is not None and known and known[0] == stamp:
+        return known[1]
+    value = compute()
+    store.remember(memory, (stamp, value))
+    return value
+
+
+def newest_release_known(spec: DebianKernel, store: Store) -> tuple[str, str]:
+    """newest_release, from the store while Debian's index is unchanged."""
+    release, version = _while_index_unchanged(store, ("newest-release", spec.label),
+                                              lambda: newest_release(spec))
+    return release, version
+
+
+def newest_version_known(package: str, store: Store) -> str:
+    """The newest version of ``package`` Debian serves, from the store while the index is
+    unchanged (a no-op build asks on every run whether an unpinned source moved on)."""
+    def ask() -> str:
+        versions = available_versions([package])[package]
+        if not versions:
+            raise FetchError(f"Debian's index has no {package}; run apt-get update")
+        return newest(versions)
+
+    return _while_index_unchanged(store, ("newest-version", package), ask)
+
+
+def newest_release(spec: DebianKernel) -> tuple[str, str]:
+    prefix = f"linux-image-{spec.series}."
+    series, flavour = re.escape(spec.series or ""), re.escape(spec.flavour or "")
+    pattern = re.compile(rf"^linux-image-({series}\.\S+-{flavour})$")
+    names = [n for n in _apt_cache("pkgnames", prefix).split() if pattern.match(n)]
+    if not names:
+        raise FetchError(
+            f"Debian's index has no kernel image for series {spec.series} and flavour "
+            f"{spec.flavour} (no {prefix}*-{spec.flavour}); run apt-get update, or check the "
+            "series and flavour (e.g. 6.1 / cloud-amd64)"
+        )
+    best_name, best_version = "", ""
+    for name, versions in available_versions(names).items():
+        for version in versions:
+            if not best_version or compare_versions(version, best_version) > 0:
+                best_name, best_version = name, version
+    return best_name.removeprefix("linux-image-"), best_version
+
+
+def _known_images_hint(release: str) -> str:
+    flavour = release.split("-", 2)[-1] if release.count("-") >= 2 else ""
+    series = ".".join(release.split(".")[:2])
+    names = sorted(n.removeprefix("linux-image-")
+                   for n in _apt_cache("pkgnames", f"linux-image-{series}.").split()
+                   if flavour and n.endswith(f"-{flavour}"))
+    return f"it serves {', '.join(names)}" if names else "it serves none of this series"
+
+
+def _packages_for(release: str, version: str) -> dict[str, DebianPackage]:
+    series = ".".join(version.split(".")[:2])
+    names = {
+        "image": f"linux-image-{release}",
+        "dbg": f"linux-image-{release}-dbg",
+        "headers": f"linux-headers-{release}",
+        "source": f"linux-source-{series}",
+    }
+    served = available_versions(list(names.values()))
+    packages = {}
+    for role, name in names.items():
+        if version not in served[name]:
+            found = ", ".join(served[name]) or "none"
+            raise FetchError(
+                f"{name} {version} (the image's version) is not in Debian's index; "
+                f"versions found: {found}. The source must match the image exactly: "
+                "pick an image release whose version these packages share"
+            )
+        packages[role] = package_record(name, version)
+    return packages
+
+
+# --- fetching and unpacking ---
+
+def _deb_path(store: Store, package: DebianPackage) -> Path:
+    return store.path("deb", package.sha256) / package.filename
+
+
+def fetch_package(store: Store, package: DebianPackage) -> Path:
+    """The package's .deb in the store, downloaded and sha256-checked if not there yet."""
+    artifact = store.lookup("deb", package.sha256)
+    if artifact:
+        return artifact.path / package.filename
+    say(f"  fetching {package.name} {package.version}")
+    manifest = {"package": asdict(package)}
+    with store.publishing("deb", package.sha256, manifest) as work:
+        result = subprocess.run(["apt-get", "download", package.spec], cwd=work,
+                                capture_output=True, text=True)
+        deb = work / package.filename
+        if result.returncode != 0 or not deb.is_file():
+            detail = result.stderr.strip().splitlines()
+            raise FetchError(f"apt-get download {package.spec} failed: "
+                             f"{detail[-1] if detail else 'no file written'}")
+        actual = sha256_file(deb)
+        if actual != package.sha256:
+            raise FetchError(f"{package.filename}: sha256 {actual} does not match Debian's "
+                             f"index ({package.sha256}); run apt-get update and retry")
+        manifest["xxh3"] = file_hash(deb)
+    return _deb_path(store, package)
+
+
+def extract_members(deb: Path, members: list[str], dest: Path, *, first_only: bool = False) -> None:
+    """Pull ``members`` (paths as stored, ``./usr/...``) out of a .deb into ``dest``.
+
+    ``first_only`` stops tar at each member's first match: for the -dbg package, whose
+    System.map and vmlinux are the first members of a 300-800 MB archive. dpkg-deb then
+    complains of a broken pipe and exits non-zero; that is expected, so success is judged
+    by the extracted file.
+    """
+    feeder = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    tar_args = ["tar", "-x", "-C", str(dest)] + (["--occurrence=1"] if first_only else [])
+    tar = subprocess.run([*tar_args, *members], stdin=feeder.stdout, capture_output=True,
+                         text=True)
+    assert feeder.stdout is not None
+    feeder.stdout.close()
+    feeder.wait()
+    missing = [m for m in members if not (dest / m).is_file()]
+    if missing:
+        raise FetchError(f"{deb.name} does not hold {', '.join(missing)} "
+                         f"({tar.stderr.strip() or 'not found in the archive'})")
+
+
+def dbg_members(release: str) -> list[str]:
+    """The -dbg package's System.map and vmlinux: its first two members."""
+    return [f"./usr/lib/debug/boot/System.map-{release}",
+            f"./usr/lib/debug/boot/vmlinux-{release}"]
+
+
+def compact_vmlinux_symbols(vmlinux: Path, destination: Path) -> None:
+    """Keep vmlinux's full symbol table in the compact form, then drop the 600 MB vmlinux.
+
+    Its STT_FILE symbols tell which object defined each local symbol: how livepatch's
+    position of a `__key.0` among 127 namesakes is found (System.map cannot tell).
+    """
+    write_compact_table(load_symbol_table(vmlinux), destination)
+    vmlinux.unlink()
+
+
+def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
+    """vmlinuz, config, System.map and Module.symvers of a release, in one small artifact."""
+    key = content_key("debian-kernel-files-2", kernel.release,
+                      [kernel.packages[r].sha256 for r in ("image", "dbg", "headers")])
+    artifact = store.lookup("debian-kernel", key)
+    if artifact:
+        return artifact
+    rel = kernel.release
+    wanted = {
+        "image": [f"./boot/vmlinuz-{rel}", f"./boot/config-{rel}"],
+        "dbg": dbg_members(rel),
+        "headers": [f"./usr/src/linux-headers-{rel}/Module.symvers"],
+    }
+    manifest: dict = {"release": rel, "version": kernel.version,
+                      "packages": {r: asdict(p) for r, p in kernel.packages.items()}}
+    with store.publishing("debian-kernel", key, manifest) as work:
+        scratch = work / "scratch"
+        scratch.mkdir()
+        for role, members in wanted.items():
+            deb = fetch_package(store, kernel.packages[role])
+            extract_members(deb, members, scratch, first_only=role == "dbg")
+        shutil.move(scratch / f"boot/vmlinuz-{rel}", work / "vmlinuz")
+        shutil.move(scratch / f"boot/config-{rel}", work / "config")
+        shutil.move(scratch / f"usr/lib/debug/boot/System.map-{rel}", work / "System.map")
+        shutil.move(scratch / f"usr/src/linux-headers-{rel}/Module.symvers",
+                    work / "Module.symvers")
+        compact_vmlinux_symbols(scratch / f"usr/lib/debug/boot/vmlinux-{rel}",
+                                work / VMLINUX_SYMBOLS)
+        shutil.rmtree(scratch)
+        if (work / "System.map").stat().st_size < 100_000:
+            raise FetchError(f"System.map-{rel} from {kernel.packages['dbg'].filename} is "
+                             "too small to be the real one")
+        manifest["files"] = {name: file_hash(work / name)
+                             for name in ("vmlinuz", "config", "System.map", "Module.symvers",
+                                          VMLINUX_SYMBOLS)}
+    return store.lookup("debian-kernel", key)  # type: ignore[return-value]
+
+
+def source_tarball(store: Store, package: DebianPackage) -> Path:
+    """The kernel source tarball inside a ``linux-source-X.Y`` package."""
+    artifact = store.lookup("debian-source", package.sha256)
+    if not artifact:
+        deb = fetch_package(store, package)
+        series = package.name.removeprefix("linux-source-")
+        member = f"./usr/src/linux-source-{series}.tar.xz"
+        with store.publishing("debian-source", package.sha256,
+                              {"package": asdict(package)}) as work:
+            extract_members(deb, [member], work)
+            shutil.move(work / member, work / "source.tar.xz")
+            shutil.rmtree(work / "usr")
+        artifact = store.lookup("debian-source", package.sha256)
+        assert artifact is not None
+    return artifact.path / "source.tar.xz"
+
+
+def source_package(spec_package: str, pinned: str | None) -> DebianPackage:
+    """A ``linux-source-X.Y`` package: the pinned version, or the newest Debian serves."""
+    versions = available_versions([spec_package])[spec_package]
+    if not versions:
+        raise FetchError(f"unknown Debian package {spec_package}: not in Debian's index; "
+                         "run apt-get update, or check the name (linux-source-6.1)")
+    if pinned and pinned not in versions:
+        raise FetchError(f"{spec_package} {pinned} is no longer in Debian's index (it serves "
+                         f"{', '.join(versions)}); pin one of those, or drop the version to "
+                         "take the newest")
+    return package_record(spec_package, pinned or newest(versions))

@@ -1,0 +1,42 @@
+"""The store publishes whole artifacts or nothing."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.base.store import Store, content_key, file_hash
+
+
+def test_keys_are_stable_and_input_sensitive(tmp_path: Path) -> None:
+    assert content_key("built", 1, {"b": 2, "a": 1}) == content_key("built", 1, {"a": 1, "b": 2})
+    assert content_key("built", 1) != content_key("built", 2)
+    (tmp_path / "f").write_bytes(b"x" * 3_000_000)
+    assert file_hash(tmp_path / "f") == file_hash(tmp_path / "f")
+    assert len(file_hash(tmp_path / "f")) == 32
+
+
+def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError), store.publishing("thing", "k1", {}) as work:
+        (work / "half").write_text("written")
+        raise RuntimeError("interrupted")
+    assert store.lookup("thing", "k1") is None
+    assert list(store.tmp.iterdir()) == []
+    with store.publishing("thing", "k1", {"made_from": "x"}) as work:
+        (work / "whole").write_text("written")
+    artifact = store.lookup("thing", "k1")
+    assert artifact is not None and (artifact.path / "whole").read_text() == "written"
+    assert artifact.manifest["made_from"] == "x"
+    assert store.index[("thing", "k1")]["key"] == "k1"
+
+
+def test_temp_dirs_of_dead_builders_are_swept(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    leftover = store.tmp / f"built-abc-{dead}"
+    (leftover / "tree").mkdir(parents=True)
+    store.sweep_stale_temps()
+    assert not leftover.exists()

@@ -1,0 +1,365 @@
+"""Bad inputs past the recipe itself: packages, checksums, compilers, patches, Kconfig."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.base import kbuild
+from kpatchbuild.base.errors import BuildError, FetchError, RecipeError, ToolchainError
+from kpatchbuild.base.store import Store, sha256_file
+from kpatchbuild.graph.recipe import ConfigOption, DebianKernel, Place, SourceSpec
+from kpatchbuild.stages.config import kconfig
+from kpatchbuild.stages.fetch import debian, source
+from kpatchbuild.stages.original import original
+from kpatchbuild.stages.patches.patching import check_patches_apply, touched_files
+
+
+@pytest.mark.parametrize(("left", "right", "sign"), [
+    ("6.1.192-2", "6.1.192-1", 1),
+    ("6.1.192-2", "6.1.190-1", 1),
+    ("6.12.117-1~deb12u1", "6.12.117-1", -1),
+    ("6.1.76-1", "6.1.192-1", -1),
+    ("1:1.0-1", "2.0-1", 1),
+    ("1.0", "1.0", 0),
+    ("1.0a", "1.0", 1),
+    ("1.0~rc1", "1.0", -1),
+])
+def test_debian_version_order(left: str, right: str, sign: int) -> None:
+    result = debian.compare_versions(left, right)
+    assert (result > 0) - (result < 0) == sign
+
+
+def test_newest_by_debian_order() -> None:
+    assert debian.newest(["6.1.190-1", "6.1.192-2", "6.1.76-1", "6.1.192-1"]) == "6.1.192-2"
+
+
+@pytest.mark.kernel
+def test_unknown_debian_package(tmp_path: Path) -> None:
+    spec = DebianKernel(image="linux-image-6.1.0-999-cloud-amd64", series=None, flavour=None)
+    with pytest.raises(FetchError) as caught:
+        debian.resolve_release(spec, Store(tmp_path))
+    assert "unknown Debian package linux-image-6.1.0-999-cloud-amd64" in caught.value.message
+    assert "cloud-amd64" in caught.value.message.split("serves", 1)[1]
+
+
+@pytest.mark.kernel
+def test_unknown_series_and_flavour(tmp_path: Path) -> None:
+    spec = DebianKernel(image=None, series="6.1", flavour="no-such-flavour")
+    with pytest.raises(FetchError, match="no kernel image for series 6.1 and flavour "
+                                         "no-such-flavour"):
+        debian.resolve_release(spec, Store(tmp_path))
+
+
+@pytest.mark.kernel
+def test_series_resolves_to_a_release_with_matching_source(tmp_path: Path) -> None:
+    kernel = debian.resolve_release(DebianKernel(None, "6.1", "cloud-amd64"), Store(tmp_path))
+    assert kernel.release.startswith("6.1.0-") and kernel.release.endswith("-cloud-amd64")
+    assert {p.version for p in kernel.packages.values()} == {kernel.version}
+    assert kernel.packages["source"].name == "linux-source-6.1"
+
+
+def test_source_version_must_match_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    def index(names: list[str]) -> dict[str, list[str]]:
+        return {n: (["6.1.190-1", "6.1.187-1"] if n.startswith("linux-source") else
+                    ["6.1.192-2"]) for n in names}
+
+    monkeypatch.setattr(debian, "available_versions", index)
+    with pytest.raises(FetchError) as caught:
+        debian._packages_for("6.1.0-56-cloud-amd64", "6.1.192-2")
+    message = caught.value.message
+    assert "linux-source-6.1 6.1.192-2 (the image's version) is not in Debian's index" in message
+    assert "versions found: 6.1.190-1, 6.1.187-1" in message
+
+
+def test_pinned_source_version_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian, "available_versions", lambda names: {names[0]: ["6.1.192-2"]})
+    with pytest.raises(FetchError, match="linux-source-6.1 6.1.100-1 is no longer in Debian's "
+                                         "index \\(it serves 6.1.192-2\\); pin one of those"):
+        debian.source_package("linux-source-6.1", "6.1.100-1")
+
+
+def test_tarball_checksum_mismatch(tmp_path: Path) -> None:
+    tree = tmp_path / "linux-9.9"
+    tree.mkdir()
+    (tree / "Makefile").write_text("all:\n")
+    tarball = tmp_path / "linux.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(tree, arcname="linux-9.9")
+    spec = SourceSpec(kind="tarball", path=tarball, sha256="0" * 64)
+    with pytest.raises(RecipeError) as caught:
+        source.obtain_source(Store(tmp_path / "cache"), spec, "r.yaml:3: targets[0].source")
+    assert caught.value.message.startswith("r.yaml:3: targets[0].source: tarball ")
+    assert f"has sha256 {sha256_file(tarball)}, the recipe says {'0' * 64}" in \
+        caught.value.message
+    good = SourceSpec(kind="tarball", path=tarball, sha256=sha256_file(tarball))
+    unpacked = source.obtain_source(Store(tmp_path / "cache"), good, "r")
+    assert (unpacked.path / "Makefile").read_text() == "all:\n"
+
+
+def test_xz_tarball_is_unpacked(tmp_path: Path) -> None:
+    """xz tarballs go through xz's threaded decompressor (Debian's kernel tarballs)."""
+    tree = tmp_path / "linux-9.9"
+    (tree / "fs").mkdir(parents=True)
+    (tree / "Makefile").write_text("all:\n")
+    (tree / "fs" / "a.c").write_bytes(bytes(range(256)) * 4000)
+    tarball = tmp_path / "linux.tar.xz"
+    with tarfile.open(tarball, "w:xz") as archive:
+        archive.add(tree, arcname="linux-9.9")
+    spec = SourceSpec(kind="tarball", path=tarball, sha256=sha256_file(tarball))
+    unpacked = source.obtain_source(Store(tmp_path / "cache"), spec, "r")
+    assert (unpacked.path / "fs" / "a.c").read_bytes() == bytes(range(256)) * 4000
+
+
+@pytest.mark.parametrize(("text", "package", "version"), [
+    ("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", "12.2.0-14+deb12u1", "12.2.0"),
+    ("x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0", "12.2.0-14+deb12u1", "12.2.0"),
+    ("gcc (GCC) 13.2.1 20231011 (Red Hat 13.2.1-4)", None, "13.2.1"),
+])
+def test_compiler_text(text: str, package: str | None, version: str) -> None:
+    parsed = kbuild.parse_compiler_text(text)
+    assert parsed.version == version
+    if package:
+        assert parsed.package == package
+
+
+def test_compiler_mismatch_is_refused() -> None:
+    config = 'CONFIG_CC_VERSION_TEXT="gcc-13 (Debian 13.2.0-25) 13.2.0"\n'
+    with pytest.raises(ToolchainError) as caught:
+        kbuild.check_compiler(config, "cmdline/debian-6.1-cloud-amd64")
+    message = caught.value.message
+    assert message.startswith("cmdline/debian-6.1-cloud-amd64: the kernel was built with "
+                              "'gcc-13 (Debian 13.2.0-25) 13.2.0' but the host's gcc is ")
+    assert "build on a host with gcc 13.2.0-25" in message
+
+
+def test_same_compiler_under_another_name_is_accepted() -> None:
+    host = kbuild.host_compiler()
+    config = f'CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-99 ({host.text.split("(")[1]}"\n'
+    assert kbuild.check_compiler(config, "t").version == host.version
+
+
+def make_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "fs/proc").mkdir(parents=True)
+    (tree / "fs/proc/cmdline.c").write_text("".join(f"line {n}\n" for n in range(1, 30)))
+    return tree
+
+
+def write_patch(tmp_path: Path, old: str, new: str, at: int) -> Path:
+    patch = tmp_path / "fix.patch"
+    patch.write_text(f"--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -{at},1 +{at},1 @@\n"
+                     f"-{old}\n+{new}\n")
+    return patch
+
+
+def test_patch_applies_without_touching_the_tree(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    patch = write_patch(tmp_path, "line 12", "line twelve", 12)
+    assert touched_files(patch) == ["fs/proc/cmdline.c"]
+    assert check_patches_apply([patch], tree) == ["fs/proc/cmdline.c"]
+    assert "twelve" not in (tree / "fs/proc/cmdline.c").read_text()
+
+
+def test_patch_that_does_not_apply_names_hunk_file_and_line(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    patch = write_patch(tmp_path, "line 99", "line ninety-nine", 12)
+    with pytest.raises(RecipeError) as caught:
+        check_patches_apply([patch], tree)
+    assert caught.value.message == (f"{patch}: hunk #1 for fs/proc/cmdline.c does not apply at "
+                                    "line 12; rebase the patch onto this kernel's source")
+
+
+def test_patch_for_a_missing_file(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- a/fs/nope.c\n+++ b/fs/nope.c\n@@ -1,1 +1,1 @@\n-a\n+b\n")
+    with pytest.raises(RecipeError, match="a file it patches does not exist"):
+        check_patches_apply([patch], tree)
+
+
+HUNK = "@@ -12,1 +12,1 @@\n-line 12\n+line twelve\n"
+PATCH_SHAPES = {
+    # kpatch's own: diff -Nupr src.orig/ src/, with timestamps after a tab
+    "kpatch": ("diff -Nupr src.orig/fs/proc/cmdline.c src/fs/proc/cmdline.c\n"
+               "--- src.orig/fs/proc/cmdline.c\t2016-11-30 19:39:49.317737234 +0000\n"
+               "+++ src/fs/proc/cmdline.c\t2016-11-30 19:39:52.696737234 +0000\n" + HUNK),
+    # git format-patch: mail headers, a message quoting a diff-like line, the diffstat
+    "mail": ("From 1234abcd Mon Sep 17 00:00:00 2001\nFrom: A Developer <dev@example.org>\n"
+             "Subject: [PATCH] proc: fix line twelve\n\nThe old code read\n"
+             "--- not a header\nso fix it.\n\nSigned-off-by: A Developer <dev@example.org>\n"
+             "---\n fs/proc/cmdline.c | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n\n"
+             "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\nindex 1111111..2222222 100644\n"
+             "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n" + HUNK + "-- \n2.39.5\n"),
+    "crlf": ("--- a/fs/proc/cmdline.c\r\n+++ b/fs/proc/cmdline.c\r\n"
+             + HUNK.replace("\n", "\r\n")),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(PATCH_SHAPES))
+def test_patches_as_people_write_them(tmp_path: Path, shape: str) -> None:
+    tree = make_tree(tmp_path)
+    patch = tmp_path / "fix.patch"
+    patch.write_bytes(PATCH_SHAPES[shape].encode())
+    assert touched_files(patch) == ["fs/proc/cmdline.c"]
+    assert check_patches_apply([patch], tree) == ["fs/proc/cmdline.c"]
+
+
+def test_patch_without_prefix_needs_strip_zero(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- fs/proc/cmdline.c\n+++ fs/proc/cmdline.c\n" + HUNK)
+    assert touched_files(patch, strip=0) == ["fs/proc/cmdline.c"]
+    assert check_patches_apply([patch], tree, strip=0) == ["fs/proc/cmdline.c"]
+    assert touched_files(patch) == ["proc/cmdline.c"]  # as patch -p1 would read it
+    flat = tmp_path / "flat.patch"
+    flat.write_text("--- cmdline.c\n+++ cmdline.c\n" + HUNK)
+    with pytest.raises(RecipeError, match="set the recipe's 'strip'"):
+        touched_files(flat)
+
+
+def test_not_a_patch(tmp_path: Path) -> None:
+    patch = tmp_path / "fix.patch"
+    patch.write_text("hello\n")
+    with pytest.raises(RecipeError, match="not a unified diff"):
+        touched_files(patch)
+
+
+def test_kconfig_expressions() -> None:
+    config = {"CONFIG_PCI": "y", "CONFIG_X": "m", "CONFIG_S": '"abc"'}
+    assert kconfig.evaluate("PCI && !X", config) == 1
+    assert kconfig.evaluate("!(SPARC32 && SMP)", config) == 2
+    assert kconfig.evaluate("VIRTIO_MENU && PCI", config) == 0
+    assert kconfig.evaluate('S = "abc"', config) == 2
+    assert kconfig.evaluate("S != abc", config) == 0
+
+
+def test_merge_options_replaces_and_appends() -> None:
+    base = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n"
+    place = Place(Path("f"), 1, "k")
+    merged = kconfig.merge_options(base, [ConfigOption("CONFIG_B", "y", place),
+                                          ConfigOption("CONFIG_C", "n", place),
+                                          ConfigOption("CONFIG_D", "m", place)])
+    assert kconfig.parse_config(merged) == {"CONFIG_A": "y", "CONFIG_B": "y", "CONFIG_C": "n",
+                                            "CONFIG_D": "m"}
+
+
+def test_dropped_option_names_its_unmet_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "drivers/virtio").mkdir(parents=True)
+    (tmp_path / "drivers/virtio/Kconfig").write_text(
+        "menuconfig VIRTIO_MENU\n\tbool \"Virtio drivers\"\n\nif VIRTIO_MENU\n\n"
+        "config VIRTIO_PCI\n\ttristate \"PCI driver for virtio devices\"\n\tdepends on PCI\n\n"
+        "endif # VIRTIO_MENU\n\nconfig FUTEX\n\tbool \"Futexes\" if EXPERT\n\tdefault y\n"
+    )
+    fragment_place = Place(Path("recipes/x/guest.config"), 4, "CONFIG_VIRTIO_PCI")
+    final = "CONFIG_PCI=y\n# CONFIG_VIRTIO_MENU is not set\n# CONFIG_FUTEX is not set\n"
+    with pytest.raises(RecipeError) as caught:
+        kconfig.verify_options(tmp_path, final, [
+            ConfigOption("CONFIG_VIRTIO_PCI", "y", fragment_place)])
+    assert caught.value.message == (
+        "recipes/x/guest.config:4: CONFIG_VIRTIO_PCI: CONFIG_VIRTIO_PCI=y did not stick (the "
+        "final .config has it unset): it depends on VIRTIO_MENU, which the config leaves off "
+        "(drivers/virtio/Kconfig:6); turn those on in the config too")
+    with pytest.raises(RecipeError, match="FUTEX=y did not stick .* depends on EXPERT"):
+        kconfig.verify_options(tmp_path, final, [ConfigOption("CONFIG_FUTEX", "y",
+                                                              fragment_place)])
+    with pytest.raises(RecipeError, match="CONFIG_NOPE is not an option of this kernel"):
+        kconfig.verify_options(tmp_path, final, [ConfigOption("CONFIG_NOPE", "y",
+                                                              fragment_place)])
+    kconfig.verify_options(tmp_path, final, [ConfigOption("CONFIG_PCI", "y", fragment_place),
+                                             ConfigOption("CONFIG_FUTEX", "n", fragment_place)])
+
+
+def test_run_step_failure_names_the_log(tmp_path: Path) -> None:
+    from kpatchbuild.base.commands import run_step
+    from kpatchbuild.base.errors import BuildError
+
+    log = tmp_path / "step.log"
+    with pytest.raises(BuildError) as caught:
+        run_step(["sh", "-c", "echo compiling; echo broken >&2; exit 3"], step="make all",
+                 log=log)
+    assert caught.value.message == f"make all failed (exit 3); full log: {log}"
+    assert "broken" in log.read_text() and "[exit 3" in log.read_text()
+
+
+
+
+def test_newest_release_is_asked_again_only_when_the_index_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    calls = []
+
+    def resolve(spec: DebianKernel) -> tuple[str, str]:
+        calls.append(spec.label)
+        return f"6.1.0-{len(calls)}-cloud-amd64", "6.1.192-2"
+
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
+    monkeypatch.setattr(debian, "newest_release", resolve)
+    store = Store(tmp_path / "cache")
+    spec = DebianKernel(None, "6.1", "cloud-amd64")
+    assert debian.newest_release_known(spec, store)[0] == "6.1.0-1-cloud-amd64"
+    assert debian.newest_release_known(spec, store)[0] == "6.1.0-1-cloud-amd64"
+    assert len(calls) == 1
+    (lists / "new_Packages").write_text("")  # apt-get update renames new lists into place
+    assert debian.newest_release_known(spec, store)[0] == "6.1.0-2-cloud-amd64"
+
+
+def test_newest_source_version_is_asked_again_only_when_the_index_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    served = {"linux-source-6.1": ["6.1.190-1", "6.1.192-2"]}
+    calls = []
+
+    def madison(names: list[str]) -> dict[str, list[str]]:
+        calls.append(names)
+        return {name: list(served.get(name, [])) for name in names}
+
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
+    monkeypatch.setattr(debian, "available_versions", madison)
+    store = Store(tmp_path / "cache")
+    assert debian.newest_version_known("linux-source-6.1", store) == "6.1.192-2"
+    assert debian.newest_version_known("linux-source-6.1", store) == "6.1.192-2"
+    assert len(calls) == 1
+    served["linux-source-6.1"].append("6.1.193-1")
+    (lists / "new_Packages").write_text("")
+    assert debian.newest_version_known("linux-source-6.1", store) == "6.1.193-1"
+    with pytest.raises(FetchError, match="Debian's index has no linux-source-9.9; run apt-get"):
+        debian.newest_version_known("linux-source-9.9", store)
+
+
+def test_olddefconfig_may_change_only_toolchain_facts_of_a_distribution_config(
+        tmp_path: Path) -> None:
+    debian_config = ('CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14) 12.2.0"\n'
+                     "CONFIG_PAHOLE_VERSION=124\nCONFIG_DEBUG_INFO_BTF=y\n"
+                     "CONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_SCHED_CLASS_EXT=n\n")
+    without_pahole = ('CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14) 12.2.0"\n'
+                      "CONFIG_PAHOLE_VERSION=0\nCONFIG_MODULE_SIG_ALL=y\n"
+                      'CONFIG_CC_OPT_INLINE_MEMSET="-finline-stringops=memset"\n')
+    changes = original.config_changes(debian_config, without_pahole)
+    assert "CONFIG_SCHED_CLASS_EXT" not in changes  # "n" and unset are the same
+    assert set(original.significant_config_changes(changes)) == {
+        "CONFIG_DEBUG_INFO_BTF", "CONFIG_DEBUG_INFO_BTF_MODULES"}
+    with pytest.raises(BuildError) as caught:
+        original.check_config_kept(changes, "r/debian-6.12", tmp_path / "prepare.log")
+    assert str(caught.value.message) == (
+        "r/debian-6.12: make olddefconfig changed the distribution's config: "
+        "CONFIG_DEBUG_INFO_BTF (y -> unset), CONFIG_DEBUG_INFO_BTF_MODULES (y -> unset); "
+        "modules built from it would not match the running kernel: install dwarves (pahole) "
+        f"and run again; log: {tmp_path / 'prepare.log'}")
+    tools_only = original.config_changes(debian_config, debian_config.replace("124", "125"))
+    original.check_config_kept(tools_only, "r/debian-6.12", tmp_path / "prepare.log")
+
+
+def test_apt_cache_keeps_a_binary_cache_in_the_project_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's container images turn apt's own cache off: each apt-cache call would read
+    the whole index again (a second each); ours is kept in the project's cache."""
+    monkeypatch.setenv("KPATCHBUILD_CACHE", str(tmp_path))
+    versions = debian.available_versions(["linux-source-6.1"])["linux-source-6.1"]
+    assert versions  # ./run keeps Debian's index current
+    assert (tmp_path / "apt/pkgcache.bin").stat().st_size > 1_000_000
+    assert debian.available_versions(["linux-source-6.1"])["linux-source-6.1"] == versions

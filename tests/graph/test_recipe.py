@@ -1,0 +1,178 @@
+"""Recipe validation: every mistake is one line naming the file, the line and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.base.errors import RecipeError
+from kpatchbuild.graph.recipe import find_recipes, load_recipe
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def write_recipe(tmp_path: Path, text: str, name: str = "demo") -> Path:
+    directory = tmp_path / name
+    directory.mkdir(exist_ok=True)
+    (directory / "fix.patch").write_text("--- a/x.c\n+++ b/x.c\n")
+    (directory / "recipe.yaml").write_text(text)
+    return directory
+
+
+DEBIAN_TARGET = """targets:
+  - debian:
+      series: "6.1"
+      flavour: cloud-amd64
+patches:
+  - fix.patch
+"""
+
+
+def error_of(directory: Path) -> str:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(directory)
+    message = caught.value.message
+    assert "\n" not in message
+    return message
+
+
+def test_shipped_recipes_load() -> None:
+    recipes = {r.name: r for r in find_recipes(PROJECT / "recipes")}
+    assert recipes["cmdline"].targets[0].debian.series == "6.1"
+    assert recipes["cmdline"].module == "livepatch_cmdline"
+    tiny = recipes["cmdline-tiny"].targets[0]
+    assert tiny.kind == "built" and tiny.source.package == "linux-source-6.1"
+    assert any(o.name == "CONFIG_BUG" and o.value == "y" for o in tiny.config.options)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, DEBIAN_TARGET, name="my-fix"))
+    assert recipe.module == "livepatch_my_fix"
+    assert recipe.replace is True
+    assert recipe.targets[0].name == "debian-6.1-cloud-amd64"
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, "targets:\n  - debian: {series: 6.1\npatches: []\n"))
+    assert "recipe.yaml:3:" in message and "YAML syntax error" in message
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    text = DEBIAN_TARGET.replace("flavour:", "flavor:")
+    message = error_of(write_recipe(tmp_path, text))
+    assert "recipe.yaml:4: targets[0].debian.flavor: unknown key" in message
+    assert "did you mean 'flavour'?" in message
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, DEBIAN_TARGET.replace("  - fix.patch", "  fix: 1")
+                                    .replace("patches:\n", "patches:\n")))
+    assert "patches: expected a list, found a mapping" in message
+
+
+def test_wrong_scalar_type(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, DEBIAN_TARGET + "replace: maybe\n"))
+    assert "recipe.yaml:7: replace: expected true or false, found str 'maybe'" in message
+
+
+def test_missing_patch_file(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, DEBIAN_TARGET.replace("fix.patch", "nope.patch")))
+    assert "recipe.yaml:6: patches[0]: file 'nope.patch' not found" in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, "patches:\n  - fix.patch\n"))
+    assert "missing required key 'targets'" in message
+
+
+def test_target_needs_series_and_flavour(tmp_path: Path) -> None:
+    text = DEBIAN_TARGET.replace('      flavour: cloud-amd64\n', "")
+    assert "give 'image', or both 'series'" in error_of(write_recipe(tmp_path, text))
+
+
+def test_debian_image_must_be_the_image(tmp_path: Path) -> None:
+    text = DEBIAN_TARGET.replace('      series: "6.1"\n      flavour: cloud-amd64\n',
+                                 "      image: linux-image-6.1.0-56-cloud-amd64-dbg\n")
+    assert "is not the image itself" in error_of(write_recipe(tmp_path, text))
+
+
+def test_built_target_needs_source_and_config(tmp_path: Path) -> None:
+    text = "targets:\n  - name: k\n    source: {debian: linux-source-6.1}\npatches: [fix.patch]\n"
+    assert "both 'source' and 'config'" in error_of(write_recipe(tmp_path, text))
+
+
+def test_tarball_needs_sha256(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, "")
+    (directory / "linux.tar.xz").write_bytes(b"x")
+    (directory / "recipe.yaml").write_text(
+        "targets:\n  - name: k\n    source: {tarball: linux.tar.xz}\n"
+        "    config: {base: tinyconfig}\npatches: [fix.patch]\n")
+    assert "needs its 'sha256'" in error_of(directory)
+
+
+def test_fragment_with_a_bad_line(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, "")
+    (directory / "guest.config").write_text("CONFIG_A=y\nCONFIG_B y\n")
+    (directory / "recipe.yaml").write_text(
+        "targets:\n  - name: k\n    source: {debian: linux-source-6.1}\n"
+        "    config: {base: tinyconfig, fragments: [guest.config]}\npatches: [fix.patch]\n")
+    message = error_of(directory)
+    assert "guest.config:2: 'CONFIG_B y' is not a config line" in message
+
+
+def test_inline_options_and_fragments_keep_their_places(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, "")
+    (directory / "guest.config").write_text("# comment\nCONFIG_A=y\n# CONFIG_B is not set\n")
+    (directory / "recipe.yaml").write_text(
+        "targets:\n  - name: k\n    source: {debian: linux-source-6.1=6.1.192-2}\n"
+        "    config:\n      base: tinyconfig\n      fragments: [guest.config]\n"
+        "      options: [CONFIG_C=m]\npatches: [fix.patch]\n")
+    (target,) = load_recipe(directory).targets
+    assert target.source.version == "6.1.192-2"
+    assert [(o.name, o.value, o.place.line) for o in target.config.options] == [
+        ("CONFIG_A", "y", 2), ("CONFIG_B", "n", 3), ("CONFIG_C", "m", 7)]
+
+
+def test_duplicate_target_names(tmp_path: Path) -> None:
+    text = DEBIAN_TARGET.replace("targets:\n", "targets:\n  - debian: {series: \"6.1\", "
+                                 "flavour: cloud-amd64}\n")
+    assert "target name 'debian-6.1-cloud-amd64' is used twice" in error_of(
+        write_recipe(tmp_path, text))
+
+
+def test_unknown_recipe_lists_known_ones(tmp_path: Path) -> None:
+    write_recipe(tmp_path, DEBIAN_TARGET, name="one")
+    with pytest.raises(RecipeError, match="recipe 'two' not found .* \\(recipes: one\\)"):
+        find_recipes(tmp_path, "two")
+
+
+def test_sources_and_expected_refusal(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, DEBIAN_TARGET + "sources: [extra.c]\nrefused: shadow\n")
+    (directory / "extra.c").write_text("/* callbacks */\n")
+    recipe = load_recipe(directory)
+    assert recipe.sources == ((directory / "extra.c").resolve(),)
+    assert recipe.refused == "shadow"
+    (directory / "extra.c").unlink()
+    assert "recipe.yaml:7: sources[0]: file 'extra.c' not found" in error_of(directory)
+
+
+def test_header_index_is_a_debian_target_key(tmp_path: Path) -> None:
+    assert load_recipe(write_recipe(tmp_path, DEBIAN_TARGET)).targets[0].header_index is False
+    text = DEBIAN_TARGET.replace("      flavour: cloud-amd64\n",
+                                 "      flavour: cloud-amd64\n    header_index: true\n")
+    assert load_recipe(write_recipe(tmp_path, text)).targets[0].header_index is True
+    message = error_of(write_recipe(tmp_path, text.replace("true", "sometimes")))
+    assert "recipe.yaml:5: targets[0].header_index: expected true or false" in message
+
+
+def test_header_index_on_a_built_target_is_refused(tmp_path: Path) -> None:
+    message = error_of(write_recipe(tmp_path, """targets:
+  - name: k
+    source: {debian: linux-source-6.1}
+    config: {base: tinyconfig}
+    header_index: true
+patches: [fix.patch]
+"""))
+    assert message.startswith(f"{tmp_path}/demo/recipe.yaml:5: targets[0].header_index: only "
+                              "a 'debian' target needs a header index")

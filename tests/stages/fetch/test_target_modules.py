@@ -1,0 +1,66 @@
+"""The .ko files of patched modules: found, ordered by their dependencies, refused by name."""
+
+from __future__ import annotations
+
+import lzma
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.base.errors import BuildError
+from kpatchbuild.stages.fetch import target_modules
+
+
+def fake_module(path: Path, modinfo: dict[str, str]) -> Path:
+    """A relocatable object with a .modinfo section, as kbuild lays one out."""
+    fields = "".join(f'"{key}={value}\\0"' for key, value in modinfo.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = path.with_suffix(".c")
+    source.write_text(f'__attribute__((section(".modinfo"), used))\n'
+                      f'static const char info[] = {fields};\n')
+    subprocess.run(["gcc", "-c", "-o", str(path), str(source)], check=True)
+    return path
+
+
+def test_modinfo_fields_and_dependencies(tmp_path: Path) -> None:
+    ko = fake_module(tmp_path / "a.ko", {"name": "a", "depends": "b-core,c",
+                                         "vermagic": "6.1.0 SMP"})
+    assert target_modules.modinfo(ko)["vermagic"] == "6.1.0 SMP"
+    assert target_modules.dependencies(ko) == ["b_core", "c"]
+
+
+def test_dependencies_come_first_and_once(tmp_path: Path) -> None:
+    kos = {
+        "top": fake_module(tmp_path / "top.ko", {"depends": "mid,base"}),
+        "mid": fake_module(tmp_path / "mid.ko", {"depends": "base"}),
+        "base": fake_module(tmp_path / "base.ko", {"depends": ""}),
+    }
+    ordered = target_modules.with_dependencies("top", kos.__getitem__)
+    assert ordered == [kos["base"], kos["mid"], kos["top"]]
+
+
+def test_not_a_module_is_named(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.ko"
+    bogus.write_text("not an ELF")
+    with pytest.raises(BuildError, match=r"bogus.ko: not a readable kernel module"):
+        target_modules.dependencies(bogus)
+
+
+def test_built_modules_found_through_modules_order(tmp_path: Path) -> None:
+    ko = fake_module(tmp_path / "fs" / "binfmt_misc.ko", {"name": "binfmt_misc"})
+    (tmp_path / "modules.order").write_text("drivers/x/other.o\nfs/binfmt_misc.o\n")
+    modules = target_modules.BuiltModules(tmp_path)
+    assert modules.find("binfmt-misc") == ko
+    with pytest.raises(BuildError, match=r"no module named zram \(not in modules.order\)"):
+        modules.find("zram")
+
+
+def test_compressed_modules_are_unpacked(tmp_path: Path) -> None:
+    ko = fake_module(tmp_path / "x.ko", {"name": "x"})
+    packed = tmp_path / "x.ko.xz"
+    packed.write_bytes(lzma.compress(ko.read_bytes()))
+    out = tmp_path / "out.ko"
+    target_modules._decompress(packed, out)
+    assert out.read_bytes() == ko.read_bytes()
+    assert target_modules._module_stem("./lib/modules/r/kernel/fs/x-y.ko.zst") == "x_y"

@@ -1,0 +1,1 @@
+"""The tests' own infrastructure (chroots of other Debian releases) and its tests."""
