@@ -2,9 +2,11 @@
 
 Per recipe and kernel target, the flow of the package, one call per step:
 
-    fetch -> configure -> make_original (prepare a Debian tree | build a kernel)
-    -> check_patches -> build_patched_objects -> diff_object (each changed object)
-    -> collect_diffs -> link -> prove
+    fetch -> config -> original (prepare a Debian tree | build a kernel) -> patches
+    -> patched -> diff_object (each changed object) -> diff -> module -> prove
+
+Each method is named as its stage's folder under ``kpatchbuild/stages``, its doit task, its
+record and its log are.
 
 Each step records its result in a small JSON or text file under
 ``<cache>/work/<recipe>/<target>/``; a later step reads only those records, and the heavy
@@ -36,10 +38,15 @@ from kpatchbuild.differ import CannotPatch
 from kpatchbuild.graph.recipe import KernelTarget, Recipe, find_recipes
 from kpatchbuild.stages.config import kconfig
 from kpatchbuild.stages.diff import objdiff
+from kpatchbuild.stages.diff.objdiff import SymbolFiles
 from kpatchbuild.stages.fetch import debian, source, target_modules
+from kpatchbuild.stages.fetch.source import SourceTree
+from kpatchbuild.stages.fetch.target_modules import BuiltModules, DebianModules
 from kpatchbuild.stages.module import buildid, module
 from kpatchbuild.stages.original import original
+from kpatchbuild.stages.original.original import OriginalStage
 from kpatchbuild.stages.patched import patched
+from kpatchbuild.stages.patched.patched import ObjectPair
 from kpatchbuild.stages.patches import patching
 from kpatchbuild.stages.prove import vm
 
@@ -79,24 +86,24 @@ class TargetPipeline:
         return self.work / "patches.json"
 
     @property
-    def objects_record(self) -> Path:
-        return self.work / "objects.json"
+    def patched_record(self) -> Path:
+        return self.work / "patched.json"
 
     @property
-    def diffs_record(self) -> Path:
-        return self.work / "diffs.json"
+    def diff_record(self) -> Path:
+        return self.work / "diff.json"
 
     @property
     def module_record(self) -> Path:
         return self.work / "module.json"
 
     @property
-    def proof_record(self) -> Path:
-        return self.work / "proof.json"
+    def prove_record(self) -> Path:
+        return self.work / "prove.json"
 
     @property
-    def build_log(self) -> Path:
-        return self.store.log_path(f"build-{self.recipe.name}-{self.target.name}")
+    def patched_log(self) -> Path:
+        return self.store.log_path(f"patched-{self.recipe.name}-{self.target.name}")
 
     def read(self, record: Path) -> dict:
         return json.loads(record.read_text())
@@ -104,9 +111,9 @@ class TargetPipeline:
     def write(self, record: Path, data: dict) -> None:
         write_atomically(record, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
-    def source_tree(self) -> source.SourceTree:
+    def source_tree(self) -> SourceTree:
         data = self.read(self.fetch_record)["source"]
-        return source.SourceTree(Path(data["path"]), data["key"], data["origin"])
+        return SourceTree(Path(data["path"]), data["key"], data["origin"])
 
     # --- fetch ---
 
@@ -127,36 +134,40 @@ class TargetPipeline:
         record["source"] = {"path": str(tree.path), "key": tree.key, "origin": tree.origin}
         self.write(self.fetch_record, record)
 
-    def fetch_still_current(self) -> bool:
-        """False when what the recipe names now resolves to something else (Debian moved on,
-        a local tree changed), so fetch runs again even though no file it depends on did."""
+    def fetch_stale(self) -> str | None:
+        """Why fetch must run again although no file it depends on changed (Debian moved on,
+        a local tree changed, the fetched files are gone), or None when what it fetched holds."""
         if not self.fetch_record.is_file():
-            return False
+            return "not fetched yet"
         record = self.read(self.fetch_record)
         if not Path(record["source"]["path"]).is_dir():
-            return False
+            return f"its source tree {record['source']['path']} is gone from the cache"
         if self.target.debian and not (Path(record["files"]) / debian.VMLINUX_SYMBOLS).is_file():
-            return False  # fetched before vmlinux's symbol table was kept
+            return "fetched before vmlinux's symbol table was kept"
         try:
             if self.target.debian and not self.target.debian.image:
                 release, version = debian.newest_release_known(self.target.debian, self.store)
-                return (release, version) == (record["kernel"]["release"],
-                                              record["kernel"]["version"])
+                known = record["kernel"]["release"], record["kernel"]["version"]
+                if (release, version) != known:
+                    return (f"Debian moved on: {release} ({version}), fetched was {known[0]} "
+                            f"({known[1]})")
             spec = self.target.source
             if spec and spec.kind == "tree":
                 assert spec.path is not None
-                return source.tree_fingerprint(spec.path) == record["source"]["key"]
+                if source.tree_fingerprint(spec.path) != record["source"]["key"]:
+                    return f"the source tree {spec.path} changed"
             if spec and spec.kind == "debian" and not spec.version:
                 assert spec.package is not None
                 newest = debian.newest_version_known(spec.package, self.store)
-                return newest == record["source"]["origin"]["version"]
+                if newest != record["source"]["origin"]["version"]:
+                    return f"Debian moved on: {spec.package} {newest}"
         except KpbError:
-            return True  # offline or index gone: keep what was fetched
-        return True
+            return None  # offline or index gone: keep what was fetched
+        return None
 
     # --- config ---
 
-    def configure(self) -> None:
+    def config(self) -> None:
         record = self.read(self.fetch_record)
         if record["kind"] == "debian":
             text = (Path(record["files"]) / "config").read_text()
@@ -184,7 +195,7 @@ class TargetPipeline:
 
     # --- original stage ---
 
-    def make_original(self) -> None:
+    def original(self) -> None:
         record = self.read(self.fetch_record)
         config_text = self.config_file.read_text()
         tree = self.source_tree()
@@ -201,23 +212,27 @@ class TargetPipeline:
                                           "path": str(stage.path), "release": stage.release})
         say(f"  {self.label}: original stage {stage.release} at {stage.tree}")
 
-    def original_still_there(self) -> bool:
+    def original_gone(self) -> str | None:
+        """Why the original stage must be made again although its inputs did not change."""
         if not self.original_record.is_file():
-            return False
-        return (Path(self.read(self.original_record)["path"]) / "manifest.json").is_file()
+            return "not made yet"
+        path = Path(self.read(self.original_record)["path"])
+        if not (path / "manifest.json").is_file():
+            return f"the stage {path} is gone from the cache"
+        return None
 
     # --- patches ---
 
-    def stage(self) -> original.OriginalStage:
+    def stage(self) -> OriginalStage:
         """The original stage the record names, as its manifest in the store describes it."""
         record = self.read(self.original_record)
-        artifact = self.store.lookup(record["kind"], record["key"])
+        artifact = self.store.lookup(original.STORE_KIND, record["key"])
         if artifact is None:
             raise BuildError(f"{self.label}: its original stage {record['path']} is no longer "
                              "in the cache; run the build again to make it")
-        return original.OriginalStage.from_artifact(artifact)
+        return OriginalStage.from_artifact(artifact)
 
-    def check_patches(self) -> None:
+    def patches(self) -> None:
         tree = Path(self.read(self.original_record)["path"]) / "tree"
         touched = patching.check_patches_apply(self.recipe.patches, tree, self.recipe.strip)
         self.write(self.patches_record, {"patches": [str(p) for p in self.recipe.patches],
@@ -227,26 +242,26 @@ class TargetPipeline:
 
     # --- patched objects and their diffs ---
 
-    def build_patched_objects(self) -> None:
-        self.build_log.unlink(missing_ok=True)
+    def patched(self) -> None:
+        self.patched_log.unlink(missing_ok=True)
         pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
-                                           where=str(self.recipe.path), log=self.build_log,
+                                           where=str(self.recipe.path), log=self.patched_log,
                                            header_index=self.target.header_index,
                                            strip=self.recipe.strip)
         for pair in pairs:
             if pair.identical:
                 say(f"  {pair.object}: no change in the compiled object")
-        self.write(self.objects_record, {"objects": [p.to_json() for p in pairs]})
+        self.write(self.patched_record, {"objects": [p.to_json() for p in pairs]})
 
-    def target_modules(self) -> target_modules.DebianModules | target_modules.BuiltModules:
+    def target_modules(self) -> DebianModules | BuiltModules:
         """Where this kernel's loadable modules come from: Debian's image, or the build."""
         if self.target.kind == "debian":
             kernel = debian.KernelRelease.from_json(self.read(self.fetch_record)["kernel"])
-            return target_modules.DebianModules(self.store, kernel.packages["image"],
+            return DebianModules(self.store, kernel.packages["image"],
                                                 kernel.release)
-        return target_modules.BuiltModules(self.stage().tree)
+        return BuiltModules(self.stage().tree)
 
-    def symbol_files(self, target: str) -> objdiff.SymbolFiles:
+    def symbol_files(self, target: str) -> SymbolFiles:
         """What references into ``target`` resolve against: vmlinux's symbol table (the
         compact one from Debian's -dbg package, else System.map), or the module's .ko."""
         if self.target.kind == "debian":
@@ -257,21 +272,21 @@ class TargetPipeline:
             symbols = files / debian.VMLINUX_SYMBOLS
             if not symbols.is_file():
                 symbols = files / "System.map"
-            return objdiff.SymbolFiles(symbols, files / "Module.symvers")
-        return objdiff.SymbolFiles(self.target_modules().find(target),
+            return SymbolFiles(symbols, files / "Module.symvers")
+        return SymbolFiles(self.target_modules().find(target),
                                    files / "Module.symvers")
 
-    def changed_pairs(self) -> list[patched.ObjectPair]:
+    def changed_pairs(self) -> list[ObjectPair]:
         """The rebuilt objects whose bytes differ from the original: one diff task each."""
-        if not self.objects_record.is_file():
+        if not self.patched_record.is_file():
             return []  # `doit list` before anything was built
-        return [patched.ObjectPair(**o) for o in self.read(self.objects_record)["objects"]
+        return [ObjectPair(**o) for o in self.read(self.patched_record)["objects"]
                 if not o["identical"]]
 
     def object_diff_record(self, obj: str) -> Path:
-        return self.work / "diffs" / f"{obj}.json"
+        return self.work / "diff" / f"{obj}.json"
 
-    def diff_object(self, pair: patched.ObjectPair) -> None:
+    def diff_object(self, pair: ObjectPair) -> None:
         """Diff one object; a refusal the recipe expects is recorded, any other one fails."""
         workspace = patched.Workspace(self.store, self.stage())
         sizes = objdiff.measured_entry_sizes(self.store, workspace)
@@ -291,7 +306,7 @@ class TargetPipeline:
         self.object_diff_record(pair.object).parent.mkdir(parents=True, exist_ok=True)
         self.write(self.object_diff_record(pair.object), record)
 
-    def collect_diffs(self) -> None:
+    def diff(self) -> None:
         """The target's diffs in one record: what the module links, or the expected refusal."""
         pairs = self.changed_pairs()
         if not pairs:
@@ -300,7 +315,7 @@ class TargetPipeline:
         records = [self.read(self.object_diff_record(p.object)) for p in pairs]
         refused = [r["refused"] for r in records if "refused" in r]
         if refused:
-            self.write(self.diffs_record, {"diffs": [], "refused": refused[0]})
+            self.write(self.diff_record, {"diffs": [], "refused": refused[0]})
             return
         if self.recipe.refused:
             raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
@@ -309,7 +324,7 @@ class TargetPipeline:
         if not any(d["output"] for d in diffs):
             raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
                            "only line numbers or nothing the kernel runs", exit_code=3)
-        self.write(self.diffs_record, {"diffs": diffs})
+        self.write(self.diff_record, {"diffs": diffs})
 
     # --- the module and its proof ---
 
@@ -321,15 +336,15 @@ class TargetPipeline:
 
     def expected_refusal(self, record: Path) -> bool:
         """True when the diff was refused as the recipe expects: nothing to link or prove."""
-        if "refused" not in self.read(self.diffs_record):
+        if "refused" not in self.read(self.diff_record):
             return False
-        self.write(record, {"refused": self.read(self.diffs_record)["refused"]})
+        self.write(record, {"refused": self.read(self.diff_record)["refused"]})
         return True
 
-    def link(self) -> None:
+    def module(self) -> None:
         if self.expected_refusal(self.module_record):
             return
-        records = [d for d in self.read(self.diffs_record)["diffs"] if d["output"]]
+        records = [d for d in self.read(self.diff_record)["diffs"] if d["output"]]
         diffs = [module.ObjectDiff.from_report(Path(d["report"]), Path(d["output"]))
                  for d in records]
         stage = self.stage()
@@ -383,7 +398,7 @@ class TargetPipeline:
 
     def patched_modules(self) -> list[Path]:
         """The modules the patch changes, with their dependencies, to load before it."""
-        targets = sorted({d["target"] for d in self.read(self.diffs_record)["diffs"]
+        targets = sorted({d["target"] for d in self.read(self.diff_record)["diffs"]
                           if d["output"] and d["target"] != "vmlinux"})
         modules = self.target_modules()
         ordered: list[Path] = []
@@ -393,14 +408,14 @@ class TargetPipeline:
         return ordered
 
     def prove(self) -> None:
-        if self.expected_refusal(self.proof_record):
+        if self.expected_refusal(self.prove_record):
             return
         if not self.recipe.check:
             say(f"  {self.label}: the recipe has no 'check': the proof shows the module loads, "
                 "transitions, disables and unloads cleanly, not that it fixes anything")
         ko = Path(self.read(self.module_record)["module"])
         result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
-                                    workdir=self.work / "vm", preload=self.patched_modules())
+                                    workdir=self.work / "prove", preload=self.patched_modules())
         exit_line = f"{vm.module_name(ko)}: exit"
         if exit_line not in result.console_log.read_text(errors="replace"):
             raise KpbError(f"{self.label}: the module unloaded but its exit function never ran "
@@ -409,7 +424,7 @@ class TargetPipeline:
         say(f"  proven in {self.read(self.module_record)['release']} under qemu "
             f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
         say(f"  console log: {result.console_log}")
-        self.write(self.proof_record, {"module": str(ko), "console_log": str(result.console_log),
+        self.write(self.prove_record, {"module": str(ko), "console_log": str(result.console_log),
                                        "steps": [s.name for s in result.steps],
                                        "checked": self.recipe.check is not None,
                                        "elapsed": result.elapsed, "accel": result.accel})

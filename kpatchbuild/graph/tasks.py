@@ -1,11 +1,10 @@
 """The doit task graph: the only module that knows doit.
 
 Per recipe and kernel target (task names ``<step>:<recipe>/<target>``), one task per step of
-``pipeline.TargetPipeline``:
+``pipeline.TargetPipeline``, each named as its stage:
 
-    fetch -> config -> prepare (Debian kernel) | build-orig (built kernel) -> check-patches
-    -> patched-objects -> diff:<recipe>/<target>/<object> (each changed object, created once
-    they are known) -> diff -> module -> prove
+    fetch -> config -> original -> patches -> patched -> diff:<recipe>/<target>/<object> (each
+    changed object, created once they are known) -> diff -> module -> prove
 
 and ``build``, which runs the whole pipeline for every recipe, or for one with
 ``doit build recipe=NAME``. The steps' records are the targets and file dependencies doit
@@ -16,7 +15,8 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,6 +28,7 @@ from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
 from kpatchbuild.base import kbuild
+from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import default_root
 from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
@@ -126,17 +127,89 @@ def _reporting_errors(function: Callable[[], None]) -> Callable[[], TaskFailed |
     return action
 
 
-STEP_DOCS = {
-    "fetch": "fetch a target's Debian packages or kernel source",
-    "config": "produce and verify a target's kernel .config",
-    "prepare": "prepare Debian's source for its kernel (modules_prepare; no kernel build)",
-    "build-orig": "build a configured target kernel in full",
-    "check-patches": "check that a recipe's patches apply to its target's source",
-    "patched-objects": "compile the objects a recipe's patches change, before and after",
-    "diff": "diff each changed object into a livepatch object",
-    "module": "link the livepatch module of a recipe's target",
-    "prove": "boot the original kernel under qemu and prove the module patches it",
-}
+Paths = Callable[[TargetPipeline], Sequence[object]]
+Checks = Callable[[TargetPipeline], Sequence[Callable[[], str | None]]]
+Names = Callable[[TargetPipeline], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage as a doit task per pipeline: the table row ``generate_tasks`` reads.
+
+    The task runs the pipeline method of the stage's name; ``inputs`` and ``outputs`` are
+    the files doit tracks by content; ``stale`` are the pipeline's own checks, each saying
+    why the step must run again (None when it need not); ``uptodate`` are doit's
+    (config_changed values); ``after`` names tasks that must run first.
+    """
+
+    name: str
+    doc: str
+    inputs: Paths
+    outputs: Paths
+    stale: Checks = lambda item: ()
+    uptodate: Paths = lambda item: ()
+    after: Names = lambda item: ()
+
+    def method(self, item: TargetPipeline) -> Callable[[], None]:
+        method: Callable[[], None] = getattr(item, self.name)
+        return method
+
+
+STEPS = (
+    Step("fetch", "fetch a target's Debian packages or kernel source",
+         inputs=lambda i: [i.recipe.path], outputs=lambda i: [i.fetch_record],
+         stale=lambda i: [i.fetch_stale]),
+    Step("config", "produce and verify a target's kernel .config",
+         inputs=lambda i: i.config_deps(), outputs=lambda i: [i.config_file],
+         uptodate=lambda i: [config_changed({"tools": kbuild.toolchain_fingerprint()})]),
+    Step("original", "make the original stage: Debian's source prepared for its kernel "
+         "(modules_prepare, no kernel build), or a configured kernel built in full",
+         inputs=lambda i: [i.fetch_record, i.config_file], outputs=lambda i: [i.original_record],
+         stale=lambda i: [i.original_gone],
+         uptodate=lambda i: [config_changed({"stage_format": original.STAGE_FORMAT})]),
+    Step("patches", "check that a recipe's patches apply to its target's source",
+         inputs=lambda i: [i.original_record, i.recipe.path, *i.recipe.patches],
+         outputs=lambda i: [i.patches_record]),
+    Step("patched", "compile the objects a recipe's patches change, before and after",
+         inputs=lambda i: [i.original_record, i.patches_record, *i.recipe.patches],
+         outputs=lambda i: [i.patched_record]),
+    Step("module", "link the livepatch module of a recipe's target",
+         inputs=lambda i: [i.diff_record, *module_inputs(), *i.recipe.sources,
+                           module.__file__],
+         outputs=lambda i: [i.module_record], after=lambda i: [f"diff:{i.label}"]),
+    Step("prove", "boot the original kernel under qemu and prove the module patches it",
+         inputs=lambda i: [i.module_record, i.recipe.path], outputs=lambda i: [i.prove_record]),
+)
+DIFF_DOC = "diff each changed object into a livepatch object"
+
+
+def _runs_again_when(check: Callable[[], str | None], task: str) -> Callable[[], bool]:
+    """A doit up-to-date callable from a check that says why a step must run again: the
+    reason is printed before the task runs, so ``doit build`` shows it."""
+
+    def uptodate() -> bool:
+        reason = check()
+        if reason is not None:
+            say(f"  {task}: runs again: {reason}")
+        return reason is None
+
+    return uptodate
+
+
+def step_task(step: Step, item: TargetPipeline) -> dict:
+    """The doit task of ``step`` for one pipeline."""
+    task = f"{step.name}:{item.label}"
+    return {
+        "basename": step.name, "name": item.label,
+        "doc": f"{step.doc}: {item.label}",
+        "actions": [_reporting_errors(step.method(item))],
+        "file_dep": [str(path) for path in step.inputs(item)],
+        "targets": [str(path) for path in step.outputs(item)],
+        "uptodate": [*(_runs_again_when(check, task) for check in step.stale(item)),
+                     *step.uptodate(item)],
+        "task_dep": list(step.after(item)),
+        "verbosity": 2,
+    }
 
 
 def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
@@ -163,12 +236,12 @@ def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
     yield {
         "basename": f"diff:{item.label}",
         "doc": f"collect the diffs of {item.label}",
-        "actions": [_reporting_errors(item.collect_diffs)],
-        "file_dep": [str(item.objects_record), str(item.recipe.path),
+        "actions": [_reporting_errors(item.diff)],
+        "file_dep": [str(item.patched_record), str(item.recipe.path),
                      *(str(item.object_diff_record(p.object))
                        for p in item.changed_pairs())],
         "task_dep": names,
-        "targets": [str(item.diffs_record)],
+        "targets": [str(item.diff_record)],
         "verbosity": 2,
     }
 
@@ -185,92 +258,25 @@ def diff_task_creators(items: list[TargetPipeline]) -> dict[str, Callable[[], It
             yield from object_diff_tasks(item)
 
         create.__doc__ = f"diff the changed objects of {item.label}"
-        delayed = create_after(executed=f"patched-objects:{item.label}",
+        delayed = create_after(executed=f"patched:{item.label}",
                                creates=[f"diff:{item.label}"])
         creators[f"task_diff_{index}"] = delayed(create)
     return creators
 
 
 def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
-    """Every step of every pipeline, as doit task dicts."""
-    for basename, doc in STEP_DOCS.items():
-        if basename != "diff":  # its tasks are created later, named in full: no group
-            yield {"basename": basename, "name": None, "doc": doc}
-    yield {"basename": "diff", "doc": STEP_DOCS["diff"], "actions": None,
+    """Every step of every pipeline, as doit task dicts, from the STEPS table."""
+    for step in STEPS:
+        yield {"basename": step.name, "name": None, "doc": step.doc}
+    # The diff tasks are created later, named in full (no group): this one runs them all.
+    yield {"basename": "diff", "doc": DIFF_DOC, "actions": None,
            "task_dep": [f"diff:{item.label}" for item in items]}
-    finals = []
     for item in items:
-        name = item.label
-        yield {
-            "basename": "fetch", "name": name,
-            "doc": f"fetch the kernel packages or source of {name}",
-            "actions": [_reporting_errors(item.fetch)],
-            "file_dep": [str(item.recipe.path)],
-            "targets": [str(item.fetch_record)],
-            "uptodate": [item.fetch_still_current],
-            "verbosity": 2,
-        }
-        yield {
-            "basename": "config", "name": name,
-            "doc": f"produce and verify the kernel .config of {name}",
-            "actions": [_reporting_errors(item.configure)],
-            "file_dep": item.config_deps(),
-            "uptodate": [config_changed({"tools": kbuild.toolchain_fingerprint()})],
-            "targets": [str(item.config_file)],
-            "verbosity": 2,
-        }
-        stage = "prepare" if item.target.kind == "debian" else "build-orig"
-        yield {
-            "basename": stage, "name": name,
-            "doc": ("prepare Debian's source tree (modules_prepare, no kernel build) of "
-                    if stage == "prepare" else "build in full the original kernel of ") + name,
-            "actions": [_reporting_errors(item.make_original)],
-            "file_dep": [str(item.fetch_record), str(item.config_file)],
-            "targets": [str(item.original_record)],
-            "uptodate": [item.original_still_there,
-                         config_changed({"stage_format": original.STAGE_FORMAT})],
-            "verbosity": 2,
-        }
-        yield {
-            "basename": "check-patches", "name": name,
-            "doc": f"check that the recipe's patches apply to {name}",
-            "actions": [_reporting_errors(item.check_patches)],
-            "file_dep": [str(item.original_record), str(item.recipe.path),
-                         *map(str, item.recipe.patches)],
-            "targets": [str(item.patches_record)],
-            "verbosity": 2,
-        }
-        yield {
-            "basename": "patched-objects", "name": name,
-            "doc": f"compile the objects the patches of {name} change, before and after",
-            "actions": [_reporting_errors(item.build_patched_objects)],
-            "file_dep": [str(item.original_record), str(item.patches_record),
-                         *map(str, item.recipe.patches)],
-            "targets": [str(item.objects_record)],
-            "verbosity": 2,
-        }
-        yield {
-            "basename": "module", "name": name,
-            "doc": f"link the livepatch module of {name}",
-            "actions": [_reporting_errors(item.link)],
-            "task_dep": [f"diff:{name}"],
-            "file_dep": [str(item.diffs_record), *map(str, module_inputs()),
-                         *map(str, item.recipe.sources), module.__file__],
-            "targets": [str(item.module_record)],
-            "verbosity": 2,
-        }
-        yield {
-            "basename": "prove", "name": name,
-            "doc": f"prove the module of {name} in its original kernel under qemu",
-            "actions": [_reporting_errors(item.prove)],
-            "file_dep": [str(item.module_record), str(item.recipe.path)],
-            "targets": [str(item.proof_record)],
-            "verbosity": 2,
-        }
-        finals.append(f"prove:{name}")
+        for step in STEPS:
+            yield step_task(step, item)
     yield {
         "basename": "build",
         "doc": "run the pipeline for every recipe (or one: doit build recipe=NAME)",
         "actions": None,
-        "task_dep": finals,
+        "task_dep": [f"prove:{item.label}" for item in items],
     }

@@ -35,7 +35,7 @@ def test_cmdline_recipe_is_built_and_proven_on_6_12() -> None:
     release = stage.fetch["kernel"]["release"]
     assert release.startswith("6.12.") and stage.original["release"] == release
 
-    (diff,) = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    (diff,) = json.loads((stage.work / "diff.json").read_text())["diffs"]
     report = json.loads(Path(diff["report"]).read_text())
     assert diff["object"] == "fs/proc/cmdline.o"
     assert [f["name"] for f in report["changed_functions"]] == ["cmdline_proc_show"]
@@ -48,6 +48,6 @@ def test_cmdline_recipe_is_built_and_proven_on_6_12() -> None:
     module = stage.work / "livepatch_cmdline.ko"
     assert ".text.cmdline_proc_show" in _code_sections_described_by(module, ".orc_unwind_ip")
 
-    proof = json.loads((stage.work / "proof.json").read_text())
+    proof = json.loads((stage.work / "prove.json").read_text())
     assert proof["steps"][-1] == "check-after"
     assert {"insmod", "check-patched", "rmmod"} <= set(proof["steps"])

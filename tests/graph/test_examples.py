@@ -36,7 +36,7 @@ EXAMPLES = {
 @pytest.mark.parametrize("recipe", sorted(EXAMPLES))
 def test_example_is_built_and_proven(recipe: str) -> None:
     stage = build_recipe_stage(recipe)
-    diffs = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    diffs = json.loads((stage.work / "diff.json").read_text())["diffs"]
     found = {}
     for diff in diffs:
         report = json.loads(Path(diff["report"]).read_text())
@@ -46,7 +46,7 @@ def test_example_is_built_and_proven(recipe: str) -> None:
         found[diff["object"]] = ([f["name"] for f in report["changed_functions"]],
                                  [f["name"] for f in report["new_functions"]])
     assert found == EXAMPLES[recipe]
-    proof = json.loads((stage.work / "proof.json").read_text())
+    proof = json.loads((stage.work / "prove.json").read_text())
     if recipe == "no-check":  # proven without a behavioural check, and recorded so
         assert proof["steps"] == expected_steps(with_check=False) and not proof["checked"]
     else:
@@ -60,7 +60,7 @@ def test_kpatch_style_patch_keeps_its_tracepoint_and_registers_its_callbacks() -
     function; the tracepoint's unexported key a livepatch relocation of the jump table
     (proven above: the check needs the callback)."""
     stage = build_recipe_stage("task-comm-kpatch")
-    diffs = {d["object"]: d for d in json.loads((stage.work / "diffs.json").read_text())["diffs"]}
+    diffs = {d["object"]: d for d in json.loads((stage.work / "diff.json").read_text())["diffs"]}
     callbacks = json.loads(Path(diffs["fs/proc/version.o"]["report"]).read_text())
     assert callbacks["callbacks"] == {"pre_patch": "kpatch_pre_patch_comm",
                                       "post_unpatch": "kpatch_post_unpatch_comm"}
@@ -76,7 +76,7 @@ def test_kpatch_style_patch_keeps_its_tracepoint_and_registers_its_callbacks() -
 
 def test_new_global_of_one_object_binds_inside_the_patch() -> None:
     stage = build_recipe_stage("shared-global")
-    diffs = {d["object"]: d for d in json.loads((stage.work / "diffs.json").read_text())["diffs"]}
+    diffs = {d["object"]: d for d in json.loads((stage.work / "diff.json").read_text())["diffs"]}
     report = json.loads(Path(diffs["fs/proc/version.o"]["report"]).read_text())
     how = {s["target_name"]: s for s in report["symbols"]}
     assert how["kpb_shared_marker"]["resolution"] == "provided"
@@ -87,17 +87,17 @@ def test_new_global_of_one_object_binds_inside_the_patch() -> None:
 
 def test_module_patch_targets_the_module_and_loads_it_first() -> None:
     stage = build_recipe_stage("module-binfmt")
-    (diff,) = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    (diff,) = json.loads((stage.work / "diff.json").read_text())["diffs"]
     assert diff["target"] == "binfmt_misc"
     report = json.loads(Path(diff["report"]).read_text())
     assert report["target"] == "binfmt_misc"
-    steps = json.loads((stage.work / "proof.json").read_text())["steps"]
+    steps = json.loads((stage.work / "prove.json").read_text())["steps"]
     assert steps.index("preload:binfmt_misc") < steps.index("insmod")
 
 
 def test_expected_refusal_names_the_data_and_the_remedy() -> None:
     stage = build_recipe_stage("refused-data-layout")
-    refusal = json.loads((stage.work / "diffs.json").read_text())["refused"]
+    refusal = json.loads((stage.work / "diff.json").read_text())["refused"]
     assert refusal.startswith("drivers/char/mem.o: cannot live-patch: data devlist "
                               "(section .rodata.devlist) changed (size 384 -> 480)")
     assert "use a shadow variable" in refusal
@@ -112,8 +112,8 @@ def test_header_change_rebuilds_every_includer_and_keeps_only_changed_code(recip
     their rebuilds differ in bytes, and the differ finds no change in their code.
     """
     stage = build_recipe_stage(recipe)
-    objects = json.loads((stage.work / "objects.json").read_text())["objects"]
-    diffs = json.loads((stage.work / "diffs.json").read_text())["diffs"]
+    objects = json.loads((stage.work / "patched.json").read_text())["objects"]
+    diffs = json.loads((stage.work / "diff.json").read_text())["diffs"]
     same_code = {o["object"] for o in objects if o["identical"]} | {
         d["object"] for d in diffs
         if json.loads(Path(d["report"]).read_text())["status"] == "no-change"}

@@ -19,6 +19,7 @@ import pytest
 
 from kpatchbuild.base import kbuild
 from kpatchbuild.base.store import default_root
+from kpatchbuild.stages.fetch.debian import DEB_KIND
 from kpatchbuild.stages.fetch.source import SourceTree
 from kpatchbuild.stages.original import original
 from tests.conftest import PROJECT, RecipeStage, run_doit
@@ -71,8 +72,8 @@ def test_second_build_does_no_work(default_recipe_stage: RecipeStage,
     ran = [line for line in result.stdout.splitlines() if line.startswith(".  ")]
     skipped = [line for line in result.stdout.splitlines() if line.startswith("-- ")]
     assert ran == []
-    assert "-- prepare:cmdline/debian-6.1-cloud-amd64" in skipped
-    assert "-- build-orig:cmdline-tiny/tiny-6.1" in skipped
+    assert "-- original:cmdline/debian-6.1-cloud-amd64" in skipped
+    assert "-- original:cmdline-tiny/tiny-6.1" in skipped
 
 
 def copy_recipe(name: str, recipes: Path, as_name: str) -> Path:
@@ -121,14 +122,14 @@ def test_config_edits_rebuild_only_when_the_config_changes(built_recipe_stage: R
     fragment.write_text(fragment.read_text() + "# a comment changes no option\n")
     again = run_doit("build", "recipe=t-fragment", env=env)
     assert f".  config:{target}" in again.stdout
-    assert f"-- build-orig:{target}" in again.stdout
+    assert f"-- original:{target}" in again.stdout
 
     fragment.write_text(fragment.read_text() + "CONFIG_PRINTK_TIME=y\n")
     config_run = run_doit(f"config:{target}", "recipe=t-fragment", env=env)
     assert config_run.returncode == 0, config_run.stderr
     new_config = (work / "config").read_text()
     assert "CONFIG_PRINTK_TIME=y" in new_config
-    info = run_doit("info", f"build-orig:{target}", "recipe=t-fragment", env=env)
+    info = run_doit("info", f"original:{target}", "recipe=t-fragment", env=env)
     assert "status     : run" in info.stdout
     assert str(work / "config") in info.stdout.split("have changed:")[1].split("file_dep")[0]
     fetch = json.loads((work / "fetch.json").read_text())["source"]
@@ -171,9 +172,9 @@ def test_interrupted_prepare_is_redone(tmp_path: Path, default_recipe_stage: Rec
     """kill -9 in the middle of modules_prepare leaves nothing that looks complete."""
     cache = tmp_path / "cache"
     # Debian's packages come from the shared cache: the test is about the stage, not apt.
-    (cache / "deb").mkdir(parents=True)
-    for entry in (default_root() / "deb").iterdir():
-        os.symlink(entry, cache / "deb" / entry.name)
+    (cache / DEB_KIND).mkdir(parents=True)
+    for entry in (default_root() / DEB_KIND).iterdir():
+        os.symlink(entry, cache / DEB_KIND / entry.name)
     env = {**os.environ, "KPATCHBUILD_CACHE": str(cache),
            "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
     command = [sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "build",
@@ -182,7 +183,7 @@ def test_interrupted_prepare_is_redone(tmp_path: Path, default_recipe_stage: Rec
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if list((cache / "tmp").glob("prepared-*/tree/include/generated")):
+        if list((cache / "tmp").glob("original-*/tree/include/generated")):
             break
         time.sleep(0.5)
     else:
@@ -190,13 +191,13 @@ def test_interrupted_prepare_is_redone(tmp_path: Path, default_recipe_stage: Rec
         pytest.fail("the prepare step never started")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (cache / "prepared").exists() or not any((cache / "prepared").iterdir())
-    assert list((cache / "tmp").glob("prepared-*"))
+    assert not (cache / "original").exists() or not any((cache / "original").iterdir())
+    assert list((cache / "tmp").glob("original-*"))
 
     rerun = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert ".  prepare:cmdline/debian-6.1-cloud-amd64" in rerun.stdout
-    (stage,) = (cache / "prepared").iterdir()
+    assert ".  original:cmdline/debian-6.1-cloud-amd64" in rerun.stdout
+    (stage,) = (cache / "original").iterdir()
     assert (stage / "manifest.json").is_file()
     assert stage.name == default_recipe_stage.original["key"]
-    assert not list((cache / "tmp").glob("prepared-*"))
+    assert not list((cache / "tmp").glob("original-*"))

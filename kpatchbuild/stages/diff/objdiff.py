@@ -55,7 +55,7 @@ def measured_entry_sizes(store: Store, workspace: Workspace) -> dict[str, int]:
     remembered = store.recall(("entry-sizes", workspace.stage.key))
     if remembered:
         return dict(remembered)
-    log = store.log_path(f"entry-sizes-{workspace.stage.key[:12]}")
+    log = store.log_path(f"diff-entry-sizes-{workspace.stage.key[:12]}")
     with workspace.locked():
         source = PROBE_OBJECT[:-2] + ".c"
         workspace.set_contents({source: PROBE_SOURCE.encode()})

@@ -36,6 +36,11 @@ from kpatchbuild.differ.symbols import load_symbol_table, write_compact_table
 from kpatchbuild.graph.recipe import DebianKernel
 
 ROLES = ("image", "dbg", "headers", "source")
+# Store kinds of the fetch stage: packages by sha256, the kernel files taken out of them, and
+# the unpacked linux-source package.
+DEB_KIND = "fetch-deb"
+KERNEL_FILES_KIND = "fetch-kernel"
+DEBIAN_SOURCE_KIND = "fetch-debian-source"
 VMLINUX_SYMBOLS = "vmlinux.symbols"
 T = TypeVar("T")
 
@@ -314,17 +319,17 @@ def _packages_for(release: str, version: str) -> dict[str, DebianPackage]:
 # --- fetching and unpacking ---
 
 def _deb_path(store: Store, package: DebianPackage) -> Path:
-    return store.path("deb", package.sha256) / package.filename
+    return store.path(DEB_KIND, package.sha256) / package.filename
 
 
 def fetch_package(store: Store, package: DebianPackage) -> Path:
     """The package's .deb in the store, downloaded and sha256-checked if not there yet."""
-    artifact = store.lookup("deb", package.sha256)
+    artifact = store.lookup(DEB_KIND, package.sha256)
     if artifact:
         return artifact.path / package.filename
     say(f"  fetching {package.name} {package.version}")
     manifest = {"package": asdict(package)}
-    with store.publishing("deb", package.sha256, manifest) as work:
+    with store.publishing(DEB_KIND, package.sha256, manifest) as work:
         result = subprocess.run(["apt-get", "download", package.spec], cwd=work,
                                 capture_output=True, text=True)
         deb = work / package.filename
@@ -382,7 +387,7 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
     """vmlinuz, config, System.map and Module.symvers of a release, in one small artifact."""
     key = content_key("debian-kernel-files-2", kernel.release,
                       [kernel.packages[r].sha256 for r in ("image", "dbg", "headers")])
-    artifact = store.lookup("debian-kernel", key)
+    artifact = store.lookup(KERNEL_FILES_KIND, key)
     if artifact:
         return artifact
     rel = kernel.release
@@ -393,7 +398,7 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
     }
     manifest: dict = {"release": rel, "version": kernel.version,
                       "packages": {r: asdict(p) for r, p in kernel.packages.items()}}
-    with store.publishing("debian-kernel", key, manifest) as work:
+    with store.publishing(KERNEL_FILES_KIND, key, manifest) as work:
         scratch = work / "scratch"
         scratch.mkdir()
         for role, members in wanted.items():
@@ -413,22 +418,22 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
         manifest["files"] = {name: file_hash(work / name)
                              for name in ("vmlinuz", "config", "System.map", "Module.symvers",
                                           VMLINUX_SYMBOLS)}
-    return store.lookup("debian-kernel", key)  # type: ignore[return-value]
+    return store.lookup(KERNEL_FILES_KIND, key)  # type: ignore[return-value]
 
 
 def source_tarball(store: Store, package: DebianPackage) -> Path:
     """The kernel source tarball inside a ``linux-source-X.Y`` package."""
-    artifact = store.lookup("debian-source", package.sha256)
+    artifact = store.lookup(DEBIAN_SOURCE_KIND, package.sha256)
     if not artifact:
         deb = fetch_package(store, package)
         series = package.name.removeprefix("linux-source-")
         member = f"./usr/src/linux-source-{series}.tar.xz"
-        with store.publishing("debian-source", package.sha256,
+        with store.publishing(DEBIAN_SOURCE_KIND, package.sha256,
                               {"package": asdict(package)}) as work:
             extract_members(deb, [member], work)
             shutil.move(work / member, work / "source.tar.xz")
             shutil.rmtree(work / "usr")
-        artifact = store.lookup("debian-source", package.sha256)
+        artifact = store.lookup(DEBIAN_SOURCE_KIND, package.sha256)
         assert artifact is not None
     return artifact.path / "source.tar.xz"
 

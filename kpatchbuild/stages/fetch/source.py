@@ -37,11 +37,11 @@ class SourceTree:
 
 def unpack_tarball(store: Store, tarball: Path, key: str, origin: dict) -> SourceTree:
     """Unpack a kernel tarball once into the store; its single top directory is the tree."""
-    artifact = store.lookup("source", key)
+    artifact = store.lookup("fetch-source", key)
     if not artifact:
         say(f"  unpacking {tarball.name}")
-        log = store.log_path(f"unpack-{key[:12]}")
-        with store.publishing("source", key, {"origin": origin}) as work:
+        log = store.log_path(f"fetch-unpack-{key[:12]}")
+        with store.publishing("fetch-source", key, {"origin": origin}) as work:
             run_step(["tar", *_decompressor(tarball), "-xf", tarball, "-C", work],
                      step=f"unpack {tarball.name}", log=log)
             tops = [p for p in work.iterdir() if p.is_dir()]
@@ -49,7 +49,7 @@ def unpack_tarball(store: Store, tarball: Path, key: str, origin: dict) -> Sourc
                 raise FetchError(f"{tarball}: expected one kernel source directory at the top "
                                  f"of the tarball, found {', '.join(p.name for p in tops)}")
             os.rename(tops[0], work / "tree")
-        artifact = store.lookup("source", key)
+        artifact = store.lookup("fetch-source", key)
         assert artifact is not None
     return SourceTree(artifact.path / "tree", key, origin)
 
@@ -81,7 +81,8 @@ def debian_source_tree(store: Store, package: debian.DebianPackage) -> SourceTre
     """The pristine tree of a ``linux-source-X.Y`` package, fetched and unpacked once."""
     tarball = debian.source_tarball(store, package)
     origin = {"debian": package.name, "version": package.version, "sha256": package.sha256}
-    return unpack_tarball(store, tarball, content_key("debian-source", package.sha256), origin)
+    key = content_key(debian.DEBIAN_SOURCE_KIND, package.sha256)
+    return unpack_tarball(store, tarball, key, origin)
 
 
 def obtain_source(store: Store, spec: SourceSpec, where: str) -> SourceTree:

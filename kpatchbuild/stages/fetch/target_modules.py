@@ -128,20 +128,20 @@ class DebianModules:
 
     def find(self, name: str) -> Path:
         """The uncompressed ``.ko`` of module ``name``."""
-        key = content_key("debian-module", self.image.sha256, module_key(name))
-        artifact = self.store.lookup("debian-module", key)
+        key = content_key("fetch-module", self.image.sha256, module_key(name))
+        artifact = self.store.lookup("fetch-module", key)
         if not artifact:
             member = self.members().get(module_key(name))
             if member is None:
                 raise FetchError(f"{self.image.filename} has no module named {name}; it may be "
                                  f"built into {self.release} (then its objects are vmlinux's)")
             deb = fetch_package(self.store, self.image)
-            with self.store.publishing("debian-module", key, {"module": name,
+            with self.store.publishing("fetch-module", key, {"module": name,
                                                               "member": member}) as work:
                 extract_members(deb, [member], work)
                 _decompress(work / member, work / f"{module_key(name)}.ko")
                 shutil.rmtree(work / "lib")
-            artifact = self.store.lookup("debian-module", key)
+            artifact = self.store.lookup("fetch-module", key)
             assert artifact is not None
         return artifact.path / f"{module_key(name)}.ko"
 

@@ -29,6 +29,8 @@ from kpatchbuild.stages.fetch.source import SourceTree, no_write_through, privat
 
 # Bump when the way a stage is made changes, so old stages are not taken for new ones.
 STAGE_FORMAT = 3  # 3: Debian's BTF options kept (pahole); trees linked, not copied
+# Where both kinds of original stage are published: a prepared Debian tree, a built kernel.
+STORE_KIND = "original"
 LINKER_SCRIPT_MACROS = "include/asm-generic/vmlinux.lds.h"
 _SECTION_MACROS_CONDITION = ("#if defined(CONFIG_LD_DEAD_CODE_DATA_ELIMINATION) || "
                              "defined(CONFIG_LTO_CLANG)")
@@ -39,7 +41,7 @@ BUILT_OUTPUTS = ("vmlinux", "arch/x86/boot/bzImage", "Module.symvers", "System.m
 class OriginalStage:
     """A published original tree and what it stands for."""
 
-    kind: str  # "prepared" (Debian) or "built"
+    kind: str  # "prepared" (Debian) or "built"; both are published as STORE_KIND
     key: str
     path: Path  # the artifact directory; the kernel tree is path / "tree"
     release: str
@@ -53,7 +55,7 @@ class OriginalStage:
     def from_artifact(cls, artifact: Artifact) -> OriginalStage:
         manifest = artifact.manifest
         built_in = manifest.get("built_in")
-        return cls(artifact.kind, artifact.key, artifact.path, manifest["release"],
+        return cls(manifest["stage"], artifact.key, artifact.path, manifest["release"],
                    Path(built_in) if built_in else None)
 
 
@@ -68,14 +70,15 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
     """Debian's source, configured and prepared as Debian built ``release``; no kernel build."""
     compiler = kbuild.check_compiler(config_text, label)
     key = prepared_key(source, config_text, release, compiler, file_hash(module_symvers))
-    artifact = store.lookup("prepared", key)
+    artifact = store.lookup(STORE_KIND, key)
     if artifact:
         return OriginalStage.from_artifact(artifact)
-    log = store.log_path(f"prepare-{label}")
+    log = store.log_path(f"original-{label}")
     log.unlink(missing_ok=True)
-    manifest: dict[str, Any] = {"release": release, "source": source.origin,
+    manifest: dict[str, Any] = {"stage": "prepared", "release": release,
+                                "source": source.origin,
                                 "compiler": compiler.text, "kcflags": kbuild.KCFLAGS}
-    with store.publishing("prepared", key, manifest) as work:
+    with store.publishing(STORE_KIND, key, manifest) as work:
         tree = work / "tree"
         manifest["built_in"] = str(tree)
         say(f"  preparing {release} (link source, olddefconfig, modules_prepare); log: {log}")
@@ -90,7 +93,7 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
             kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
         shutil.copyfile(module_symvers, tree / "Module.symvers")
         _check_release(tree, release, log)
-    return OriginalStage.from_artifact(store.lookup("prepared", key))  # type: ignore[arg-type]
+    return OriginalStage.from_artifact(store.lookup(STORE_KIND, key))  # type: ignore[arg-type]
 
 
 def built_key(source: SourceTree, config_text: str, compiler: kbuild.CompilerVersion) -> str:
@@ -103,14 +106,15 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
     """Build the kernel of ``config_text`` in full, keeping every ``.cmd`` record."""
     compiler = kbuild.host_compiler()
     key = built_key(source, config_text, compiler)
-    artifact = store.lookup("built", key)
+    artifact = store.lookup(STORE_KIND, key)
     if artifact:
         return OriginalStage.from_artifact(artifact)
-    log = store.log_path(f"build-orig-{label}")
+    log = store.log_path(f"original-{label}")
     log.unlink(missing_ok=True)
-    manifest: dict[str, Any] = {"source": source.origin, "compiler": compiler.text,
-                                "kcflags": kbuild.KCFLAGS, "config_hash": content_key(config_text)}
-    with store.publishing("built", key, manifest) as work:
+    manifest: dict[str, Any] = {"stage": "built", "source": source.origin,
+                                "compiler": compiler.text, "kcflags": kbuild.KCFLAGS,
+                                "config_hash": content_key(config_text)}
+    with store.publishing(STORE_KIND, key, manifest) as work:
         tree = work / "tree"
         manifest["built_in"] = str(tree)
         say(f"  building {label} in full (make -j{kbuild.jobs()} all); log: {log}")
@@ -135,7 +139,7 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         elapsed = time.monotonic() - started
         manifest["build_seconds"] = round(elapsed, 1)
         say(f"  built {label} ({manifest['release']}) in {format_elapsed(elapsed)}")
-    return OriginalStage.from_artifact(store.lookup("built", key))  # type: ignore[arg-type]
+    return OriginalStage.from_artifact(store.lookup(STORE_KIND, key))  # type: ignore[arg-type]
 
 
 def _source_kept(store: Store, source: SourceTree, label: str) -> AbstractContextManager[None]:

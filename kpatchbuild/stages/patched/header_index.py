@@ -37,10 +37,11 @@ from kpatchbuild.base.commands import format_elapsed, run_step, say
 from kpatchbuild.base.errors import BuildError
 from kpatchbuild.base.store import Store, content_key
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
-from kpatchbuild.stages.original.original import OriginalStage
+from kpatchbuild.stages.original.original import STORE_KIND, OriginalStage
 
 # Bumped when what the index holds or how it is made changes.
 INDEX_FORMAT = 1
+INDEX_KIND = "patched-header-index"  # its store kind: the patched stage uses it
 RECORDS = "records.json"
 
 _PREPROCESSING_GCC = r"""#!/bin/sh
@@ -91,12 +92,12 @@ class HeaderIndex:
 
 
 def index_key(stage: OriginalStage) -> str:
-    return content_key("header-index", INDEX_FORMAT, stage.key, kbuild.KCFLAGS)
+    return content_key(INDEX_KIND, INDEX_FORMAT, stage.key, kbuild.KCFLAGS)
 
 
 def load_index(store: Store, stage: OriginalStage) -> HeaderIndex | None:
     """The stage's index if it was built, else None."""
-    artifact = store.lookup("header-index", index_key(stage))
+    artifact = store.lookup(INDEX_KIND, index_key(stage))
     if artifact is None:
         return None
     data = json.loads((artifact.path / RECORDS).read_text())
@@ -113,17 +114,17 @@ def build_index(store: Store, stage: OriginalStage, *, label: str) -> HeaderInde
     if found is not None:
         return found
     key = index_key(stage)
-    log = store.log_path(f"header-index-{label}")
+    log = store.log_path(f"patched-header-index-{label}")
     log.unlink(missing_ok=True)
     say(f"  indexing which objects include which headers in {stage.release} (every object "
         f"preprocessed once, cached for this kernel); log: {log}")
-    with store.publishing("header-index", key, {"stage": stage.key,
+    with store.publishing(INDEX_KIND, key, {"stage": stage.key,
                                                 "release": stage.release}) as work:
         tree = work / "tree"
         link_tree(stage.tree, tree, copy_unshared=True, built_in=stage.built_in)
         # A full-tree make in a tree of links to the stage: it must not write through.
         with no_write_through(tree, what=f"{label}: the header index pass",
-                              on_damage=lambda: store.discard(stage.kind, stage.key)):
+                              on_damage=lambda: store.discard(STORE_KIND, stage.key)):
             records, seconds = _preprocess_everything(tree, work / "bin", label=label, log=log)
         write_records(work / RECORDS, records)
         shutil.rmtree(tree)

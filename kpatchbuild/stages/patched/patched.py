@@ -31,7 +31,7 @@ from kpatchbuild.base.commands import run_step, say
 from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.base.store import PROJECT_ROOT, Store, content_key, write_atomically
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
-from kpatchbuild.stages.original.original import OriginalStage
+from kpatchbuild.stages.original.original import STORE_KIND, OriginalStage
 from kpatchbuild.stages.patched.header_index import HeaderIndex, build_index, load_index
 from kpatchbuild.stages.patches.patching import apply_patches
 
@@ -66,7 +66,7 @@ class Workspace:
     def __init__(self, store: Store, stage: OriginalStage) -> None:
         self.store = store
         self.stage = stage
-        self.root = store.root / "workspace" / stage.key
+        self.root = store.root / "patched-workspace" / stage.key
         self.tree = self.root / "tree"
         self._index: HeaderIndex | None = None
 
@@ -143,7 +143,7 @@ class Workspace:
 
     def discard(self) -> None:
         """Drop this workspace and its stage from the cache: a make wrote into both."""
-        self.store.discard(self.stage.kind, self.stage.key)
+        self.store.discard(STORE_KIND, self.stage.key)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def compile(self, obj: str, log: Path) -> Path:
@@ -296,7 +296,7 @@ def _listed_in_kbuild(tree: Path, rel: str) -> bool:
 
 
 def object_key(stage: OriginalStage, obj: str, contents: dict[str, bytes]) -> str:
-    return content_key("object", stage.key, obj,
+    return content_key("patched", stage.key, obj,
                        sorted((rel, xxhash.xxh3_128_hexdigest(data))
                               for rel, data in contents.items()))
 
@@ -316,16 +316,16 @@ def compiled_object(store: Store, workspace: Workspace, obj: str,
     """``obj`` compiled with the touched files holding ``contents``: from the cache if known."""
     contents = {**patch_headers(), **contents}
     key = object_key(workspace.stage, obj, contents)
-    artifact = store.lookup("object", key)
+    artifact = store.lookup("patched", key)
     if artifact:
         return artifact.path / Path(obj).name
-    with store.publishing("object", key, {"object": obj, "stage": workspace.stage.key,
+    with store.publishing("patched", key, {"object": obj, "stage": workspace.stage.key,
                                           "files": sorted(contents)}) as work:
         with workspace.locked():
             workspace.set_contents(contents)
             built = workspace.compile(obj, log)
             shutil.copyfile(built, work / Path(obj).name)
-    return store.path("object", key) / Path(obj).name
+    return store.path("patched", key) / Path(obj).name
 
 
 def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, ...],

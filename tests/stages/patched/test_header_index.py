@@ -12,6 +12,7 @@ from kpatchbuild.base import kbuild
 from kpatchbuild.base.errors import RecipeError
 from kpatchbuild.elf import read_elf
 from kpatchbuild.stages.patched.header_index import (
+    INDEX_KIND,
     RECORDS,
     failed_targets,
     index_key,
@@ -67,7 +68,7 @@ def test_a_preprocessing_error_fails_the_compile(tmp_path: Path,
 
 
 def _publish_index(stage, workspace, records: dict[str, kbuild.ObjectRecord]) -> None:  # noqa: ANN001
-    with workspace.store.publishing("header-index", index_key(stage), {}) as work:
+    with workspace.store.publishing(INDEX_KIND, index_key(stage), {}) as work:
         write_records(work / RECORDS, records)
 
 

@@ -13,7 +13,7 @@ import pytest
 from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.base.store import Store, default_root
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
-from kpatchbuild.stages.original.original import OriginalStage
+from kpatchbuild.stages.original.original import STORE_KIND, OriginalStage
 from kpatchbuild.stages.patched.patched import Workspace, objects_to_rebuild
 from tests.conftest import PROJECT, RecipeStage, run_doit
 
@@ -76,10 +76,10 @@ def test_object_the_config_leaves_out_is_refused_naming_the_option(tmp_path: Pat
 
 @pytest.mark.kernel
 def test_default_recipe_diffs_cmdline(default_recipe_stage: RecipeStage) -> None:
-    objects = json.loads((default_recipe_stage.work / "objects.json").read_text())["objects"]
+    objects = json.loads((default_recipe_stage.work / "patched.json").read_text())["objects"]
     assert [(o["object"], o["target"], o["identical"]) for o in objects] == [
         ("fs/proc/cmdline.o", "vmlinux", False)]
-    (diff,) = json.loads((default_recipe_stage.work / "diffs.json").read_text())["diffs"]
+    (diff,) = json.loads((default_recipe_stage.work / "diff.json").read_text())["diffs"]
     report = json.loads(Path(diff["report"]).read_text())
     assert [f["name"] for f in report["changed_functions"]] == ["cmdline_proc_show"]
     assert report["new_functions"] == []
@@ -99,7 +99,7 @@ def test_patch_edits_recompile_only_the_patched_side_and_reverts_hit_the_cache(
             # Up to the module: the recipe's check still looks for kpatch=1.
             result = run_doit("module", env=env)
             assert result.returncode == 0, result.stdout + result.stderr
-            (pair,) = json.loads((work / "objects.json").read_text())["objects"]
+            (pair,) = json.loads((work / "patched.json").read_text())["objects"]
             return pair
 
         first = build()
@@ -146,7 +146,7 @@ def test_default_recipe_module_is_proven_in_debians_kernel(
     module = json.loads((default_recipe_stage.work / "module.json").read_text())
     assert Path(module["module"]).name == "livepatch_cmdline.ko"
     assert module["release"] == default_recipe_stage.fetch["kernel"]["release"]
-    proof = json.loads((default_recipe_stage.work / "proof.json").read_text())
+    proof = json.loads((default_recipe_stage.work / "prove.json").read_text())
     assert proof["steps"] == ["mount", "check-before", "insmod", "transition-enable",
                               "check-patched", "disable", "transition-disable",
                               "sysfs-removed", "rmmod", "check-after"]
@@ -175,7 +175,7 @@ def built_stage_with_object(tmp_path: Path) -> tuple[Store, OriginalStage]:
     """A stage linked from a pristine source (kernel/a.c), holding kernel/a.o its build made
     and kbuild's record of the command that made it."""
     store = Store(tmp_path / "cache")
-    stage = OriginalStage("built", "k3", store.path("built", "k3"), "6.1.0-1-test")
+    stage = OriginalStage("built", "k3", store.path(STORE_KIND, "k3"), "6.1.0-1-test")
     (tmp_path / "pristine/kernel").mkdir(parents=True)
     (tmp_path / "pristine/kernel/a.c").write_text("int a;\n")
     link_tree(tmp_path / "pristine", stage.tree)
@@ -204,7 +204,7 @@ def test_workspace_links_the_stage_and_compiles_never_write_through(tmp_path: Pa
 
 def test_a_write_through_discards_the_damaged_trees(tmp_path: Path) -> None:
     store, stage = built_stage_with_object(tmp_path)
-    (store.path("built", "k3") / "manifest.json").write_text("{}")
+    (store.path(STORE_KIND, "k3") / "manifest.json").write_text("{}")
     workspace = Workspace(store, stage)
     workspace.ensure()
     with pytest.raises(BuildError, match=r"make kernel/b.o wrote into 1 file\(s\) shared with "
@@ -214,7 +214,7 @@ def test_a_write_through_discards_the_damaged_trees(tmp_path: Path) -> None:
             with (workspace.tree / "kernel/a.c").open("r+") as inside:
                 inside.write("int b;\n")  # in place: the stage's file changes too
             (workspace.tree / "kernel/b.o").write_text("a new file is fine\n")
-    assert store.lookup("built", "k3") is None
+    assert store.lookup(STORE_KIND, "k3") is None
     assert not workspace.root.exists()
 
 
