@@ -26,7 +26,7 @@ EXIT_CANNOT_PATCH = 2
 EXIT_NO_CHANGE = 3
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "diff",
         help="diff an original and a patched object into a livepatch object",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 import xxhash
 
@@ -78,7 +79,7 @@ class Comparison:
         return [v for v in self.functions.values() if v.status is Status.NEW]
 
 
-def _identity(correlation: Correlation, symbol: Symbol, side: str) -> tuple:
+def _identity(correlation: Correlation, symbol: Symbol, side: str) -> tuple[Any, ...]:
     if symbol.section is None:
         return ("ext", symbol.name)
     if side == "orig":
@@ -87,7 +88,7 @@ def _identity(correlation: Correlation, symbol: Symbol, side: str) -> tuple:
     return ("sym", original.name) if original is not None else ("new", symbol.name)
 
 
-def target_key(correlation: Correlation, target: Target, side: str) -> tuple:
+def target_key(correlation: Correlation, target: Target, side: str) -> tuple[Any, ...]:
     """What a relocation designates, in names that are the same on both sides when paired."""
     if isinstance(target, SymbolTarget):
         return (_identity(correlation, target.symbol, side), target.delta)
@@ -103,7 +104,7 @@ def target_key(correlation: Correlation, target: Target, side: str) -> tuple:
 
 def symbol_contents(
     correlation: Correlation, index: ObjectIndex, symbol: Symbol, side: str
-) -> tuple[bytes, list[tuple]]:
+) -> tuple[bytes, list[tuple[Any, ...]]]:
     """The bytes of a symbol and its relocations as (offset in symbol, type, target key)."""
     section = symbol.section
     assert section is not None
@@ -120,7 +121,7 @@ def symbol_contents(
     return index.symbol_bytes(symbol), relocations
 
 
-def fingerprint(contents: bytes, relocations: list[tuple]) -> str:
+def fingerprint(contents: bytes, relocations: list[tuple[Any, ...]]) -> str:
     digest = xxhash.xxh3_64(contents)
     digest.update(repr(relocations).encode())
     return digest.hexdigest()
@@ -168,8 +169,8 @@ def compare_objects(correlation: Correlation, marks: Marks | None = None) -> Com
     return result
 
 
-def _change_reason(old: bytes, new: bytes, old_relocations: list[tuple],
-                   new_relocations: list[tuple]) -> str:
+def _change_reason(old: bytes, new: bytes, old_relocations: list[tuple[Any, ...]],
+                   new_relocations: list[tuple[Any, ...]]) -> str:
     """What differs, in words: the code, or only what a relocation designates."""
     if old != new or len(old_relocations) != len(new_relocations):
         return "changed code"
@@ -180,7 +181,7 @@ def _change_reason(old: bytes, new: bytes, old_relocations: list[tuple],
     return "changed code"
 
 
-def _describe_key(key: tuple) -> str:
+def _describe_key(key: tuple[Any, ...]) -> str:
     if key[0] == "str":
         return repr(key[1][:40].decode(errors="replace"))
     if key[0] == "anon":
@@ -211,8 +212,8 @@ def _promote_cold_parents(result: Comparison, patched: ObjectIndex) -> None:
                 reason=f"its out-of-line part {verdict.patched.name} changed")
 
 
-def _line_shift(old: bytes, new: bytes, old_relocations: list[tuple],
-                new_relocations: list[tuple]) -> LineShift | None:
+def _line_shift(old: bytes, new: bytes, old_relocations: list[tuple[Any, ...]],
+                new_relocations: list[tuple[Any, ...]]) -> LineShift | None:
     """How the two versions differ in line numbers only (lines.py): in the immediates of line
     arguments, and in `file.c:N` inside the strings they refer to; None if otherwise."""
     if len(old_relocations) != len(new_relocations):
@@ -248,7 +249,7 @@ def _settle_line_shifts(result: Comparison, shifts: dict[int, LineShift]) -> Non
                        f"moved by {sorted(shift.unproven - known)})")
 
 
-def _without_line_numbers(relocation: tuple) -> tuple:
+def _without_line_numbers(relocation: tuple[Any, ...]) -> tuple[Any, ...]:
     offset, kind, key = relocation
     if key[0] == "str":
         return (offset, kind, ("str", without_line_numbers(key[1]), key[2]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import xxhash
 
@@ -158,7 +159,7 @@ def _loose_fingerprint(index: ObjectIndex, symbol: Symbol) -> str:
     return digest.hexdigest()
 
 
-def _loose_key(target: SymbolTarget | StringTarget | AnonymousTarget) -> tuple:
+def _loose_key(target: SymbolTarget | StringTarget | AnonymousTarget) -> tuple[Any, ...]:
     if isinstance(target, SymbolTarget):
         return ("sym", normalized_name(target.symbol.name), target.delta)
     if isinstance(target, StringTarget):

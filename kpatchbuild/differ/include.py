@@ -151,6 +151,8 @@ class PatchBuilder:
         self.functions: list[Symbol] = []
         self._walked: set[tuple[int, int, int]] = set()
         self._dropped_entries: set[tuple[int, int]] = set()  # (id(table), entry start)
+        self._piece_starts_by_section: dict[int, list[int]] = {}
+        self._undefined_by_name: dict[str, Symbol] = {}
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class PatchBuilder:
                 continue
             if parent_function_name(symbol.name) is not None:
                 continue  # `.cold` parts come with their parent
+            assert symbol.section is not None  # a defined function
             self._include_code(symbol.section, symbol)
         for symbol in self.comparison.new_data:
             if symbol.bind != STB_LOCAL and symbol.section is not None:
@@ -427,9 +430,7 @@ class PatchBuilder:
         return start, end
 
     def _piece_starts(self, section: Section) -> list[int]:
-        cache = getattr(self, "_starts_cache", None)
-        if cache is None:
-            cache = self._starts_cache = {}
+        cache = self._piece_starts_by_section
         starts = cache.get(id(section))
         if starts is None:
             found = {0}
@@ -673,6 +674,7 @@ class PatchBuilder:
                                            out)
                     if moved is not None:
                         relocations.append(moved)
+            assert piece.out is not None  # every slice was given its output section above
             if relocations:
                 piece.out.relocations = relocations
             if source.link is not None:
@@ -772,9 +774,7 @@ class PatchBuilder:
         return Relocation(offset, relocation.type, undefined, addend)
 
     def _undefined(self, name: str, out: ElfObject) -> Symbol:
-        cache = getattr(self, "_undefined_cache", None)
-        if cache is None:
-            cache = self._undefined_cache = {}
+        cache = self._undefined_by_name
         symbol = cache.get(name)
         if symbol is None:
             symbol = cache[name] = Symbol(name, bind=STB_GLOBAL)

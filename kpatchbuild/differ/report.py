@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kpatchbuild.differ.diff import DiffResult
+from kpatchbuild.differ.diff import DiffResult, FunctionChange
 
 # 2: functions say why the patch carries them ("reason"); callbacks.
 REPORT_VERSION = 2
@@ -55,7 +55,7 @@ def report_dict(result: DiffResult, *, target: str, output: str | None) -> dict[
     }
 
 
-def _function(change) -> dict[str, Any]:  # noqa: ANN001 - FunctionChange
+def _function(change: FunctionChange) -> dict[str, Any]:
     data = asdict(change)
     data["global"] = data.pop("global_binding")
     return data

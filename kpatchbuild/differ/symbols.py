@@ -22,6 +22,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.elf.model import (
@@ -460,7 +461,7 @@ class _Columns:
         self.position += size
         return chunk
 
-    def array(self, typecode: str, count: int) -> array:
+    def array(self, typecode: str, count: int) -> array[Any]:
         column = array(typecode)
         column.frombytes(self.take(column.itemsize * count))
         return column

@@ -1,24 +1,22 @@
-"""ELF file -> ElfObject; the only module that knows pyelftools.
+"""ELF file -> ElfObject, through the record tables of ``structs.py``.
 
-pyelftools parses and checks the ELF and section headers. The big fixed-size arrays (symbols,
-relocations) are decoded in bulk through the shared record tables instead of pyelftools'
-per-entry parsing: a kernel object holds tens of thousands of relocations and the differ
-must read one in well under a second. Every range is checked against the file before it is
-read, and any failure becomes one ElfFormatError naming the file: a corrupted object is an
-input error, never a traceback.
+The ELF header, the section headers and the big fixed-size arrays (symbols, relocations)
+are all decoded through the same declared records the writer packs with, in bulk where
+they are arrays: a kernel object holds tens of thousands of relocations and the differ must
+read one in well under a second (pyelftools decodes one entry at a time, and its section
+headers are reachable only through a private method). Every range is checked against the
+file before it is read, and any failure becomes one ElfFormatError naming the file: a
+corrupted object is an input error, never a traceback.
 """
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
+from typing import Any
 
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.elf.model import (
@@ -47,6 +45,8 @@ from kpatchbuild.elf.model import (
 from kpatchbuild.elf.structs import ELF64_EHDR, ELF64_RELA, ELF64_SHDR, ELF64_SYM, ELF64_WORD
 
 ELF_MAGIC = b"\x7fELF"
+EI_OSABI = 7
+EI_ABIVERSION = 8
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
 # Kernel sections align to at most a page (or a 2 MiB huge page); anything larger is damage,
@@ -103,8 +103,6 @@ def read_elf_bytes(
         return _Reader(raw, name, require_relocatable).build()
     except ElfFormatError:
         raise
-    except (ELFError, ELFParseError) as error:
-        raise ElfFormatError(f"{name}: corrupt ELF: {error}") from None
     except Exception as error:  # noqa: BLE001 - any parser failure on hostile input is a format error
         raise ElfFormatError(f"{name}: corrupt ELF ({type(error).__name__}: {error})") from None
 
@@ -150,8 +148,7 @@ class _Reader:
         self.raw = raw
         self.name = name
         self.require_relocatable = require_relocatable
-        self._check_ident()
-        self.elf = ELFFile(_NoCopyStream(raw))
+        self.header = self._check_ident()
         self._check_header()
         self.raw_sections = self._section_headers()
 
@@ -160,7 +157,7 @@ class _Reader:
 
     # -- headers -------------------------------------------------------------------------------
 
-    def _check_ident(self) -> None:
+    def _check_ident(self) -> dict[str, Any]:
         raw = self.raw
         if len(raw) < 4 or raw[:4] != ELF_MAGIC:
             raise self.fail("not an ELF file")
@@ -179,29 +176,32 @@ class _Reader:
             count = ELF64_SHDR.unpack(raw, shoff)["sh_size"]
         if shoff + count * ELF64_SHDR.size > len(raw):
             raise self.fail("truncated: section header table beyond end of file")
+        header["section_count"] = count
+        return header
 
     def _check_header(self) -> None:
-        header = self.elf.header
+        header = self.header
         machine = header["e_machine"]
-        if machine not in ("EM_X86_64", EM_X86_64):
+        if machine != EM_X86_64:
             raise self.fail(f"not an x86_64 object (machine {machine})")
-        if self.require_relocatable and header["e_type"] not in ("ET_REL", ET_REL):
+        if self.require_relocatable and header["e_type"] != ET_REL:
             raise self.fail(f"not a relocatable object (type {header['e_type']})")
 
     def _section_headers(self) -> list[_RawSection]:
-        elf = self.elf
-        count = elf.num_sections()
-        shstrndx = elf.header["e_shstrndx"]
-        if shstrndx == SHN_XINDEX:
-            shstrndx = elf._get_section_header(0)["sh_link"]
-        headers = [elf._get_section_header(index) for index in range(count)]
+        count: int = self.header["section_count"]
+        table = memoryview(self.raw)[self.header["e_shoff"]:][: count * ELF64_SHDR.size]
+        headers = [dict(zip(ELF64_SHDR.names, values, strict=True))
+                   for values in ELF64_SHDR.iter_tuples(table)]
+        shstrndx: int = self.header["e_shstrndx"]
+        if shstrndx == SHN_XINDEX:  # extended numbering: the real index is section 0's sh_link
+            shstrndx = headers[0]["sh_link"]
         if count and not 0 < shstrndx < count:
             raise self.fail(f"section name table index {shstrndx} out of range")
         self.shstrndx = shstrndx
         names = self._table_bytes(headers[shstrndx]) if count else b""
         result = []
         for index, header in enumerate(headers):
-            section_type = _enum_value(header["sh_type"])
+            section_type = header["sh_type"]
             raw_section = _RawSection(
                 index=index,
                 name=_string_at(names, header["sh_name"], self, "section name"),
@@ -224,7 +224,7 @@ class _Reader:
             result.append(raw_section)
         return result
 
-    def _table_bytes(self, header: dict) -> bytes:
+    def _table_bytes(self, header: dict[str, int]) -> bytes:
         offset, size = header["sh_offset"], header["sh_size"]
         if offset + size > len(self.raw):
             raise self.fail("truncated: string table beyond end of file")
@@ -241,7 +241,9 @@ class _Reader:
             raise self.fail("more than one symbol table")
         return tables[0] if tables else None
 
-    def _symbol_tuples(self, symtab: _RawSection) -> tuple[list[tuple], bytes, list[int] | None]:
+    def _symbol_tuples(
+        self, symtab: _RawSection
+    ) -> tuple[list[tuple[Any, ...]], bytes, list[int] | None]:
         if symtab.entsize != ELF64_SYM.size or symtab.size % ELF64_SYM.size:
             raise self.fail("symbol table has a bad entry size")
         if not 0 < symtab.link < len(self.raw_sections):
@@ -285,14 +287,14 @@ class _Reader:
     # -- the model -----------------------------------------------------------------------------
 
     def build(self) -> ElfObject:
-        header = self.elf.header
-        ident = header["e_ident"]
+        header = self.header
+        ident: bytes = header["e_ident"]
         obj = ElfObject(
             machine=EM_X86_64,
-            type=_enum_value(header["e_type"]),
+            type=header["e_type"],
             flags=header["e_flags"],
-            osabi=_enum_value(ident["EI_OSABI"]),
-            abiversion=ident["EI_ABIVERSION"],
+            osabi=ident[EI_OSABI],
+            abiversion=ident[EI_ABIVERSION],
             name=self.name,
         )
         symtab = self._symbol_table()
@@ -323,10 +325,10 @@ class _Reader:
             obj.sections.append(section)
         # sh_link of ordinary sections (SHF_LINK_ORDER) names another section.
         for raw_section in self.raw_sections:
-            section = by_index.get(raw_section.index)
-            if section is not None and raw_section.link and raw_section.type != SHT_GROUP:
-                section.link = by_index.get(raw_section.link)
-                if section.link is None:
+            linking = by_index.get(raw_section.index)
+            if linking is not None and raw_section.link and raw_section.type != SHT_GROUP:
+                linking.link = by_index.get(raw_section.link)
+                if linking.link is None:
                     raise self.fail(f"section {raw_section.name!r} links to a missing section")
 
         symbols: list[Symbol] = []
@@ -444,48 +446,3 @@ def _string_at(table: bytes, offset: int, reader: _Reader, what: str) -> str:
 
 def _words(data: bytes) -> list[int]:
     return [value for (value,) in ELF64_WORD.iter_tuples(data[: len(data) // 4 * 4])]
-
-
-def _enum_value(value: int | str) -> int:
-    """pyelftools turns known numbers into names; map the ones we store back to numbers."""
-    if isinstance(value, int):
-        return value
-    from elftools.elf.enums import ENUM_E_TYPE, ENUM_EI_OSABI, ENUM_SH_TYPE_BASE
-
-    for table in (ENUM_SH_TYPE_BASE, ENUM_E_TYPE, ENUM_EI_OSABI):
-        if value in table:
-            return table[value]
-    raise ValueError(f"unknown ELF constant {value}")
-
-
-class _NoCopyStream(io.RawIOBase):
-    """A seekable read-only view of bytes or an mmap, so pyelftools never copies the file."""
-
-    def __init__(self, buffer: bytes | mmap.mmap) -> None:
-        self._buffer = buffer
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._buffer)}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._buffer) if size is None or size < 0 else self._position + size
-        chunk = self._buffer[self._position : end]
-        self._position += len(chunk)
-        return bytes(chunk)
-
-    def readinto(self, target) -> int:  # type: ignore[override]
-        chunk = self.read(len(target))
-        target[: len(chunk)] = chunk
-        return len(chunk)

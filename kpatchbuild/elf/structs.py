@@ -7,8 +7,10 @@ down in exactly one place, like pyelftools' ``elftools/elf/structs.py``.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 
 class Record:
@@ -30,13 +32,14 @@ class Record:
         """Pack a mapping of every field; a missing field is a programming error."""
         return self._codec.pack(*(values[name] for name in self.names))
 
-    def pack_tuple(self, values: tuple) -> bytes:
+    def pack_tuple(self, values: tuple[int, ...]) -> bytes:
         return self._codec.pack(*values)
 
-    def unpack(self, data: bytes | memoryview, offset: int = 0) -> dict[str, int | bytes]:
+    def unpack(self, data: bytes | memoryview | mmap.mmap, offset: int = 0) -> dict[str, Any]:
+        """The fields by name: ints, and bytes for the ``s`` fields (``e_ident``)."""
         return dict(zip(self.names, self._codec.unpack_from(data, offset), strict=True))
 
-    def iter_tuples(self, data: bytes | memoryview) -> Iterator[tuple]:
+    def iter_tuples(self, data: bytes | memoryview) -> Iterator[tuple[Any, ...]]:
         """Decode a packed array of records at C speed: the hot path for symbols and relocations."""
         return self._codec.iter_unpack(data)
 

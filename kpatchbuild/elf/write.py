@@ -119,11 +119,11 @@ class _Writer:
         names = StringTable()
         strings = StringTable()
         out: list[_OutSection] = [_OutSection(name="", type=0)]
-        for kind, section, table in order:
+        for kind, section, relocations in order:
             if kind == "section":
                 out.append(self._plain(section))
             else:
-                out.append(self._rela(section, symtab_index, table))
+                out.append(self._rela(section, symtab_index, relocations))
         symtab_data, shndx_data = self._symbols(ordered_symbols, strings, extended)
         out.append(
             _OutSection(

@@ -291,7 +291,10 @@ def replace(system: System, module: ModuleFile, *, timeout: float = DEFAULT_TIME
     removed = []
     for name in before:
         # The kernel retires the replaced patches as the transition ends.
-        if not _wait(system, lambda n=name: not system.patch_dir(n).exists(), timeout):
+        def replaced(name: str = name) -> bool:
+            return not system.patch_dir(name).exists()
+
+        if not _wait(system, replaced, timeout):
             raise KernelRefusedError(f"{module.name} is loaded, but {name} was not replaced "
                                      f"(its {system.patch_dir(name)} stays); kpatch unload "
                                      f"{name} if it should go")

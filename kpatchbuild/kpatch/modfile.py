@@ -134,6 +134,7 @@ class _Tables:
                         and section["sh_info"] == section_index
                         and not section.name.startswith(".klp.rela.")):
                     symtab = self.elf.get_section(section["sh_link"])
+                    assert isinstance(symtab, SymbolTableSection)
                     for relocation in section.iter_relocations():
                         symbol = symtab.get_symbol(relocation["r_info_sym"])
                         found[relocation["r_offset"]] = (symbol, relocation["r_addend"])

@@ -59,7 +59,7 @@ def merge_options(base_text: str, options: list[ConfigOption]) -> str:
 def make_config(srctree: Path, spec: ConfigSpec, scratch: Path, log: Path) -> str:
     """Run kconfig for ``spec`` in ``scratch`` (``O=``), verify the result, return its text."""
     scratch.mkdir(parents=True, exist_ok=True)
-    make = ["make", "-C", srctree, f"O={scratch}"]
+    make: list[str | Path] = ["make", "-C", srctree, f"O={scratch}"]
     if spec.base == "file":
         assert spec.base_path is not None
         (scratch / ".config").write_text(spec.base_path.read_text())
@@ -189,7 +189,7 @@ def find_kconfig_entry(srctree: Path, name: str) -> KconfigEntry | None:
 
 
 def _kconfig_files(srctree: Path) -> list[Path]:
-    found = []
+    found: list[Path] = []
     for directory, subdirs, files in os.walk(srctree):
         rel = os.path.relpath(directory, srctree)
         if rel == "arch":

@@ -39,6 +39,7 @@ def differ_version() -> str:
     """A hash of the differ's and ELF code's sources: a changed differ re-diffs everything."""
     digest = xxhash.xxh3_64()
     for package in (differ, elf):
+        assert package.__file__ is not None
         for path in sorted(Path(package.__file__).parent.glob("*.py")):
             digest.update(path.read_bytes())
     return digest.hexdigest()

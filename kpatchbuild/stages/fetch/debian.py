@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import FetchError
@@ -328,7 +328,7 @@ def fetch_package(store: Store, package: DebianPackage) -> Path:
     if artifact:
         return artifact.path / package.filename
     say(f"  fetching {package.name} {package.version}")
-    manifest = {"package": asdict(package)}
+    manifest: dict[str, Any] = {"package": asdict(package)}
     with store.publishing(DEB_KIND, package.sha256, manifest) as work:
         result = subprocess.run(["apt-get", "download", package.spec], cwd=work,
                                 capture_output=True, text=True)
@@ -396,7 +396,7 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
         "dbg": dbg_members(rel),
         "headers": [f"./usr/src/linux-headers-{rel}/Module.symvers"],
     }
-    manifest: dict = {"release": rel, "version": kernel.version,
+    manifest: dict[str, Any] = {"release": rel, "version": kernel.version,
                       "packages": {r: asdict(p) for r, p in kernel.packages.items()}}
     with store.publishing(KERNEL_FILES_KIND, key, manifest) as work:
         scratch = work / "scratch"

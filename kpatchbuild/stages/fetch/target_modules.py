@@ -48,7 +48,7 @@ def modinfo(ko: Path) -> dict[str, str]:
     except (ElfFormatError, OSError) as error:
         raise BuildError(f"{ko}: not a readable kernel module ({error})") from None
     data = next((s.data for s in sections if s.name == ".modinfo"), b"")
-    fields = {}
+    fields: dict[str, str] = {}
     for entry in data.split(b"\0"):
         key, sep, value = entry.decode(errors="replace").partition("=")
         if sep:

@@ -249,7 +249,7 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
             raise RecipeError(f"{where}: kbuild does not build {', '.join(missing)} in this "
                               "kernel's config; nothing to live-patch there")
         return {obj: [rel for rel in built if rel in records[obj].sources] for obj in objects}
-    objects = {}
+    by_source: dict[str, list[str]] = {}
     for rel in built:
         if rel.endswith(".h"):
             raise RecipeError(
@@ -264,8 +264,8 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
             raise RecipeError(f"{where}: kbuild does not build {rel} (its directory's Makefile "
                               "does not list it); nothing to live-patch there")
         _refuse_unbuilt(stage, workspace, [rel], where)
-        objects[rel[:-2] + ".o"] = [rel]
-    return objects
+        by_source[rel[:-2] + ".o"] = [rel]
+    return by_source
 
 
 def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[str],
