@@ -17,7 +17,6 @@ into tasks, with these records as their targets and dependencies.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,18 @@ from kpatchbuild.base.store import (
 )
 from kpatchbuild.differ import CannotPatch
 from kpatchbuild.graph.recipe import KernelTarget, Recipe, find_recipes
+from kpatchbuild.graph.records import (
+    DiffRecord,
+    FetchRecord,
+    ModuleRecord,
+    ObjectDiffRecord,
+    OriginalRecord,
+    PatchedRecord,
+    PatchesRecord,
+    ProveRecord,
+    read_record,
+    write_record,
+)
 from kpatchbuild.stages.config import kconfig
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.diff.objdiff import SymbolFiles
@@ -105,15 +116,20 @@ class TargetPipeline:
     def patched_log(self) -> Path:
         return self.store.log_path(f"patched-{self.recipe.name}-{self.target.name}")
 
-    def read(self, record: Path) -> dict:
-        return json.loads(record.read_text())
+    def fetched(self) -> FetchRecord:
+        return read_record(self.fetch_record, FetchRecord)
 
-    def write(self, record: Path, data: dict) -> None:
-        write_atomically(record, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    def original_made(self) -> OriginalRecord:
+        return read_record(self.original_record, OriginalRecord)
+
+    def diffs(self) -> DiffRecord:
+        return read_record(self.diff_record, DiffRecord)
+
+    def linked(self) -> ModuleRecord:
+        return read_record(self.module_record, ModuleRecord)
 
     def source_tree(self) -> SourceTree:
-        data = self.read(self.fetch_record)["source"]
-        return SourceTree(Path(data["path"]), data["key"], data["origin"])
+        return self.fetched().source
 
     # --- fetch ---
 
@@ -125,41 +141,44 @@ class TargetPipeline:
                 files_job = pool.submit(debian.kernel_files, self.store, kernel)
                 tree = source.debian_source_tree(self.store, kernel.packages["source"])
                 files = files_job.result()
-            record = {"kind": "debian", "kernel": kernel.to_json(), "files": str(files.path)}
+            record = FetchRecord("debian", tree, kernel, files.path)
         else:
             assert self.target.source is not None
             tree = source.obtain_source(self.store, self.target.source,
                                         f"{self.target.place}.source")
-            record = {"kind": "built"}
-        record["source"] = {"path": str(tree.path), "key": tree.key, "origin": tree.origin}
-        self.write(self.fetch_record, record)
+            record = FetchRecord("built", tree)
+        write_record(self.fetch_record, record)
 
     def fetch_stale(self) -> str | None:
         """Why fetch must run again although no file it depends on changed (Debian moved on,
         a local tree changed, the fetched files are gone), or None when what it fetched holds."""
         if not self.fetch_record.is_file():
             return "not fetched yet"
-        record = self.read(self.fetch_record)
-        if not Path(record["source"]["path"]).is_dir():
-            return f"its source tree {record['source']['path']} is gone from the cache"
-        if self.target.debian and not (Path(record["files"]) / debian.VMLINUX_SYMBOLS).is_file():
+        try:
+            record = self.fetched()
+        except KpbError as error:
+            return error.message
+        if not record.source.path.is_dir():
+            return f"its source tree {record.source.path} is gone from the cache"
+        if self.target.debian and not (record.debian_files() / debian.VMLINUX_SYMBOLS).is_file():
             return "fetched before vmlinux's symbol table was kept"
         try:
             if self.target.debian and not self.target.debian.image:
                 release, version = debian.newest_release_known(self.target.debian, self.store)
-                known = record["kernel"]["release"], record["kernel"]["version"]
+                assert record.kernel is not None
+                known = record.kernel.release, record.kernel.version
                 if (release, version) != known:
                     return (f"Debian moved on: {release} ({version}), fetched was {known[0]} "
                             f"({known[1]})")
             spec = self.target.source
             if spec and spec.kind == "tree":
                 assert spec.path is not None
-                if source.tree_fingerprint(spec.path) != record["source"]["key"]:
+                if source.tree_fingerprint(spec.path) != record.source.key:
                     return f"the source tree {spec.path} changed"
             if spec and spec.kind == "debian" and not spec.version:
                 assert spec.package is not None
                 newest = debian.newest_version_known(spec.package, self.store)
-                if newest != record["source"]["origin"]["version"]:
+                if newest != record.source.origin["version"]:
                     return f"Debian moved on: {spec.package} {newest}"
         except KpbError:
             return None  # offline or index gone: keep what was fetched
@@ -168,9 +187,9 @@ class TargetPipeline:
     # --- config ---
 
     def config(self) -> None:
-        record = self.read(self.fetch_record)
-        if record["kind"] == "debian":
-            text = (Path(record["files"]) / "config").read_text()
+        record = self.fetched()
+        if record.kind == "debian":
+            text = (record.debian_files() / "config").read_text()
             original.check_livepatch_config(text, self.label)
             kbuild.check_compiler(text, f"{self.label} (Debian's config)")
         else:
@@ -196,27 +215,31 @@ class TargetPipeline:
     # --- original stage ---
 
     def original(self) -> None:
-        record = self.read(self.fetch_record)
+        record = self.fetched()
         config_text = self.config_file.read_text()
-        tree = self.source_tree()
-        if record["kind"] == "debian":
-            files = Path(record["files"])
+        tree = record.source
+        if record.kind == "debian":
+            assert record.kernel is not None
+            files = record.debian_files()
             stage = original.prepare_debian_tree(
-                self.store, tree, config_text, record["kernel"]["release"],
+                self.store, tree, config_text, record.kernel.release,
                 files / "Module.symvers", label=self.label.replace("/", "-"),
             )
         else:
             stage = original.build_kernel(self.store, tree, config_text,
                                           label=self.label.replace("/", "-"))
-        self.write(self.original_record, {"kind": stage.kind, "key": stage.key,
-                                          "path": str(stage.path), "release": stage.release})
+        write_record(self.original_record,
+                     OriginalRecord(stage.kind, stage.key, stage.path, stage.release))
         say(f"  {self.label}: original stage {stage.release} at {stage.tree}")
 
     def original_gone(self) -> str | None:
         """Why the original stage must be made again although its inputs did not change."""
         if not self.original_record.is_file():
             return "not made yet"
-        path = Path(self.read(self.original_record)["path"])
+        try:
+            path = self.original_made().path
+        except KpbError as error:
+            return error.message
         if not (path / "manifest.json").is_file():
             return f"the stage {path} is gone from the cache"
         return None
@@ -225,20 +248,18 @@ class TargetPipeline:
 
     def stage(self) -> OriginalStage:
         """The original stage the record names, as its manifest in the store describes it."""
-        record = self.read(self.original_record)
-        artifact = self.store.lookup(original.STORE_KIND, record["key"])
+        record = self.original_made()
+        artifact = self.store.lookup(original.STORE_KIND, record.key)
         if artifact is None:
-            raise BuildError(f"{self.label}: its original stage {record['path']} is no longer "
+            raise BuildError(f"{self.label}: its original stage {record.path} is no longer "
                              "in the cache; run the build again to make it")
         return OriginalStage.from_artifact(artifact)
 
     def patches(self) -> None:
-        tree = Path(self.read(self.original_record)["path"]) / "tree"
+        tree = self.original_made().path / "tree"
         touched = patching.check_patches_apply(self.recipe.patches, tree, self.recipe.strip)
-        self.write(self.patches_record, {"patches": [str(p) for p in self.recipe.patches],
-                                         "strip": self.recipe.strip,
-                                         "touched": touched})
-
+        write_record(self.patches_record, PatchesRecord(
+            tuple(str(p) for p in self.recipe.patches), self.recipe.strip, tuple(touched)))
 
     # --- patched objects and their diffs ---
 
@@ -251,21 +272,21 @@ class TargetPipeline:
         for pair in pairs:
             if pair.identical:
                 say(f"  {pair.object}: no change in the compiled object")
-        self.write(self.patched_record, {"objects": [p.to_json() for p in pairs]})
+        write_record(self.patched_record, PatchedRecord(tuple(pairs)))
 
     def target_modules(self) -> DebianModules | BuiltModules:
         """Where this kernel's loadable modules come from: Debian's image, or the build."""
         if self.target.kind == "debian":
-            kernel = debian.KernelRelease.from_json(self.read(self.fetch_record)["kernel"])
-            return DebianModules(self.store, kernel.packages["image"],
-                                                kernel.release)
+            kernel = self.fetched().kernel
+            assert kernel is not None
+            return DebianModules(self.store, kernel.packages["image"], kernel.release)
         return BuiltModules(self.stage().tree)
 
     def symbol_files(self, target: str) -> SymbolFiles:
         """What references into ``target`` resolve against: vmlinux's symbol table (the
         compact one from Debian's -dbg package, else System.map), or the module's .ko."""
         if self.target.kind == "debian":
-            files = Path(self.read(self.fetch_record)["files"])
+            files = self.fetched().debian_files()
         else:
             files = self.stage().tree
         if target == "vmlinux":
@@ -273,15 +294,13 @@ class TargetPipeline:
             if not symbols.is_file():
                 symbols = files / "System.map"
             return SymbolFiles(symbols, files / "Module.symvers")
-        return SymbolFiles(self.target_modules().find(target),
-                                   files / "Module.symvers")
+        return SymbolFiles(self.target_modules().find(target), files / "Module.symvers")
 
     def changed_pairs(self) -> list[ObjectPair]:
         """The rebuilt objects whose bytes differ from the original: one diff task each."""
         if not self.patched_record.is_file():
             return []  # `doit list` before anything was built
-        return [ObjectPair(**o) for o in self.read(self.patched_record)["objects"]
-                if not o["identical"]]
+        return read_record(self.patched_record, PatchedRecord).changed()
 
     def object_diff_record(self, obj: str) -> Path:
         return self.work / "diff" / f"{obj}.json"
@@ -298,13 +317,13 @@ class TargetPipeline:
             if not (self.recipe.refused and self.recipe.refused in refusal.message):
                 raise
             say(f"  refused, as the recipe expects: {refusal.message}")
-            record: dict = {"refused": refusal.message}
+            record = ObjectDiffRecord(refused=refusal.message)
         else:
             for line in objdiff.decision_lines(diff):
                 say(f"  {line}")
-            record = {"diff": diff.to_json()}
+            record = ObjectDiffRecord(diff)
         self.object_diff_record(pair.object).parent.mkdir(parents=True, exist_ok=True)
-        self.write(self.object_diff_record(pair.object), record)
+        write_record(self.object_diff_record(pair.object), record)
 
     def diff(self) -> None:
         """The target's diffs in one record: what the module links, or the expected refusal."""
@@ -312,47 +331,43 @@ class TargetPipeline:
         if not pairs:
             raise KpbError(f"{self.recipe.path}: the patches change no compiled code "
                            "(every rebuilt object is byte-identical)", exit_code=3)
-        records = [self.read(self.object_diff_record(p.object)) for p in pairs]
-        refused = [r["refused"] for r in records if "refused" in r]
+        records = [read_record(self.object_diff_record(p.object), ObjectDiffRecord)
+                   for p in pairs]
+        refused = [r.refused for r in records if r.refused is not None]
         if refused:
-            self.write(self.diff_record, {"diffs": [], "refused": refused[0]})
+            write_record(self.diff_record, DiffRecord(refused=refused[0]))
             return
         if self.recipe.refused:
             raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
                            f"'{self.recipe.refused}', but the differ accepted the change")
-        diffs = [r["diff"] for r in records]
-        if not any(d["output"] for d in diffs):
+        collected = DiffRecord(tuple(r.diff for r in records if r.diff is not None))
+        if not collected.with_code():
             raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
                            "only line numbers or nothing the kernel runs", exit_code=3)
-        self.write(self.diff_record, {"diffs": diffs})
+        write_record(self.diff_record, collected)
 
     # --- the module and its proof ---
 
     def kernel_image(self) -> Path:
         """The original kernel to boot: Debian's own vmlinuz, or the bzImage built here."""
         if self.target.kind == "debian":
-            return Path(self.read(self.fetch_record)["files"]) / "vmlinuz"
+            return self.fetched().debian_files() / "vmlinuz"
         return self.stage().tree / "arch/x86/boot/bzImage"
 
-    def expected_refusal(self, record: Path) -> bool:
-        """True when the diff was refused as the recipe expects: nothing to link or prove."""
-        if "refused" not in self.read(self.diff_record):
-            return False
-        self.write(record, {"refused": self.read(self.diff_record)["refused"]})
-        return True
-
     def module(self) -> None:
-        if self.expected_refusal(self.module_record):
+        refused = self.diffs().refused
+        if refused is not None:  # as the recipe expects: nothing to link
+            write_record(self.module_record, ModuleRecord(refused=refused))
             return
-        records = [d for d in self.read(self.diff_record)["diffs"] if d["output"]]
-        diffs = [module.ObjectDiff.from_report(Path(d["report"]), Path(d["output"]))
-                 for d in records]
+        records = self.diffs().with_code()
+        diffs = [module.ObjectDiff.from_report(d.report, d.output) for d in records
+                 if d.output is not None]
         stage = self.stage()
         log = self.store.log_path(f"module-{self.recipe.name}-{self.target.name}")
         key = content_key(
             "module", stage.key, self.recipe.module, self.recipe.replace,
             self.recipe.description, objdiff.differ_version(), file_hash(Path(module.__file__)),
-            [(file_hash(Path(d["output"])), file_hash(Path(d["report"]))) for d in records],
+            [(file_hash(d.output), file_hash(d.report)) for d in records if d.output],
             [(p.name, file_hash(p)) for p in self.recipe.sources],
             [(p.name, file_hash(p)) for p in module_inputs()],
         )
@@ -383,8 +398,8 @@ class TargetPipeline:
                 say(f"    {diff.object_name}: new function: {change.name}")
         say(f"  build log: {log}")
         # The module's hash in its record: a relinked module with new bytes is proven again.
-        self.write(self.module_record, {"module": str(final), "release": stage.release,
-                                        "log": str(log), "xxh3": file_hash(final)})
+        write_record(self.module_record,
+                     ModuleRecord(final, stage.release, log, file_hash(final)))
 
     def kernel_build_id(self) -> str:
         """The build id of the kernel the module is for; decompressing vmlinuz once."""
@@ -398,8 +413,7 @@ class TargetPipeline:
 
     def patched_modules(self) -> list[Path]:
         """The modules the patch changes, with their dependencies, to load before it."""
-        targets = sorted({d["target"] for d in self.read(self.diff_record)["diffs"]
-                          if d["output"] and d["target"] != "vmlinux"})
+        targets = sorted({d.target for d in self.diffs().with_code() if d.target != "vmlinux"})
         modules = self.target_modules()
         ordered: list[Path] = []
         for name in targets:
@@ -408,12 +422,15 @@ class TargetPipeline:
         return ordered
 
     def prove(self) -> None:
-        if self.expected_refusal(self.prove_record):
+        refused = self.linked().refused
+        if refused is not None:  # as the recipe expects: nothing to prove
+            write_record(self.prove_record, ProveRecord(refused=refused))
             return
         if not self.recipe.check:
             say(f"  {self.label}: the recipe has no 'check': the proof shows the module loads, "
                 "transitions, disables and unloads cleanly, not that it fixes anything")
-        ko = Path(self.read(self.module_record)["module"])
+        linked = self.linked()
+        ko = linked.linked()
         result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
                                     workdir=self.work / "prove", preload=self.patched_modules())
         exit_line = f"{vm.module_name(ko)}: exit"
@@ -421,13 +438,12 @@ class TargetPipeline:
             raise KpbError(f"{self.label}: the module unloaded but its exit function never ran "
                            f"('{exit_line}' missing): the module's struct module does not match "
                            f"the kernel's; console log: {result.console_log}")
-        say(f"  proven in {self.read(self.module_record)['release']} under qemu "
+        say(f"  proven in {linked.release} under qemu "
             f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
         say(f"  console log: {result.console_log}")
-        self.write(self.prove_record, {"module": str(ko), "console_log": str(result.console_log),
-                                       "steps": [s.name for s in result.steps],
-                                       "checked": self.recipe.check is not None,
-                                       "elapsed": result.elapsed, "accel": result.accel})
+        write_record(self.prove_record, ProveRecord(
+            ko, result.console_log, tuple(s.name for s in result.steps),
+            self.recipe.check is not None, result.elapsed, result.accel))
 
 
 def recipes_dir() -> Path:

@@ -31,6 +31,7 @@ from kpatchbuild.base import kbuild
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import default_root
+from kpatchbuild.graph import records
 from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.module import module
@@ -206,7 +207,7 @@ def step_task(step: Step, item: TargetPipeline) -> dict:
         "file_dep": [str(path) for path in step.inputs(item)],
         "targets": [str(path) for path in step.outputs(item)],
         "uptodate": [*(_runs_again_when(check, task) for check in step.stale(item)),
-                     *step.uptodate(item)],
+                     *step.uptodate(item), config_changed({"records": records.formats()})],
         "task_dep": list(step.after(item)),
         "verbosity": 2,
     }
@@ -229,7 +230,8 @@ def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
             # The fetch and original records name the symbol tables the diff resolves against.
             "file_dep": [pair.original, pair.patched, str(item.recipe.path),
                          str(item.fetch_record), str(item.original_record)],
-            "uptodate": [config_changed(objdiff.differ_version())],
+            "uptodate": [config_changed(objdiff.differ_version()),
+                         config_changed({"records": records.formats()})],
             "targets": [str(item.object_diff_record(pair.object))],
             "verbosity": 2,
         }
@@ -241,6 +243,7 @@ def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
                      *(str(item.object_diff_record(p.object))
                        for p in item.changed_pairs())],
         "task_dep": names,
+        "uptodate": [config_changed({"records": records.formats()})],
         "targets": [str(item.diff_record)],
         "verbosity": 2,
     }

@@ -31,6 +31,7 @@ from kpatchbuild.base.commands import run_step
 from kpatchbuild.base.errors import BuildError
 from kpatchbuild.base.store import PROJECT_ROOT
 from kpatchbuild.differ.diff import DiffResult, FunctionChange
+from kpatchbuild.differ.report import REPORT_VERSION
 from kpatchbuild.differ.resolve import EARLY_VMLINUX_RELOCATIONS, kernel_version
 from kpatchbuild.differ.symbols import module_objname
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf, write_elf_file
@@ -129,6 +130,10 @@ class ObjectDiff:
         relative to the report's directory)."""
         try:
             data = json.loads(Path(report).read_text(encoding="utf-8"))
+            if data.get("version") != REPORT_VERSION:
+                raise ModuleLinkError(f"{report}: a differ report of version "
+                                      f"{data.get('version')}, this kpatchbuild reads version "
+                                      f"{REPORT_VERSION}; diff the object again")
             if data.get("status") != "written":
                 raise ModuleLinkError(f"{report}: the differ wrote no patch object")
             output = patch_object or Path(report).parent / data["output"]
