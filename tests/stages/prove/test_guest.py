@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.base.errors import KpbError
-from kpatchbuild.stages.prove import initramfs, vm
+from kpatchbuild.stages.prove import accel, console, guest, initramfs, qemu, vm
 
 
 def fake_module(directory: Path, name: str, payload: bytes) -> Path:
@@ -29,7 +29,7 @@ def test_proof_initramfs_holds_init_busybox_check_and_modules(tmp_path: Path) ->
     module = fake_module(tmp_path, "livepatch-fix.ko", b"patch")
     first = fake_module(tmp_path, "some-driver.ko", b"driver")
     second = fake_module(tmp_path, "other.ko", b"other")
-    initrd = vm.build_proof_initramfs(tmp_path / "initrd.gz", module, "grep -q x /proc/cmdline",
+    initrd = guest.build_proof_initramfs(tmp_path / "initrd.gz", module, "grep -q x /proc/cmdline",
                                       preload=[first, second])
     entries = members(initrd)
 
@@ -38,7 +38,7 @@ def test_proof_initramfs_holds_init_busybox_check_and_modules(tmp_path: Path) ->
     assert init.data.startswith(b"#!/bin/sh\n")
     assert b"PATCH_NAME=livepatch_fix\n" in init.data
     assert b"MODULE_FILE=livepatch-fix.ko\n" in init.data
-    assert entries["bin/busybox"].data == vm.BUSYBOX.read_bytes()
+    assert entries["bin/busybox"].data == guest.BUSYBOX.read_bytes()
     assert entries["bin/busybox"].mode & 0o111
     assert stat.S_ISLNK(entries["bin/sh"].mode) and entries["bin/sh"].data == b"busybox"
     assert stat.S_ISCHR(entries["dev/console"].mode) and entries["dev/console"].rdev == (5, 1)
@@ -57,32 +57,32 @@ def test_proof_initramfs_holds_init_busybox_check_and_modules(tmp_path: Path) ->
 
 def test_proof_without_a_check_has_no_check_steps(tmp_path: Path) -> None:
     module = fake_module(tmp_path, "livepatch-fix.ko", b"patch")
-    entries = members(vm.build_proof_initramfs(tmp_path / "initrd.gz", module, None))
+    entries = members(guest.build_proof_initramfs(tmp_path / "initrd.gz", module, None))
     assert "kpb/check.sh" not in entries
     assert b"if [ -e /kpb/check.sh ]; then" in entries["init"].data
     steps = vm.expected_steps(with_check=False)
     assert steps == ["mount", "insmod", "transition-enable", "disable", "transition-disable",
                      "sysfs-removed", "rmmod"]
     # Kernel problems still fail a proof without a check.
-    report = vm.parse_console("\r\n".join(
+    report = console.parse_console("\r\n".join(
         [f"KPB-BEGIN {s}\r\nKPB-STEP {s} ok" for s in steps]
         + ["[    2.1] WARNING: CPU: 0 PID: 1 at fs/readdir.c:321 filldir64+0x1/0x2",
            "KPB-INFO taint-boot 0", "KPB-INFO taint-end 45056", "KPB-DMESG-BEGIN",
            "KPB-DMESG-END", "KPB-END"]))
-    assert vm.first_failure(report, steps)[0] == "dmesg"
+    assert console.first_failure(report, steps)[0] == "dmesg"
 
 
 def test_patch_name_defaults_to_module_name_and_can_be_given(tmp_path: Path) -> None:
     module = fake_module(tmp_path, "livepatch-a-b.ko", b"")
     assert vm.module_name(module) == "livepatch_a_b"
-    initrd = vm.build_proof_initramfs(tmp_path / "i.gz", module, "true", patch_name="other")
+    initrd = guest.build_proof_initramfs(tmp_path / "i.gz", module, "true", patch_name="other")
     assert b"PATCH_NAME=other\n" in members(initrd)["init"].data
 
 
 def test_initramfs_is_reproducible(tmp_path: Path) -> None:
     module = fake_module(tmp_path, "m.ko", b"same")
-    first = vm.build_proof_initramfs(tmp_path / "1.gz", module, "true").read_bytes()
-    second = vm.build_proof_initramfs(tmp_path / "2.gz", module, "true").read_bytes()
+    first = guest.build_proof_initramfs(tmp_path / "1.gz", module, "true").read_bytes()
+    second = guest.build_proof_initramfs(tmp_path / "2.gz", module, "true").read_bytes()
     assert first == second
 
 
@@ -111,11 +111,11 @@ def test_reader_rejects_what_is_not_newc(tmp_path: Path) -> None:
 
 def test_missing_module_is_named(tmp_path: Path) -> None:
     with pytest.raises(KpbError, match="module not found: .*absent.ko"):
-        vm.build_proof_initramfs(tmp_path / "i.gz", tmp_path / "absent.ko", "true")
+        guest.build_proof_initramfs(tmp_path / "i.gz", tmp_path / "absent.ko", "true")
 
 
 def test_guest_init_is_valid_shell() -> None:
-    script = vm.guest_init("a-b.ko", "a_b")
+    script = guest.guest_init("a-b.ko", "a_b")
     subprocess.run(["sh", "-n"], input=script, text=True, check=True)
     for step in vm.expected_steps():
         if not step.startswith("preload:"):
@@ -140,36 +140,36 @@ def passing_console(preload: tuple[str, ...] = (), *, taint_end: int = 45056,
 
 
 def test_parse_passing_console() -> None:
-    report = vm.parse_console(passing_console(("my-driver",)))
+    report = console.parse_console(passing_console(("my-driver",)))
     assert [step.name for step in report.steps] == vm.expected_steps([Path("my-driver.ko")])
     assert report.steps[1].name == "preload:my_driver"
     assert all(step.ok for step in report.steps)
-    assert report.step("insmod") == vm.GuestStep("insmod", True, "detail of insmod")
+    assert report.step("insmod") == console.GuestStep("insmod", True, "detail of insmod")
     assert report.ended and report.problems == ()
     assert report.info == {"taint-boot": "0", "taint-end": "45056"}
     assert len(report.dmesg) == 3 and "TAINT_LIVEPATCH" in report.dmesg[1]
-    assert vm.first_failure(report, vm.expected_steps([Path("my-driver.ko")])) is None
+    assert console.first_failure(report, vm.expected_steps([Path("my-driver.ko")])) is None
 
 
 def test_failed_step_is_the_failure() -> None:
     text = passing_console().replace("KPB-STEP check-patched ok detail of check-patched",
                                      "KPB-STEP check-patched fail the check failed (exit 1)")
-    failure = vm.first_failure(vm.parse_console(text), vm.expected_steps())
+    failure = console.first_failure(console.parse_console(text), vm.expected_steps())
     assert failure == ("check-patched", "the check failed (exit 1)")
 
 
 def test_missing_step_is_named_with_how_far_the_guest_got() -> None:
     text = passing_console().split("KPB-BEGIN disable")[0] + "KPB-BEGIN disable\r\n"
-    report = vm.parse_console(text)
+    report = console.parse_console(text)
     assert report.last_begun == "disable" and not report.ended
-    assert vm.first_failure(report, vm.expected_steps()) == (
+    assert console.first_failure(report, vm.expected_steps()) == (
         "disable", "step never reported (the guest got as far as disable)")
 
 
 def test_panic_during_a_step_names_that_step() -> None:
     text = (passing_console().split("KPB-BEGIN rmmod")[0]
             + "KPB-BEGIN rmmod\r\n[ 2.1] Kernel panic - not syncing: Fatal exception\r\n")
-    step, detail = vm.first_failure(vm.parse_console(text), vm.expected_steps())
+    step, detail = console.first_failure(console.parse_console(text), vm.expected_steps())
     assert step == "rmmod" and "Kernel panic - not syncing" in detail
 
 
@@ -183,10 +183,10 @@ def test_panic_during_a_step_names_that_step() -> None:
     "[   25.0] rcu: INFO: rcu_preempt self-detected stall on CPU",
 ])
 def test_kernel_problems_in_dmesg_fail_the_proof(line: str) -> None:
-    report = vm.parse_console(passing_console(extra_dmesg=line))
+    report = console.parse_console(passing_console(extra_dmesg=line))
     without_time = line.partition("] ")[2]
     assert report.problems == (without_time,)
-    assert vm.first_failure(report, vm.expected_steps()) == (
+    assert console.first_failure(report, vm.expected_steps()) == (
         "dmesg", f"kernel problem: {without_time}")
 
 
@@ -194,46 +194,47 @@ def test_check_output_is_not_taken_for_kernel_messages() -> None:
     text = passing_console().replace(
         "KPB-BEGIN check-patched\r\n",
         "KPB-BEGIN check-patched\r\nKPB-OUT BUG: the check printed this\r\n")
-    report = vm.parse_console(text)
+    report = console.parse_console(text)
     assert report.problems == ()
-    assert vm.first_failure(report, vm.expected_steps()) is None
+    assert console.first_failure(report, vm.expected_steps()) is None
 
 
 def test_marker_after_kernel_message_on_the_same_line_is_found() -> None:
     text = passing_console().replace(
         "KPB-STEP rmmod ok", "[    1.9] random: crng init doneKPB-STEP rmmod ok")
-    assert vm.parse_console(text).step("rmmod") == vm.GuestStep("rmmod", True, "detail of rmmod")
+    step = console.parse_console(text).step("rmmod")
+    assert step == console.GuestStep("rmmod", True, "detail of rmmod")
 
 
 def test_unexpected_taint_fails_and_expected_taint_does_not() -> None:
-    expected = vm.TAINT_OUT_OF_TREE | vm.TAINT_UNSIGNED_MODULE | vm.TAINT_LIVEPATCH
-    assert vm.first_failure(vm.parse_console(passing_console(taint_end=expected)),
+    expected = console.TAINT_OUT_OF_TREE | console.TAINT_UNSIGNED_MODULE | console.TAINT_LIVEPATCH
+    assert console.first_failure(console.parse_console(passing_console(taint_end=expected)),
                             vm.expected_steps()) is None
-    warned = vm.parse_console(passing_console(taint_end=expected | 1 << 9))
-    step, detail = vm.first_failure(warned, vm.expected_steps())
+    warned = console.parse_console(passing_console(taint_end=expected | 1 << 9))
+    step, detail = console.first_failure(warned, vm.expected_steps())
     assert step == "taint" and "taint W (512)" in detail
-    assert vm.taint_letters(45056) == "OEK"
+    assert console.taint_letters(45056) == "OEK"
 
 
 def test_missing_end_is_a_failure() -> None:
     text = passing_console().replace("KPB-END", "")
-    assert vm.first_failure(vm.parse_console(text), vm.expected_steps()) == (
+    assert console.first_failure(console.parse_console(text), vm.expected_steps()) == (
         "end", "the guest did not reach its end (no dmesg dump)")
 
 
 def test_accel_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(vm.ACCEL_ENV, raising=False)
-    assert vm.choose_accel(tmp_path / "k", tmp_path) == "tcg"
-    monkeypatch.setenv(vm.ACCEL_ENV, "KVM")
-    assert vm.choose_accel(tmp_path / "k", tmp_path) == "kvm"
-    monkeypatch.setenv(vm.ACCEL_ENV, "xen")
+    monkeypatch.delenv(accel.ACCEL_ENV, raising=False)
+    assert accel.choose_accel(tmp_path / "k", tmp_path) == "tcg"
+    monkeypatch.setenv(accel.ACCEL_ENV, "KVM")
+    assert accel.choose_accel(tmp_path / "k", tmp_path) == "kvm"
+    monkeypatch.setenv(accel.ACCEL_ENV, "xen")
     with pytest.raises(KpbError, match="KPATCHBUILD_VM_ACCEL='xen'"):
-        vm.choose_accel(tmp_path / "k", tmp_path)
+        accel.choose_accel(tmp_path / "k", tmp_path)
 
 
 def test_qemu_command_shape(tmp_path: Path) -> None:
-    command = vm.qemu_command(tmp_path / "vmlinuz", tmp_path / "i.gz", accel="tcg")
-    assert command[:3] == [vm.QEMU, "-accel", "tcg"]
+    command = qemu.qemu_command(tmp_path / "vmlinuz", tmp_path / "i.gz", accel="tcg")
+    assert command[:3] == [qemu.QEMU, "-accel", "tcg"]
     assert "-no-reboot" in command and "-nographic" in command
     assert command[command.index("-append") + 1] == "console=ttyS0 panic=-1 quiet"
     assert command[command.index("-kernel") + 1] == str(tmp_path / "vmlinuz")
@@ -248,10 +249,10 @@ class FakeQemu:
         self.console, self.timed_out, self.boots = console, timed_out, []
 
     def __call__(self, kernel: Path, initrd: Path, console_log: Path, *, accel: str,
-                 timeout: float, extra_args: str = "") -> vm.GuestRun:
+                 timeout: float, extra_args: str = "") -> qemu.GuestRun:
         self.boots.append((accel, timeout))
         console_log.write_text(self.console)
-        return vm.GuestRun(console_log, 0.1, self.timed_out, None if self.timed_out else 0,
+        return qemu.GuestRun(console_log, 0.1, self.timed_out, None if self.timed_out else 0,
                            accel)
 
 
@@ -259,19 +260,19 @@ class FakeQemu:
 def kvm_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     device = tmp_path / "kvm"
     device.write_bytes(b"")
-    monkeypatch.setattr(vm, "KVM_DEVICE", device)
-    monkeypatch.setattr(vm, "_kvm_probe_results", {})
-    monkeypatch.setenv(vm.ACCEL_ENV, "auto")
+    monkeypatch.setattr(accel, "KVM_DEVICE", device)
+    monkeypatch.setattr(accel, "_kvm_probe_results", {})
+    monkeypatch.setenv(accel.ACCEL_ENV, "auto")
     return device
 
 
 def test_auto_uses_kvm_after_a_probe_boot_succeeds_and_remembers_it(
         kvm_device: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     qemu = FakeQemu("Booting from ROM...\r\nKPB-PROBE-OK\r\n")
-    monkeypatch.setattr(vm, "run_guest", qemu)
-    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "kvm"
-    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "kvm"
-    assert qemu.boots == [("kvm", vm.KVM_PROBE_SECONDS)]
+    monkeypatch.setattr(accel, "run_guest", qemu)
+    assert accel.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "kvm"
+    assert accel.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "kvm"
+    assert qemu.boots == [("kvm", accel.KVM_PROBE_SECONDS)]
     probe_init = members(tmp_path / "work" / "kvm-probe.cpio.gz")["init"]
     assert b"KPB-PROBE-OK" in probe_init.data and probe_init.mode & 0o111
 
@@ -284,26 +285,26 @@ def test_auto_falls_back_to_tcg_when_the_probe_fails(
         kvm_device: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         console: str, timed_out: bool) -> None:
     qemu = FakeQemu(console, timed_out=timed_out)
-    monkeypatch.setattr(vm, "run_guest", qemu)
-    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
-    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
+    monkeypatch.setattr(accel, "run_guest", qemu)
+    assert accel.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
+    assert accel.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
     assert len(qemu.boots) == 1
 
 
 def test_auto_does_not_probe_without_a_usable_kvm_device(
         kvm_device: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     qemu = FakeQemu("KPB-PROBE-OK\n")
-    monkeypatch.setattr(vm, "run_guest", qemu)
-    monkeypatch.setattr(vm, "KVM_DEVICE", tmp_path / "absent")
-    assert vm.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
+    monkeypatch.setattr(accel, "run_guest", qemu)
+    monkeypatch.setattr(accel, "KVM_DEVICE", tmp_path / "absent")
+    assert accel.choose_accel(tmp_path / "vmlinuz", tmp_path / "work") == "tcg"
     assert qemu.boots == []
 
 
 def test_qemu_error_before_the_guest_starts_is_reported() -> None:
     text = ("qemu-system-x86_64: warning: host doesn't support requested feature\n"
             "qemu-system-x86_64: could not load kernel '/nowhere/vmlinuz'\n")
-    report = vm.parse_console(text)
-    assert vm.first_failure(report, vm.expected_steps()) == (
+    report = console.parse_console(text)
+    assert console.first_failure(report, vm.expected_steps()) == (
         "boot", "qemu: qemu-system-x86_64: could not load kernel '/nowhere/vmlinuz'")
 
 
@@ -315,11 +316,12 @@ def test_missing_kernel_is_named(tmp_path: Path) -> None:
 
 def test_multi_line_details_stay_on_the_marker_line(tmp_path: Path) -> None:
     """The guest's own shell library, run on the host with busybox: ok/fail flatten details."""
-    library = vm.guest_init("m.ko", "m").split("\nbegin mount\n")[0]
+    library = guest.guest_init("m.ko", "m").split("\nbegin mount\n")[0]
     library = library.replace("/bin/busybox --install -s", "")
     script = library + '\nfinish() { echo finished; }\nbegin demo\nfail "first\nsecond"\n'
-    output = subprocess.run([str(vm.BUSYBOX), "sh", "-c", script], capture_output=True,
+    output = subprocess.run([str(guest.BUSYBOX), "sh", "-c", script], capture_output=True,
                             text=True, check=True).stdout
     assert output.splitlines() == ["KPB-BEGIN demo", "KPB-STEP demo fail first second ",
                                    "finished"]
-    assert vm.parse_console(output).step("demo") == vm.GuestStep("demo", False, "first second")
+    step = console.parse_console(output).step("demo")
+    assert step == console.GuestStep("demo", False, "first second")

@@ -1,0 +1,3 @@
+#!/bin/sh
+/bin/busybox echo KPB-PROBE-OK
+/bin/busybox reboot -f
