@@ -131,6 +131,7 @@ def _reporting_errors(function: Callable[[], None]) -> Callable[[], TaskFailed |
 Paths = Callable[[TargetPipeline], Sequence[object]]
 Checks = Callable[[TargetPipeline], Sequence[Callable[[], str | None]]]
 Names = Callable[[TargetPipeline], Sequence[str]]
+Config = Callable[[TargetPipeline], dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,10 @@ class Step:
 
     The task runs the pipeline method of the stage's name; ``inputs`` and ``outputs`` are
     the files doit tracks by content; ``stale`` are the pipeline's own checks, each saying
-    why the step must run again (None when it need not); ``uptodate`` are doit's
-    (config_changed values); ``after`` names tasks that must run first.
+    why the step must run again (None when it need not); ``config`` are values whose change
+    runs it again (with the records' formats, one doit config_changed: doit keeps a single
+    saved value per task, so two of them would each see the other's and always run);
+    ``after`` names tasks that must run first.
     """
 
     name: str
@@ -148,7 +151,7 @@ class Step:
     inputs: Paths
     outputs: Paths
     stale: Checks = lambda item: ()
-    uptodate: Paths = lambda item: ()
+    config: Config = lambda item: {}
     after: Names = lambda item: ()
 
     def method(self, item: TargetPipeline) -> Callable[[], None]:
@@ -162,12 +165,12 @@ STEPS = (
          stale=lambda i: [i.fetch_stale]),
     Step("config", "produce and verify a target's kernel .config",
          inputs=lambda i: i.config_deps(), outputs=lambda i: [i.config_file],
-         uptodate=lambda i: [config_changed({"tools": kbuild.toolchain_fingerprint()})]),
+         config=lambda i: {"tools": kbuild.toolchain_fingerprint()}),
     Step("original", "make the original stage: Debian's source prepared for its kernel "
          "(modules_prepare, no kernel build), or a configured kernel built in full",
          inputs=lambda i: [i.fetch_record, i.config_file], outputs=lambda i: [i.original_record],
          stale=lambda i: [i.original_gone],
-         uptodate=lambda i: [config_changed({"stage_format": original.STAGE_FORMAT})]),
+         config=lambda i: {"stage_format": original.STAGE_FORMAT}),
     Step("patches", "check that a recipe's patches apply to its target's source",
          inputs=lambda i: [i.original_record, i.recipe.path, *i.recipe.patches],
          outputs=lambda i: [i.patches_record]),
@@ -197,6 +200,11 @@ def _runs_again_when(check: Callable[[], str | None], task: str) -> Callable[[],
     return uptodate
 
 
+def _config(values: dict[str, object]) -> config_changed:
+    """The one config_changed of a task: its own values and the records' formats."""
+    return config_changed({**values, "records": records.formats()})
+
+
 def step_task(step: Step, item: TargetPipeline) -> dict:
     """The doit task of ``step`` for one pipeline."""
     task = f"{step.name}:{item.label}"
@@ -207,7 +215,7 @@ def step_task(step: Step, item: TargetPipeline) -> dict:
         "file_dep": [str(path) for path in step.inputs(item)],
         "targets": [str(path) for path in step.outputs(item)],
         "uptodate": [*(_runs_again_when(check, task) for check in step.stale(item)),
-                     *step.uptodate(item), config_changed({"records": records.formats()})],
+                     _config(step.config(item))],
         "task_dep": list(step.after(item)),
         "verbosity": 2,
     }
@@ -230,8 +238,7 @@ def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
             # The fetch and original records name the symbol tables the diff resolves against.
             "file_dep": [pair.original, pair.patched, str(item.recipe.path),
                          str(item.fetch_record), str(item.original_record)],
-            "uptodate": [config_changed(objdiff.differ_version()),
-                         config_changed({"records": records.formats()})],
+            "uptodate": [_config({"differ": objdiff.differ_version()})],
             "targets": [str(item.object_diff_record(pair.object))],
             "verbosity": 2,
         }
@@ -243,7 +250,7 @@ def object_diff_tasks(item: TargetPipeline) -> Iterator[dict]:
                      *(str(item.object_diff_record(p.object))
                        for p in item.changed_pairs())],
         "task_dep": names,
-        "uptodate": [config_changed({"records": records.formats()})],
+        "uptodate": [_config({})],
         "targets": [str(item.diff_record)],
         "verbosity": 2,
     }

@@ -48,3 +48,18 @@ def test_every_step_is_a_stage_and_its_pipeline_method() -> None:
     assert [step.name for step in STEPS] == [s for s in STAGES if s != "diff"]
     for step in STEPS:
         assert callable(getattr(TargetPipeline, step.name))
+
+
+def test_a_task_has_one_config_changed(tmp_path: Path) -> None:
+    """doit keeps one saved config value per task: two config_changed checks would each
+    compare against the other's value, and the task would run on every build."""
+    from doit.tools import config_changed
+
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph.tasks import generate_tasks, pipelines
+
+    tasks = [t for t in generate_tasks(pipelines(Store(tmp_path / "cache"), "cmdline"))
+             if t.get("uptodate")]
+    assert tasks
+    for task in tasks:
+        assert sum(isinstance(u, config_changed) for u in task["uptodate"]) == 1, task["basename"]
