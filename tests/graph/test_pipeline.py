@@ -83,13 +83,21 @@ def copy_recipe(name: str, recipes: Path, as_name: str) -> Path:
 
 @pytest.fixture
 def private_recipes(tmp_path: Path):
-    """A recipes directory of the test's own, with its own doit database."""
+    """A recipes directory of the test's own, with its own doit database.
+
+    Afterwards the work directories the test made go; those that were there before stay,
+    since a test may copy a project recipe under its own name (the session's fixtures
+    built ``work/cmdline`` and later tests read it).
+    """
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     env = {"KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
+    work = default_root() / "work"
+    before = set(work.iterdir()) if work.is_dir() else set()
     yield recipes, env
     for recipe in recipes.iterdir():
-        shutil.rmtree(default_root() / "work" / recipe.name, ignore_errors=True)
+        if work / recipe.name not in before:
+            shutil.rmtree(work / recipe.name, ignore_errors=True)
 
 
 def test_two_recipes_share_one_original_stage(default_recipe_stage: RecipeStage,
