@@ -25,6 +25,10 @@ LIBRARY_ROOMS = {
     "elftools": {"kpatch/modfile.py"},
     "yaml": {"graph/recipe.py"},
     "iced_x86": {"differ/lines.py"},
+    # Short commands go through base/process.py, long logged steps through run_step, and
+    # the guest's qemu (watched against a timeout, its console to a log) through qemu.py:
+    # one way each to tell a failure.
+    "subprocess": {"base/process.py", "base/commands.py", "stages/prove/qemu.py"},
 }
 # Rooms that stand apart -> the kpatchbuild packages they may import.
 APART = {
@@ -32,7 +36,8 @@ APART = {
     "differ": ("kpatchbuild.differ", "kpatchbuild.elf", "kpatchbuild.base.errors"),
     # The command runs on users' machines and in guests: nothing of the build side, not
     # even the ELF model (it reads modules with its own small reader).
-    "kpatch": ("kpatchbuild.kpatch", "kpatchbuild.base.errors", "kpatchbuild.base.notes"),
+    "kpatch": ("kpatchbuild.kpatch", "kpatchbuild.base.errors", "kpatchbuild.base.notes",
+               "kpatchbuild.base.process"),
     "base": ("kpatchbuild.base",),
 }
 

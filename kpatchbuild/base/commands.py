@@ -103,14 +103,3 @@ def run_step(
         say(f"--- last lines of {log} ---\n{last}\n---")
         hint = f"; {failure_hint}" if failure_hint else ""
         raise BuildError(f"{step} failed (exit {returncode}); full log: {log}{hint}")
-
-
-def capture(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
-            check: bool = True) -> str:
-    """Run a short query command and return its stdout (stderr folded into the error)."""
-    result = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BuildError(f"'{' '.join(map(str, argv))}' failed: "
-                         f"{detail[-1] if detail else f'exit {result.returncode}'}")
-    return result.stdout

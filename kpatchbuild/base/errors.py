@@ -1,11 +1,15 @@
 """One exception family for everything a user can get wrong or the system can refuse.
 
-Errors are raised where they are found, carrying where (file, key, line, object) and an
-exit code, and printed once, as one line, at the edge (the command line or doit's reporter).
+Errors are raised where they are found, carrying what they are about and an exit code,
+and printed once, as one line, at the edge (the command line or doit's reporter). What a
+whole step is about (the module it links, the kernel image it reads, its log) is said once,
+by the step, with :func:`about`, not handed down to every function that might fail.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -22,6 +26,25 @@ class KpbError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+    def name_subject(self, subject: str, log: Path | None = None) -> None:
+        """Say what the failure is about in front, and the log to read at the end."""
+        message = self.message
+        if subject and not message.startswith(f"{subject}:"):
+            message = f"{subject}: {message}"
+        if log is not None and str(log) not in message:
+            message = f"{message}; log: {log}"
+        self.args = (message, *self.args[1:])
+
+
+@contextmanager
+def about(subject: str, *, log: Path | None = None) -> Iterator[None]:
+    """Every KpbError raised inside names ``subject`` first (and ``log`` last), once."""
+    try:
+        yield
+    except KpbError as error:
+        error.name_subject(subject, log)
+        raise
 
 
 class RecipeError(KpbError):

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base.commands import capture, run_step
+from kpatchbuild.base import process
+from kpatchbuild.base.commands import run_step
 from kpatchbuild.base.errors import ToolchainError
 
 # The differ correlates functions and data by section, so every object is built with one
@@ -60,7 +60,7 @@ def pin_release(tree: Path, release: str) -> None:
 
 
 def kernelrelease(tree: Path) -> str:
-    return capture(["make", "-s", "-C", str(tree), "kernelrelease"]).strip()
+    return process.run(["make", "-s", "-C", str(tree), "kernelrelease"]).stdout.strip()
 
 
 # --- the compiler ---
@@ -101,11 +101,9 @@ def parse_compiler_text(text: str) -> CompilerVersion:
 
 
 def host_compiler(cc: str = "gcc") -> CompilerVersion:
-    try:
-        output = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        raise ToolchainError(f"compiler '{cc}' not found; install gcc "
-                             "(the README's set-up command does)") from None
+    output = process.run([cc, "--version"], error=ToolchainError, check=False,
+                         missing=f"compiler '{cc}' not found; install gcc "
+                         "(the README's set-up command does)").stdout
     return parse_compiler_text(output.splitlines()[0] if output else "")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kpatchbuild.base import kbuild
 from kpatchbuild.base.commands import say
-from kpatchbuild.base.errors import BuildError, KpbError
+from kpatchbuild.base.errors import BuildError, KpbError, about
 from kpatchbuild.base.store import (
     PROJECT_ROOT,
     Store,
@@ -265,10 +265,11 @@ class TargetPipeline:
 
     def patched(self) -> None:
         self.patched_log.unlink(missing_ok=True)
-        pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
-                                           where=str(self.recipe.path), log=self.patched_log,
-                                           header_index=self.target.header_index,
-                                           strip=self.recipe.strip)
+        with about(str(self.recipe.path)):
+            pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
+                                               log=self.patched_log,
+                                               header_index=self.target.header_index,
+                                               strip=self.recipe.strip)
         for pair in pairs:
             if pair.identical:
                 say(f"  {pair.object}: no change in the compiled object")

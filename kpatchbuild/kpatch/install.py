@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpatchbuild.base import process
 from kpatchbuild.kpatch.errors import KpatchError
 from kpatchbuild.kpatch.livepatch import check_livepatch_module, check_release, require_root
 from kpatchbuild.kpatch.modfile import ModuleFile
@@ -197,9 +197,7 @@ def _update_initramfs(system: System, release: str) -> list[str]:
     tool = shutil.which(UPDATE_INITRAMFS)
     if system.root != Path("/") or tool is None or not Path(f"/boot/config-{release}").exists():
         return []
-    result = subprocess.run([tool, "-u", "-k", release], capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise KpatchError(f"{UPDATE_INITRAMFS} -u -k {release} failed: {last}; the module is "
-                          "installed and kpatch.service loads it at boot")
+    process.run([tool, "-u", "-k", release], error=KpatchError,
+                what=f"{UPDATE_INITRAMFS} -u -k {release}",
+                hint="the module is installed and kpatch.service loads it at boot")
     return [f"initramfs of {release} (update-initramfs)"]

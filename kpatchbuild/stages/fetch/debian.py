@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kpatchbuild.base import process
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import FetchError
 from kpatchbuild.base.store import (
@@ -157,14 +157,12 @@ def _apt_cache(*args: str) -> str:
     """
     cache = default_root() / "apt"
     cache.mkdir(parents=True, exist_ok=True)
-    try:
-        result = subprocess.run(
-            ["apt-cache", "-o", f"Dir::Cache::pkgcache={cache / 'pkgcache.bin'}",
-             "-o", f"Dir::Cache::srcpkgcache={cache / 'srcpkgcache.bin'}", *args],
-            capture_output=True, text=True)
-    except FileNotFoundError:
-        raise FetchError("apt-cache not found: Debian kernels need a Debian host") from None
-    return result.stdout
+    # Its status is not read: a name Debian does not know is an empty answer.
+    return process.run(
+        ["apt-cache", "-o", f"Dir::Cache::pkgcache={cache / 'pkgcache.bin'}",
+         "-o", f"Dir::Cache::srcpkgcache={cache / 'srcpkgcache.bin'}", *args],
+        error=FetchError, check=False,
+        missing="apt-cache not found: Debian kernels need a Debian host").stdout
 
 
 def available_versions(names: list[str]) -> dict[str, list[str]]:
@@ -330,13 +328,10 @@ def fetch_package(store: Store, package: DebianPackage) -> Path:
     say(f"  fetching {package.name} {package.version}")
     manifest: dict[str, Any] = {"package": asdict(package)}
     with store.publishing(DEB_KIND, package.sha256, manifest) as work:
-        result = subprocess.run(["apt-get", "download", package.spec], cwd=work,
-                                capture_output=True, text=True)
+        process.run(["apt-get", "download", package.spec], cwd=work, error=FetchError)
         deb = work / package.filename
-        if result.returncode != 0 or not deb.is_file():
-            detail = result.stderr.strip().splitlines()
-            raise FetchError(f"apt-get download {package.spec} failed: "
-                             f"{detail[-1] if detail else 'no file written'}")
+        if not deb.is_file():
+            raise FetchError(f"apt-get download {package.spec} failed: no file written")
         actual = sha256_file(deb)
         if actual != package.sha256:
             raise FetchError(f"{package.filename}: sha256 {actual} does not match Debian's "
@@ -353,14 +348,8 @@ def extract_members(deb: Path, members: list[str], dest: Path, *, first_only: bo
     complains of a broken pipe and exits non-zero; that is expected, so success is judged
     by the extracted file.
     """
-    feeder = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     tar_args = ["tar", "-x", "-C", str(dest)] + (["--occurrence=1"] if first_only else [])
-    tar = subprocess.run([*tar_args, *members], stdin=feeder.stdout, capture_output=True,
-                         text=True)
-    assert feeder.stdout is not None
-    feeder.stdout.close()
-    feeder.wait()
+    tar = process.piped(["dpkg-deb", "--fsys-tarfile", deb], [*tar_args, *members])
     missing = [m for m in members if not (dest / m).is_file()]
     if missing:
         raise FetchError(f"{deb.name} does not hold {', '.join(missing)} "

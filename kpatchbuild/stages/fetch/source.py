@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpatchbuild.base import process
 from kpatchbuild.base.commands import run_step, say
 from kpatchbuild.base.errors import BuildError, FetchError, RecipeError
 from kpatchbuild.base.store import Store, content_key, sha256_file
@@ -108,10 +108,8 @@ def obtain_source(store: Store, spec: SourceSpec, where: str) -> SourceTree:
 def copy_tree(source: Path, dest: Path) -> None:
     """A private, writable copy of a source tree (reflinked where the filesystem can)."""
     dest.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", str(dest)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise FetchError(f"copying {source} to {dest} failed: {result.stderr.strip()}")
+    process.run(["cp", "-a", "--reflink=auto", f"{source}/.", dest], error=FetchError,
+                what=f"copying {source} to {dest}")
     shutil.rmtree(dest / ".git", ignore_errors=True)
 
 
@@ -135,15 +133,13 @@ def link_tree(source: Path, dest: Path, *, copy_unshared: bool = False,
     """
     own: list[str] = []
     if copy_unshared:
-        found = subprocess.run(["find", ".", "-type", "f", "-links", "1"], cwd=source,
-                               capture_output=True, text=True, check=True)
-        own = found.stdout.splitlines()
+        own = process.run(["find", ".", "-type", "f", "-links", "1"], cwd=source,
+                          error=FetchError, what=f"listing {source}").stdout.splitlines()
     dest.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["cp", "-al", f"{source}/.", str(dest)], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        if "cross-device" not in result.stderr:
-            raise FetchError(f"linking {source} into {dest} failed: {result.stderr.strip()}")
+    linked = process.run(["cp", "-al", f"{source}/.", dest], error=FetchError,
+                         what=f"linking {source} into {dest}",
+                         succeeded=lambda r: r.returncode == 0 or "cross-device" in r.stderr)
+    if linked.returncode != 0:
         shutil.rmtree(dest)
         copy_tree(source, dest)
         return
@@ -181,8 +177,8 @@ def written_through(tree: Path, since_ns: int) -> list[str]:
     """
     with tempfile.NamedTemporaryFile(prefix="kpb-since-") as marker:
         os.utime(marker.name, ns=(since_ns, since_ns))
-        found = subprocess.run(["find", str(tree), "-type", "f", "-links", "+1", "-newer",
-                                marker.name], capture_output=True, text=True)
+        found = process.run(["find", tree, "-type", "f", "-links", "+1", "-newer",
+                             marker.name], what=f"looking for files written through in {tree}")
     changed = []
     for line in found.stdout.splitlines():
         try:

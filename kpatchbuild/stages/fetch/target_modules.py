@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import lzma
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from kpatchbuild.base import process
 from kpatchbuild.base.errors import BuildError, FetchError
 from kpatchbuild.base.store import Store, content_key
 from kpatchbuild.elf import ElfFormatError, read_elf
@@ -86,11 +86,8 @@ def _decompress(source: Path, dest: Path) -> None:
         with lzma.open(source) as packed, dest.open("wb") as out:
             shutil.copyfileobj(packed, out)
     elif source.name.endswith(".zst"):
-        result = subprocess.run(["zstd", "-q", "-d", "-f", str(source), "-o", str(dest)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise FetchError(f"{source.name}: zstd could not decompress it: "
-                             f"{result.stderr.strip()}")
+        process.run(["zstd", "-q", "-d", "-f", source, "-o", dest], error=FetchError,
+                    what=f"decompressing {source.name} with zstd")
     else:
         shutil.move(source, dest)
 
@@ -110,11 +107,8 @@ class DebianModules:
             listing = self.store.recall(("image-modules", self.image.sha256))
             if listing is None:
                 deb = fetch_package(self.store, self.image)
-                result = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True,
-                                        text=True)
-                if result.returncode != 0:
-                    raise FetchError(f"{deb.name}: dpkg-deb cannot list it: "
-                                     f"{result.stderr.strip()}")
+                result = process.run(["dpkg-deb", "-c", deb], error=FetchError,
+                                     what=f"listing {deb.name} with dpkg-deb")
                 prefix = f"./lib/modules/{self.release}/"
                 listing = {}
                 for line in result.stdout.splitlines():

@@ -15,13 +15,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
-import shutil
 import struct
-import subprocess
 import zlib
 from pathlib import Path
 
-from kpatchbuild.base.errors import KpbError
+from kpatchbuild.base import process
+from kpatchbuild.base.errors import KpbError, about
 from kpatchbuild.base.notes import build_id_in_notes
 
 _SETUP_SECTS = 0x1F1
@@ -41,30 +40,31 @@ class BuildIdError(KpbError):
 
 def kernel_build_id(vmlinuz: Path) -> str:
     """The hex NT_GNU_BUILD_ID of the vmlinux compressed inside the bzImage ``vmlinuz``."""
-    try:
-        image = Path(vmlinuz).read_bytes()
-    except OSError as error:
-        raise BuildIdError(f"{vmlinuz}: cannot read: {error.strerror}") from None
-    return elf_build_id(decompress_payload(image, str(vmlinuz)), f"{vmlinuz} (decompressed)")
+    with about(str(vmlinuz)):
+        try:
+            image = Path(vmlinuz).read_bytes()
+        except OSError as error:
+            raise BuildIdError(f"cannot read: {error.strerror}") from None
+        return elf_build_id(decompress_payload(image))
 
 
-def decompress_payload(image: bytes, where: str) -> bytes:
+def decompress_payload(image: bytes) -> bytes:
     """The vmlinux ELF image inside a bzImage."""
     if len(image) < _PAYLOAD + 8 or image[_HEADER_MAGIC : _HEADER_MAGIC + 4] != b"HdrS":
-        raise BuildIdError(f"{where}: not an x86 bzImage (no 'HdrS' boot header)")
+        raise BuildIdError("not an x86 bzImage (no 'HdrS' boot header)")
     (protocol,) = struct.unpack_from("<H", image, _VERSION)
     if protocol < _MIN_PROTOCOL:
-        raise BuildIdError(f"{where}: boot protocol {protocol:#x} predates payload_offset (2.08)")
+        raise BuildIdError(f"boot protocol {protocol:#x} predates payload_offset (2.08)")
     setup_sectors = image[_SETUP_SECTS] or 4  # 0 means 4, for historical reasons
     offset, length = struct.unpack_from("<II", image, _PAYLOAD)
     start = (setup_sectors + 1) * 512 + offset
     payload = image[start : start + length]
     if len(payload) != length or not length:
-        raise BuildIdError(f"{where}: the compressed payload lies outside the file")
-    return _decompress(payload, where)
+        raise BuildIdError("the compressed payload lies outside the file")
+    return _decompress(payload)
 
 
-def _decompress(payload: bytes, where: str) -> bytes:
+def _decompress(payload: bytes) -> bytes:
     try:
         if payload.startswith(b"\x1f\x8b"):
             # The kernel appends the uncompressed size after the gzip stream.
@@ -76,32 +76,27 @@ def _decompress(payload: bytes, where: str) -> bytes:
         if payload.startswith(b"BZh"):
             return bz2.BZ2Decompressor().decompress(payload)
     except (OSError, EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile) as error:
-        raise BuildIdError(f"{where}: corrupt compressed kernel: {error}") from None
+        raise BuildIdError(f"corrupt compressed kernel: {error}") from None
     if payload.startswith(b"\x02\x21\x4c\x18"):  # lz4 legacy frame, as the kernel makes it
-        return _with_tool(["lz4", "-dc"], payload, where, "lz4")
+        return _with_tool(["lz4", "-dc"], payload, "lz4")
     if payload.startswith(b"\x28\xb5\x2f\xfd"):
-        return _with_tool(["zstd", "-dcq"], payload, where, "zstd")
-    raise BuildIdError(f"{where}: unknown compression (payload starts {payload[:6].hex()})")
+        return _with_tool(["zstd", "-dcq"], payload, "zstd")
+    raise BuildIdError(f"unknown compression (payload starts {payload[:6].hex()})")
 
 
-def _with_tool(argv: list[str], payload: bytes, where: str, package: str) -> bytes:
-    if shutil.which(argv[0]) is None:
-        raise BuildIdError(
-            f"{where}: the kernel is {package}-compressed and '{argv[0]}' is not installed "
-            f"(apt-get install {package})"
-        )
-    result = subprocess.run(argv, input=payload, capture_output=True)
+def _with_tool(argv: list[str], payload: bytes, package: str) -> bytes:
     # lz4 stops at the kernel's trailing size word with a complaint but a full output.
-    if not result.stdout:
-        detail = result.stderr.decode(errors="replace").strip().splitlines()
-        raise BuildIdError(f"{where}: {argv[0]} failed: {detail[-1] if detail else 'no output'}")
-    return result.stdout
+    result = process.run(argv, input=payload, error=BuildIdError, what=argv[0],
+                         succeeded=lambda r: bool(r.stdout),
+                         missing=f"the kernel is {package}-compressed and '{argv[0]}' is not "
+                         f"installed (apt-get install {package})")
+    return bytes(result.stdout)
 
 
-def elf_build_id(elf: bytes, where: str) -> str:
+def elf_build_id(elf: bytes) -> str:
     """NT_GNU_BUILD_ID from the PT_NOTE segments of an ELF64 little-endian executable."""
     if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
-        raise BuildIdError(f"{where}: not a 64-bit little-endian ELF file")
+        raise BuildIdError("the decompressed kernel is not a 64-bit little-endian ELF file")
     phoff, = struct.unpack_from("<Q", elf, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
     for index in range(phnum):
@@ -113,4 +108,4 @@ def elf_build_id(elf: bytes, where: str) -> str:
         found = build_id_in_notes(elf[p_offset : p_offset + p_filesz])
         if found:
             return found
-    raise BuildIdError(f"{where}: no GNU build id note")
+    raise BuildIdError("the decompressed kernel has no GNU build id note")

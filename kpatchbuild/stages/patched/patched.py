@@ -206,7 +206,7 @@ def patched_contents(patches: tuple[Path, ...], tree: Path, strip: int = 1
 
 
 def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list[str],
-                       where: str, header_index: bool = False) -> dict[str, list[str]]:
+                       header_index: bool = False) -> dict[str, list[str]]:
     """The objects the changed files feed (each with the changed files it is compiled from),
     or a refusal naming the file that can't be patched.
 
@@ -219,18 +219,18 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
     built = [rel for rel in changed if not rel.startswith(NOT_BUILT)
              and not rel.endswith((".txt", ".rst", ".md"))]
     if not built:
-        raise RecipeError(f"{where}: the patches touch only files kbuild does not build "
+        raise RecipeError(f"the patches touch only files kbuild does not build "
                           f"({', '.join(changed)}); there is nothing to live-patch")
     for rel in built:
         if rel.startswith(NOT_LIVE_PATCHABLE):
-            raise RecipeError(f"{where}: {rel} is code that cannot be live-patched (boot, "
+            raise RecipeError(f"{rel} is code that cannot be live-patched (boot, "
                               "early init, vdso or realmode code runs outside the patchable "
                               "kernel)")
         if rel.endswith((".S", ".s", ".lds", ".lds.S")):
-            raise RecipeError(f"{where}: {rel} is assembly or a linker script; only C code can "
+            raise RecipeError(f"{rel} is assembly or a linker script; only C code can "
                               "be live-patched")
         if os.path.basename(rel).startswith(("Kconfig", "Makefile", "Kbuild")):
-            raise RecipeError(f"{where}: {rel} changes the build itself; a livepatch cannot "
+            raise RecipeError(f"{rel} changes the build itself; a livepatch cannot "
                               "change configuration or build rules")
     records = None
     if stage.kind == "built":
@@ -245,31 +245,30 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
         missing = [rel for rel in built if rel.endswith(".c")
                    and not any(rel in records[o].sources for o in objects)]
         if missing:
-            _refuse_unbuilt(stage, workspace, missing, where)
-            raise RecipeError(f"{where}: kbuild does not build {', '.join(missing)} in this "
+            _refuse_unbuilt(stage, workspace, missing)
+            raise RecipeError(f"kbuild does not build {', '.join(missing)} in this "
                               "kernel's config; nothing to live-patch there")
         return {obj: [rel for rel in built if rel in records[obj].sources] for obj in objects}
     by_source: dict[str, list[str]] = {}
     for rel in built:
         if rel.endswith(".h"):
             raise RecipeError(
-                f"{where}: {rel} is a header, and which objects include it is known only from "
+                f"{rel} is a header, and which objects include it is known only from "
                 "a full build or a header index: set 'header_index: true' on the target (a "
                 "one-time pass that preprocesses every object of this kernel, cached for "
                 "it), or put the change in the .c files that use it")
         if not rel.endswith(".c"):
-            raise RecipeError(f"{where}: {rel} is not C source; kpatchbuild cannot tell what "
+            raise RecipeError(f"{rel} is not C source; kpatchbuild cannot tell what "
                               "it changes")
         if not _listed_in_kbuild(workspace.tree, rel):
-            raise RecipeError(f"{where}: kbuild does not build {rel} (its directory's Makefile "
+            raise RecipeError(f"kbuild does not build {rel} (its directory's Makefile "
                               "does not list it); nothing to live-patch there")
-        _refuse_unbuilt(stage, workspace, [rel], where)
+        _refuse_unbuilt(stage, workspace, [rel])
         by_source[rel[:-2] + ".o"] = [rel]
     return by_source
 
 
-def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[str],
-                    where: str) -> None:
+def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[str]) -> None:
     """Refuse, naming the option, a source whose object this kernel's config leaves out,
     rather than let its compile fail with the compiler's errors."""
     config_file = stage.tree / ".config"
@@ -280,7 +279,7 @@ def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[st
         obj = rel[:-2] + ".o"
         reason = kbuild.unbuilt_reason(workspace.tree, obj, config)
         if reason:
-            raise RecipeError(f"{where}: {obj} is not built in {stage.release}: {reason}; "
+            raise RecipeError(f"{obj} is not built in {stage.release}: {reason}; "
                               "nothing to live-patch there")
 
 
@@ -329,8 +328,8 @@ def compiled_object(store: Store, workspace: Workspace, obj: str,
 
 
 def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, ...],
-                       *, where: str, log: Path,
-                       header_index: bool = False, strip: int = 1) -> list[ObjectPair]:
+                       *, log: Path, header_index: bool = False,
+                       strip: int = 1) -> list[ObjectPair]:
     """Compile every object the patches change, before and after; say which really differ.
 
     ``header_index`` lets a Debian stage index which objects include its headers (see
@@ -339,10 +338,10 @@ def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, 
     before, after = patched_contents(patches, stage.tree, strip)
     changed = [rel for rel in after if after[rel] != before[rel]]
     if not changed:
-        raise RecipeError(f"{where}: the patches change no file")
+        raise RecipeError("the patches change no file")
     workspace = Workspace(store, stage)
     workspace.ensure()
-    objects = objects_to_rebuild(stage, workspace, changed, where, header_index)
+    objects = objects_to_rebuild(stage, workspace, changed, header_index)
     # An object is keyed by the changed files it is built from, not by all the patches
     # change: an edit to one file recompiles (and re-diffs) only that file's objects. New
     # files count for every object, since an object that now includes one has no record

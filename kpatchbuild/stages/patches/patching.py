@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from kpatchbuild.base import process
 from kpatchbuild.base.errors import RecipeError
 
 _FILE_HEADER = re.compile(r"^--- (?P<old>[^\n]+)\n\+\+\+ (?P<new>[^\n]+)\n@@ ", re.MULTILINE)
@@ -73,15 +73,16 @@ def apply_patches(patches: list[Path] | tuple[Path, ...], tree: Path, dest: Path
             if original.is_file():
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(original, dest / rel)
-        result = subprocess.run(
-            ["patch", f"-p{strip}", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-",
-             "-d", str(dest), "-i", str(patch)],
-            capture_output=True, text=True,
-        )
-        if result.returncode != 0:
-            raise RecipeError(f"{patch}: {_describe_failure(result.stdout + result.stderr)}; "
-                              "rebase the patch onto this kernel's source")
+        _apply(patch, dest, strip)
     return touched
+
+
+def _apply(patch: Path, dest: Path, strip: int) -> None:
+    process.run(
+        ["patch", f"-p{strip}", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-",
+         "-d", dest, "-i", patch],
+        error=RecipeError, hint="rebase the patch onto this kernel's source",
+        explain=lambda result: f"{patch}: {_describe_failure(result.stdout + result.stderr)}")
 
 
 def _describe_failure(output: str) -> str:

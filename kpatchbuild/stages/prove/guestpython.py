@@ -13,13 +13,13 @@ import json
 import py_compile
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpatchbuild.base import process
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import PROJECT_ROOT
 from kpatchbuild.stages.prove import initramfs
@@ -66,12 +66,9 @@ def guest_python(imports: Sequence[str], *, python: Path | None = None) -> Guest
     ``pythonpath`` (the guest runs ``-S``: no site-packages, no site start-up cost).
     """
     python = python or Path(sys.executable)
-    found = subprocess.run([str(python), "-c", _COLLECT_IMPORTS,
-                            *_STARTUP_IMPORTS, *imports],
-                           capture_output=True, text=True, cwd=PROJECT_ROOT)
-    if found.returncode != 0:
-        last = (found.stderr.strip().splitlines() or ["no output"])[-1]
-        raise KpbError(f"{python}: importing {', '.join(imports)} failed: {last}")
+    found = process.run([python, "-c", _COLLECT_IMPORTS, *_STARTUP_IMPORTS, *imports],
+                        error=KpbError, what=f"{python}: importing {', '.join(imports)}",
+                        cwd=PROJECT_ROOT)
     report = json.loads(found.stdout)
     stdlib = Path(report["stdlib"])
     interpreter = Path(report["executable"]).resolve()
@@ -118,7 +115,8 @@ def _add_native(entries: dict[str, initramfs.Entry], path: Path) -> None:
     if key in entries:
         return
     entries[key] = initramfs.regular_file(key, path.resolve().read_bytes(), 0o755)
-    listed = subprocess.run(["ldd", str(path)], capture_output=True, text=True)
+    # ldd fails on a static executable: it then loads no library.
+    listed = process.run(["ldd", path], check=False)
     for line in listed.stdout.splitlines():
         # "libffi.so.8 => /lib/x86_64-linux-gnu/libffi.so.8 (0x...)" or "/lib64/ld-... (0x...)"
         match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)

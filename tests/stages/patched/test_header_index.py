@@ -92,11 +92,11 @@ def test_with_an_index_a_header_means_every_includer(tmp_path: Path) -> None:
     stage, workspace = prepared_stage(tmp_path)
     _publish_index(stage, workspace, INDEXED)
     assert objects_to_rebuild(stage, workspace, ["fs/proc/internal.h", "fs/proc/cmdline.c"],
-                              "r", header_index=True) == {
+                              header_index=True) == {
         "fs/proc/base.o": ["fs/proc/internal.h"],
         "fs/proc/cmdline.o": ["fs/proc/cmdline.c"],
     }
-    assert set(objects_to_rebuild(stage, workspace, ["include/linux/fs.h"], "r",
+    assert set(objects_to_rebuild(stage, workspace, ["include/linux/fs.h"],
                                   header_index=True)) == set(INDEXED)
 
 
@@ -104,8 +104,8 @@ def test_without_the_key_a_header_is_refused_naming_it(tmp_path: Path) -> None:
     stage, workspace = prepared_stage(tmp_path)
     _publish_index(stage, workspace, INDEXED)  # an index made for another recipe
     with pytest.raises(RecipeError) as caught:
-        objects_to_rebuild(stage, workspace, ["fs/proc/internal.h"], "r.yaml")
-    assert caught.value.message.startswith("r.yaml: fs/proc/internal.h is a header")
+        objects_to_rebuild(stage, workspace, ["fs/proc/internal.h"])
+    assert caught.value.message.startswith("fs/proc/internal.h is a header")
     assert "set 'header_index: true' on the target" in caught.value.message
 
 
@@ -113,7 +113,7 @@ def test_a_c_file_the_index_does_not_know_is_not_built(tmp_path: Path) -> None:
     stage, workspace = prepared_stage(tmp_path)
     _publish_index(stage, workspace, INDEXED)
     with pytest.raises(RecipeError, match="kbuild does not build fs/proc/other.c"):
-        objects_to_rebuild(stage, workspace, ["fs/proc/internal.h", "fs/proc/other.c"], "r",
+        objects_to_rebuild(stage, workspace, ["fs/proc/internal.h", "fs/proc/other.c"],
                            header_index=True)
 
 

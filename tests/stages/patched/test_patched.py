@@ -40,13 +40,13 @@ def test_what_cannot_be_patched_on_a_debian_kernel(tmp_path: Path, changed: list
                                                    message: str) -> None:
     stage, workspace = prepared_stage(tmp_path)
     with pytest.raises(RecipeError, match=message):
-        objects_to_rebuild(stage, workspace, changed, "r.yaml")
+        objects_to_rebuild(stage, workspace, changed)
 
 
 def test_a_c_file_means_its_object(tmp_path: Path) -> None:
     stage, workspace = prepared_stage(tmp_path)
-    assert objects_to_rebuild(stage, workspace, ["fs/proc/cmdline.c", "Documentation/a.rst"],
-                              "r") == {"fs/proc/cmdline.o": ["fs/proc/cmdline.c"]}
+    assert objects_to_rebuild(stage, workspace, ["fs/proc/cmdline.c", "Documentation/a.rst"]) \
+        == {"fs/proc/cmdline.o": ["fs/proc/cmdline.c"]}
 
 
 def test_object_the_config_leaves_out_is_refused_naming_the_option(tmp_path: Path) -> None:
@@ -60,18 +60,18 @@ def test_object_the_config_leaves_out_is_refused_naming_the_option(tmp_path: Pat
                                                 "bar-y := bar_main.o\n"
                                                 "bar-$(CONFIG_FOO) += bar_extra.o\n")
     with pytest.raises(RecipeError) as caught:
-        objects_to_rebuild(stage, workspace, ["fs/foo2.c"], "r.yaml")
-    assert caught.value.message == ("r.yaml: fs/foo2.o is not built in 6.1.0-1-test: "
+        objects_to_rebuild(stage, workspace, ["fs/foo2.c"])
+    assert caught.value.message == ("fs/foo2.o is not built in 6.1.0-1-test: "
                                     "CONFIG_FOO is not set; nothing to live-patch there")
     with pytest.raises(RecipeError, match="fs/bar_extra.o is not built .*CONFIG_FOO is not set"):
-        objects_to_rebuild(stage, workspace, ["fs/bar_extra.c"], "r.yaml")
-    assert objects_to_rebuild(stage, workspace, ["fs/bar_main.c"], "r") == {
+        objects_to_rebuild(stage, workspace, ["fs/bar_extra.c"])
+    assert objects_to_rebuild(stage, workspace, ["fs/bar_main.c"]) == {
         "fs/bar_main.o": ["fs/bar_main.c"]}
-    assert objects_to_rebuild(stage, workspace, ["fs/proc/base.c"], "r") == {
+    assert objects_to_rebuild(stage, workspace, ["fs/proc/base.c"]) == {
         "fs/proc/base.o": ["fs/proc/base.c"]}
     (stage.tree / ".config").write_text("# CONFIG_PROC_FS is not set\n")
     with pytest.raises(RecipeError, match="fs/proc/base.o is not built .*CONFIG_PROC_FS is not"):
-        objects_to_rebuild(stage, workspace, ["fs/proc/base.c"], "r")
+        objects_to_rebuild(stage, workspace, ["fs/proc/base.c"])
 
 
 @pytest.mark.kernel
