@@ -13,11 +13,13 @@ import os
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kpatchbuild.base.errors import BuildError, KpbError
 
 Argv = Sequence[str | os.PathLike[str]]
-Completed = subprocess.CompletedProcess
+# Text, or bytes when the input was bytes.
+Completed = subprocess.CompletedProcess[Any]
 Verdict = Callable[[Completed], bool]
 
 
