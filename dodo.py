@@ -1,6 +1,8 @@
-"""doit entry point: ``doit list``, ``doit build``, ``doit build recipe=NAME``.
+"""doit entry point: ``doit list``, ``doit build [recipe=NAME]``, ``doit test [recipe=NAME]
+[kernel=PATTERN] [force=1] [json=PATH] [junit=PATH]``.
 
-Only wiring: the steps live in kpatchbuild/pipeline.py, their doit tasks in kpatchbuild/tasks.py.
+Only wiring: the steps live in kpatchbuild/graph/pipeline.py, their doit tasks in
+kpatchbuild/graph/tasks.py.
 """
 
 import sys
@@ -9,19 +11,27 @@ from doit import get_var
 
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import Store
-from kpatchbuild.graph.tasks import DOIT_CONFIG, diff_task_creators, generate_tasks, pipelines
+from kpatchbuild.graph import matrix
+from kpatchbuild.graph.tasks import (
+    DOIT_CONFIG,
+    diff_task_creators,
+    generate_tasks,
+    lock_database,
+    pipelines,
+)
 
 __all__ = ["DOIT_CONFIG", "task_pipeline"]
 
 try:
-    PIPELINES = pipelines(Store(), get_var("recipe"))
+    PIPELINES = matrix.select(pipelines(Store(), get_var("recipe")), get_var("kernel"))
 except KpbError as error:
     print(f"kpatchbuild: error: {error.message}", file=sys.stderr)
     sys.exit(error.exit_code)
+lock_database()
 
 
 def task_pipeline():
-    yield from generate_tasks(PIPELINES)
+    yield from generate_tasks(PIPELINES, force_proof=get_var("force", "") not in ("", "0"))
 
 
 # The per-object diff tasks: created by doit once each target's patched objects are known.

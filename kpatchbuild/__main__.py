@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from kpatchbuild.base.errors import KpbError
 
 # Modules that provide a subcommand: each has add_parser(subparsers) setting func=run(args)->int.
-SUBCOMMAND_MODULES: list[str] = ["kpatchbuild.differ.cli"]
+SUBCOMMAND_MODULES: list[str] = ["kpatchbuild.differ.cli", "kpatchbuild.graph.cli",
+                                   "kpatchbuild.report.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,8 @@ APART = {
     "kpatch": ("kpatchbuild.kpatch", "kpatchbuild.base.errors", "kpatchbuild.base.notes",
                "kpatchbuild.base.process"),
     "base": ("kpatchbuild.base",),
+    # The matrix's report: rendered and merged from its own values, on any machine.
+    "report": ("kpatchbuild.report", "kpatchbuild.base.errors"),
 }
 
 

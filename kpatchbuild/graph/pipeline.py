@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kpatchbuild.base import kbuild
 from kpatchbuild.base.commands import say
-from kpatchbuild.base.errors import BuildError, KpbError, about
+from kpatchbuild.base.errors import BuildError, KpbError, RecipeError, about
 from kpatchbuild.base.store import (
     PROJECT_ROOT,
     Store,
@@ -75,6 +75,12 @@ class TargetPipeline:
     @property
     def label(self) -> str:
         return f"{self.recipe.name}/{self.target.name}"
+
+    @property
+    def last_step(self) -> str:
+        """Where the cell's steps end: a target the change does not apply to stops once its
+        patches are seen not to apply; any other is proven."""
+        return "patches" if self.target.not_applicable is not None else "prove"
 
     @property
     def work(self) -> Path:
@@ -141,13 +147,23 @@ class TargetPipeline:
                 files_job = pool.submit(debian.kernel_files, self.store, kernel)
                 tree = source.debian_source_tree(self.store, kernel.packages["source"])
                 files = files_job.result()
-            record = FetchRecord("debian", tree, kernel, files.path)
+            before = self._fetched_release()
+            moved = before if before not in (None, kernel.release) else None
+            record = FetchRecord("debian", tree, kernel, files.path, previous_release=moved)
         else:
             assert self.target.source is not None
             tree = source.obtain_source(self.store, self.target.source,
                                         f"{self.target.place}.source")
             record = FetchRecord("built", tree)
         write_record(self.fetch_record, record)
+
+    def _fetched_release(self) -> str | None:
+        """The kernel release the last fetch found, if there is a readable record of it."""
+        try:
+            kernel = self.fetched().kernel if self.fetch_record.is_file() else None
+        except KpbError:
+            return None
+        return kernel.release if kernel else None
 
     def fetch_stale(self) -> str | None:
         """Why fetch must run again although no file it depends on changed (Debian moved on,
@@ -255,18 +271,38 @@ class TargetPipeline:
                              "in the cache; run the build again to make it")
         return OriginalStage.from_artifact(artifact)
 
+    @property
+    def patch_files(self) -> tuple[Path, ...]:
+        """The target's own patches, or the recipe's."""
+        return self.recipe.patches_for(self.target)
+
     def patches(self) -> None:
         tree = self.original_made().path / "tree"
-        touched = patching.check_patches_apply(self.recipe.patches, tree, self.recipe.strip)
-        write_record(self.patches_record, PatchesRecord(
-            tuple(str(p) for p in self.recipe.patches), self.recipe.strip, tuple(touched)))
+        names = tuple(str(p) for p in self.patch_files)
+        reason = self.target.not_applicable
+        try:
+            touched = patching.check_patches_apply(self.patch_files, tree, self.recipe.strip)
+        except RecipeError as failure:
+            if reason is None:
+                raise
+            say(f"  {self.label}: not applicable, as the recipe says ({reason}): "
+                f"{failure.message}")
+            write_record(self.patches_record, PatchesRecord(
+                names, self.recipe.strip, (), not_applicable=failure.message))
+            return
+        if reason is not None:
+            raise RecipeError(f"{self.target.place}: the recipe marks this target "
+                              f"not-applicable ({reason}), but its patches apply; drop "
+                              "'expect' to build it")
+        write_record(self.patches_record, PatchesRecord(names, self.recipe.strip,
+                                                        tuple(touched)))
 
     # --- patched objects and their diffs ---
 
     def patched(self) -> None:
         self.patched_log.unlink(missing_ok=True)
         with about(str(self.recipe.path)):
-            pairs = patched.build_object_pairs(self.store, self.stage(), self.recipe.patches,
+            pairs = patched.build_object_pairs(self.store, self.stage(), self.patch_files,
                                                log=self.patched_log,
                                                header_index=self.target.header_index,
                                                strip=self.recipe.strip)
@@ -452,6 +488,7 @@ def recipes_dir() -> Path:
 
 
 def pipelines(store: Store, only: str | None) -> list[TargetPipeline]:
+    """Every recipe's targets (or one recipe's, ``recipe=NAME``), in recipe order."""
     recipes = find_recipes(recipes_dir(), only)
     return [TargetPipeline(store, recipe, target)
             for recipe in recipes for target in recipe.targets]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +107,11 @@ class KernelTarget:
     # A Debian kernel may index which objects include each header (a one-time pass over
     # its tree), so that patches to headers can be built; a built kernel always knows.
     header_index: bool = False
+    # The target's own patches, where its backport differs; None: the recipe's.
+    patches: tuple[Path, ...] | None = None
+    # Why the recipe's change does not apply to this kernel (``expect: not-applicable``):
+    # the cell then passes when its patches do not apply, and fails when they do.
+    not_applicable: str | None = None
 
     @property
     def kind(self) -> Literal["debian", "built"]:
@@ -120,7 +125,7 @@ class Recipe:
     module: str
     description: str
     targets: tuple[KernelTarget, ...]
-    patches: tuple[Path, ...]
+    patches: tuple[Path, ...]  # for every target that names none of its own
     check: str | None
     replace: bool
     sources: tuple[Path, ...] = ()  # the recipe's own C files, compiled into the module
@@ -130,6 +135,9 @@ class Recipe:
     @property
     def directory(self) -> Path:
         return self.path.parent
+
+    def patches_for(self, target: KernelTarget) -> tuple[Path, ...]:
+        return self.patches if target.patches is None else target.patches
 
 
 class _NodeReader:
@@ -278,16 +286,18 @@ def load_recipe(path: Path) -> Recipe:
     reader = _NodeReader(path)
     name = path.parent.name
     top = reader.mapping(
-        root, "", required=("targets", "patches"),
-        optional=("description", "module", "check", "replace", "sources", "refused", "strip"),
+        root, "", required=("targets",),
+        optional=("patches", "description", "module", "check", "replace", "sources", "refused",
+                  "strip"),
     )
     module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
     if "module" in top:
         module = reader.string(top["module"], "module", _MODULE_NAME,
                                "a module name (lower case, digits and _, at most 55 characters)")
     targets = tuple(
-        _read_target(reader, node, f"targets[{index}]")
+        cell
         for index, node in enumerate(reader.sequence(top["targets"], "targets"))
+        for cell in _read_target(reader, node, f"targets[{index}]")
     )
     seen: dict[str, KernelTarget] = {}
     for target in targets:
@@ -296,10 +306,14 @@ def load_recipe(path: Path) -> Recipe:
                 f"{target.place}: target name '{target.name}' is used twice; give one a 'name'"
             )
         seen[target.name] = target
-    patches = tuple(
-        reader.existing_file(node, f"patches[{index}]")
-        for index, node in enumerate(reader.sequence(top["patches"], "patches"))
-    )
+    patches: tuple[Path, ...] = ()
+    if "patches" in top:
+        patches = _read_patches(reader, top["patches"], "patches")
+    else:
+        for target in targets:
+            if target.patches is None:
+                raise RecipeError(f"{target.place}: no patches for this target: give "
+                                  "'patches' at the top of the recipe or on the target")
     return Recipe(
         name=name,
         path=path.resolve(),
@@ -319,9 +333,43 @@ def load_recipe(path: Path) -> Recipe:
     )
 
 
-def _read_target(reader: _NodeReader, node: Node, key: str) -> KernelTarget:
+def _read_patches(reader: _NodeReader, node: Node, key: str) -> tuple[Path, ...]:
+    return tuple(reader.existing_file(item, f"{key}[{index}]")
+                 for index, item in enumerate(reader.sequence(node, key)))
+
+
+def _read_target(reader: _NodeReader, node: Node, key: str) -> list[KernelTarget]:
+    """One target entry; a Debian entry with lists of series or flavours is one per pair."""
     fields = reader.mapping(node, key, required=(),
-                            optional=("name", "debian", "source", "config", "header_index"))
+                            optional=("name", "debian", "source", "config", "header_index",
+                                      "patches", "expect", "reason"))
+    patches = _read_patches(reader, fields["patches"], f"{key}.patches") \
+        if "patches" in fields else None
+    not_applicable = _read_expectation(reader, node, fields, key)
+    return [replace(target, patches=patches, not_applicable=not_applicable)
+            for target in _read_kernels(reader, node, fields, key)]
+
+
+def _read_expectation(reader: _NodeReader, node: Node, fields: dict[str, Node],
+                      key: str) -> str | None:
+    if "expect" not in fields:
+        if "reason" in fields:
+            raise reader.fail(fields["reason"], f"{key}.reason",
+                              "a reason goes with 'expect: not-applicable'; add that or drop it")
+        return None
+    expect = reader.string(fields["expect"], f"{key}.expect")
+    if expect != "not-applicable":
+        raise reader.fail(fields["expect"], f"{key}.expect",
+                          f"'{expect}' is not an expectation a target can have; the one "
+                          "there is: not-applicable (with a 'reason')")
+    if "reason" not in fields:
+        raise reader.fail(node, key, "'expect: not-applicable' needs a 'reason': say why the "
+                          "change does not apply to this kernel")
+    return reader.string(fields["reason"], f"{key}.reason")
+
+
+def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
+                  key: str) -> list[KernelTarget]:
     place = reader.place(node, key)
     if "debian" in fields:
         if "source" in fields or "config" in fields:
@@ -330,13 +378,19 @@ def _read_target(reader: _NodeReader, node: Node, key: str) -> KernelTarget:
                 "a target is either 'debian' (Debian's own kernel) or 'source' + 'config' "
                 "(a kernel to build), not both",
             )
-        debian = _read_debian(reader, fields["debian"], f"{key}.debian")
-        name = debian.label
-        if "name" in fields:
-            name = reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name")
+        kernels = _read_debian(reader, fields["debian"], f"{key}.debian")
         header_index = ("header_index" in fields
                         and reader.boolean(fields["header_index"], f"{key}.header_index"))
-        return KernelTarget(name=name, place=place, debian=debian, header_index=header_index)
+        if "name" in fields:
+            if len(kernels) > 1:
+                raise reader.fail(fields["name"], f"{key}.name",
+                                  "the targets of a series or flavour list are named by their "
+                                  "kernels; drop 'name' or list one kernel")
+            name = reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name")
+            return [KernelTarget(name=name, place=place, debian=kernels[0],
+                                 header_index=header_index)]
+        return [KernelTarget(name=debian.label, place=place, debian=debian,
+                             header_index=header_index) for debian in kernels]
     if "header_index" in fields:
         raise reader.fail(fields["header_index"], f"{key}.header_index",
                           "only a 'debian' target needs a header index: a built kernel "
@@ -349,15 +403,16 @@ def _read_target(reader: _NodeReader, node: Node, key: str) -> KernelTarget:
         )
     if "name" not in fields:
         raise reader.fail(node, key, "a built kernel target needs a 'name'")
-    return KernelTarget(
+    return [KernelTarget(
         name=reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name"),
         place=place,
         source=_read_source(reader, fields["source"], f"{key}.source"),
         config=_read_config(reader, fields["config"], f"{key}.config"),
-    )
+    )]
 
 
-def _read_debian(reader: _NodeReader, node: Node, key: str) -> DebianKernel:
+def _read_debian(reader: _NodeReader, node: Node, key: str) -> list[DebianKernel]:
+    """An exact image, or every (series, flavour) pair of the lists given, series first."""
     fields = reader.mapping(node, key, required=(), optional=("image", "series", "flavour"))
     if "image" in fields:
         if "series" in fields or "flavour" in fields:
@@ -367,17 +422,30 @@ def _read_debian(reader: _NodeReader, node: Node, key: str) -> DebianKernel:
         if image.endswith(("-dbg", "-unsigned")):
             raise reader.fail(fields["image"], f"{key}.image",
                               f"'{image}' is not the image itself; name linux-image-<release>")
-        return DebianKernel(image=image, series=None, flavour=None)
+        return [DebianKernel(image=image, series=None, flavour=None)]
     if "series" not in fields or "flavour" not in fields:
         raise reader.fail(node, key, "give 'image', or both 'series' (6.1) and 'flavour' "
                                      "(cloud-amd64)")
-    return DebianKernel(
-        image=None,
-        series=reader.string(fields["series"], f"{key}.series", _SERIES,
-                             "a kernel series such as \"6.1\" (quote it)"),
-        flavour=reader.string(fields["flavour"], f"{key}.flavour", _FLAVOUR,
-                              "a Debian kernel flavour such as cloud-amd64"),
-    )
+    series = _one_or_more(reader, fields["series"], f"{key}.series", _SERIES,
+                          "a kernel series such as \"6.1\" (quote it)")
+    flavours = _one_or_more(reader, fields["flavour"], f"{key}.flavour", _FLAVOUR,
+                            "a Debian kernel flavour such as cloud-amd64")
+    return [DebianKernel(image=None, series=one, flavour=flavour)
+            for one in series for flavour in flavours]
+
+
+def _one_or_more(reader: _NodeReader, node: Node, key: str, pattern: re.Pattern[str],
+                 what: str) -> list[str]:
+    """A string, or a list of them (each once)."""
+    if not isinstance(node, SequenceNode):
+        return [reader.string(node, key, pattern, what)]
+    values: list[str] = []
+    for index, item in enumerate(reader.sequence(node, key)):
+        value = reader.string(item, f"{key}[{index}]", pattern, what)
+        if value in values:
+            raise reader.fail(item, f"{key}[{index}]", f"'{value}' is listed twice")
+        values.append(value)
+    return values
 
 
 def _read_source(reader: _NodeReader, node: Node, key: str) -> SourceSpec:

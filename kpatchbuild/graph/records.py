@@ -86,6 +86,8 @@ class FetchRecord:
     source: SourceTree
     kernel: KernelRelease | None = None
     files: Path | None = None  # Debian's config, System.map, vmlinux.symbols, vmlinuz...
+    # The release fetched before this one, when Debian moved on since (the report says so).
+    previous_release: str | None = None
 
     def debian_files(self) -> Path:
         assert self.files is not None, "a built kernel's files are in its original stage"
@@ -98,6 +100,8 @@ class FetchRecord:
             data["kernel"] = self.kernel.to_json()
         if self.files is not None:
             data["files"] = str(self.files)
+        if self.previous_release is not None:
+            data["previous_release"] = self.previous_release
         return data
 
     @classmethod
@@ -105,7 +109,8 @@ class FetchRecord:
         source = data["source"]
         return cls(data["kind"], SourceTree(Path(source["path"]), source["key"], source["origin"]),
                    KernelRelease.from_json(data["kernel"]) if "kernel" in data else None,
-                   Path(data["files"]) if "files" in data else None)
+                   Path(data["files"]) if "files" in data else None,
+                   data.get("previous_release"))
 
 
 @dataclass(frozen=True)
@@ -130,21 +135,24 @@ class OriginalRecord:
 
 @dataclass(frozen=True)
 class PatchesRecord:
-    """The patches, checked to apply, and the files they touch."""
+    """The patches, checked to apply, and the files they touch; or, for a target the recipe
+    marks not-applicable, why they do not apply (``not_applicable``: how they failed)."""
 
-    FORMAT: ClassVar[int] = 1
+    FORMAT: ClassVar[int] = 2
 
     patches: tuple[str, ...]
     strip: int | None
     touched: tuple[str, ...]
+    not_applicable: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"patches": list(self.patches), "strip": self.strip,
-                "touched": list(self.touched)}
+                "touched": list(self.touched), "not_applicable": self.not_applicable}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PatchesRecord:
-        return cls(tuple(data["patches"]), data["strip"], tuple(data["touched"]))
+        return cls(tuple(data["patches"]), data["strip"], tuple(data["touched"]),
+                   data["not_applicable"])
 
 
 @dataclass(frozen=True)

@@ -7,37 +7,42 @@ Per recipe and kernel target (task names ``<step>:<recipe>/<target>``), one task
     changed object, created once they are known) -> diff -> module -> prove
 
 and ``build``, which runs the whole pipeline for every recipe, or for one with
-``doit build recipe=NAME``. The steps' records are the targets and file dependencies doit
+``doit build recipe=NAME``. ``test`` runs the same tasks for every cell of the matrix
+(``test:<recipe>/<target>`` each), goes on past a failed cell, and the reporter writes the
+matrix's report at the end. The steps' records are the targets and file dependencies doit
 tracks, by xxhash of their contents (XxhashChecker), not by their times.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import xxhash
-from doit import create_after
+from doit import create_after, get_var
 from doit.dependency import FileChangedChecker
-from doit.exceptions import TaskFailed
+from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 from doit.tools import config_changed
 
-from kpatchbuild.base import kbuild
+from kpatchbuild.base import kbuild, locks
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import default_root
-from kpatchbuild.graph import records
+from kpatchbuild.graph import matrix, records
 from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.module import module
 from kpatchbuild.stages.original import original
 
-__all__ = ["DOIT_CONFIG", "diff_task_creators", "generate_tasks", "pipelines"]
+__all__ = ["DOIT_CONFIG", "diff_task_creators", "generate_tasks", "lock_database",
+           "pipelines"]
 
 
 class XxhashChecker(FileChangedChecker):
@@ -70,19 +75,71 @@ def _xxh64_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def _one_line(fail: BaseFail) -> str:
+    return (fail.message.strip() if fail.message else fail.get_msg().strip()).splitlines()[0]
+
+
 class OneLineReporter(ConsoleReporter):
-    """doit's console reporter, printing a failed task as one line instead of a traceback."""
+    """doit's console reporter, printing a failed task as one line instead of a traceback.
+
+    It also watches the run from the cells' side: the first failure of each cell and how
+    long each step took; when the run is a ``test`` run, it writes the matrix's report
+    last, whatever failed (a task that ran after a failure could not be relied on to).
+    """
 
     desc = "one line per failure"
 
+    def initialize(self, tasks: dict[str, Any], selected_tasks: list[str]) -> None:
+        super().initialize(tasks, selected_tasks)
+        self.started = time.monotonic()
+        self.task_started: dict[str, float] = {}
+        self.cells: dict[str, matrix.CellRun] = {}
+        selected = {name for name in selected_tasks if name.startswith("test:")}
+        if "test" in selected_tasks:
+            selected |= {f"test:{label}" for label in _MATRIX}
+        self.tested = [_MATRIX[name.removeprefix("test:")] for name in sorted(selected)
+                       if name.removeprefix("test:") in _MATRIX]
+
+    def execute_task(self, task: Any) -> None:
+        super().execute_task(task)
+        self.task_started[task.name] = time.monotonic()
+
+    def _cell_step(self, task: Any) -> tuple[matrix.CellRun, str] | None:
+        step, _, rest = task.name.partition(":")
+        label = "/".join(rest.split("/")[:2])
+        if label not in _MATRIX or step == "test":
+            return None
+        run = self.cells.setdefault(label, matrix.CellRun())
+        if task.name in self.task_started:
+            seconds = time.monotonic() - self.task_started[task.name]
+            run.seconds[step] = run.seconds.get(step, 0.0) + seconds
+        return run, step
+
+    def add_success(self, task: Any) -> None:
+        super().add_success(task)
+        self._cell_step(task)
+
+    def add_failure(self, task: Any, fail: BaseFail) -> None:
+        found = self._cell_step(task)
+        if found is not None:
+            found[0].failed(found[1], _one_line(fail))
+        if isinstance(fail, UnmetDependency):
+            return  # what could not run after a failure: that failure's line says it all
+        super().add_failure(task, fail)
+
     def _write_failure(self, result: dict, write_exception: bool = True) -> None:
-        fail = result["exception"]
-        message = fail.message.strip() if fail.message else fail.get_msg().strip()
-        self.write(f"kpatchbuild: error: {result['task'].name}: {message}\n")
+        self.write(f"kpatchbuild: error: {result['task'].name}: "
+                   f"{_one_line(result['exception'])}\n")
 
     def complete_run(self) -> None:
         if self.runtime_errors:
             self.write("kpatchbuild: error: " + "; ".join(self.runtime_errors) + "\n")
+        if self.tested:
+            report = matrix.matrix_report(self.tested, self.cells,
+                                          time.monotonic() - self.started)
+            self.write(matrix.write_reports(report, default_root() / "reports",
+                                            json_copy=get_var("json"),
+                                            junit_copy=get_var("junit")))
 
 
 DOIT_DB_ENV = "KPATCHBUILD_DOIT_DB"
@@ -100,7 +157,29 @@ DOIT_CONFIG = {
     "check_file_uptodate": XxhashChecker,
     "reporter": OneLineReporter,
     "backend": "json",
+    # One cell's failure stops neither the other cells nor the other recipes (make -k);
+    # what depends on a failed step does not run, and doit still exits non-zero.
+    "continue": True,
+    # `-n N` runs tasks in threads: the work is in make, qemu and the compiler, and the
+    # delayed diff tasks could not be sent to other processes (their actions are closures).
+    "par_type": "thread",
 }
+
+
+def lock_database() -> None:
+    """One doit run at a time per database: doit rewrites its whole JSON database when a
+    run ends, so two concurrent runs on one cache would lose one run's records."""
+    path = Path(doit_db_path()).with_suffix(".lock")
+    locks.hold_for_process(path, waiting=f"kpatchbuild: waiting for another doit run on "
+                           f"{path.parent} to finish")
+
+
+# The cells of this run, by label: the reporter reads their records at the end.
+_MATRIX: dict[str, TargetPipeline] = {}
+
+# Steps that use every core (a kernel's configure, prepare or build): one at a time across
+# the threads of `-n N` and the runs sharing the cache, so that two never starve the machine.
+HEAVY_STEPS = ("config", "original")
 
 
 def _reporting_errors(function: Callable[[], None]) -> Callable[[], TaskFailed | None]:
@@ -172,10 +251,10 @@ STEPS = (
          stale=lambda i: [i.original_gone],
          config=lambda i: {"stage_format": original.STAGE_FORMAT}),
     Step("patches", "check that a recipe's patches apply to its target's source",
-         inputs=lambda i: [i.original_record, i.recipe.path, *i.recipe.patches],
+         inputs=lambda i: [i.original_record, i.recipe.path, *i.patch_files],
          outputs=lambda i: [i.patches_record]),
     Step("patched", "compile the objects a recipe's patches change, before and after",
-         inputs=lambda i: [i.original_record, i.patches_record, *i.recipe.patches],
+         inputs=lambda i: [i.original_record, i.patches_record, *i.patch_files],
          outputs=lambda i: [i.patched_record]),
     Step("module", "link the livepatch module of a recipe's target",
          inputs=lambda i: [i.diff_record, *module_inputs(), *i.recipe.sources,
@@ -205,17 +284,32 @@ def _config(values: dict[str, object]) -> config_changed:
     return config_changed({**values, "records": records.formats()})
 
 
-def step_task(step: Step, item: TargetPipeline) -> dict:
-    """The doit task of ``step`` for one pipeline."""
+def _one_heavy_at_a_time(function: Callable[[], None], task: str) -> Callable[[], None]:
+    def run() -> None:
+        with locks.exclusive(default_root() / "locks" / "heavy.lock",
+                             waiting=f"  {task}: waiting for another kernel build or prepare"):
+            function()
+
+    run.__name__ = getattr(function, "__name__", "run")
+    return run
+
+
+def step_task(step: Step, item: TargetPipeline, *, force_proof: bool = False) -> dict:
+    """The doit task of ``step`` for one pipeline (``force_proof``: prove again even when
+    the module and kernel passed before)."""
     task = f"{step.name}:{item.label}"
+    action = step.method(item)
+    if step.name in HEAVY_STEPS:
+        action = _one_heavy_at_a_time(action, task)
+    forced = [lambda: False] if force_proof and step.name == "prove" else []
     return {
         "basename": step.name, "name": item.label,
         "doc": f"{step.doc}: {item.label}",
-        "actions": [_reporting_errors(step.method(item))],
+        "actions": [_reporting_errors(action)],
         "file_dep": [str(path) for path in step.inputs(item)],
         "targets": [str(path) for path in step.outputs(item)],
         "uptodate": [*(_runs_again_when(check, task) for check in step.stale(item)),
-                     _config(step.config(item))],
+                     _config(step.config(item)), *forced],
         "task_dep": list(step.after(item)),
         "verbosity": 2,
     }
@@ -264,6 +358,9 @@ def diff_task_creators(items: list[TargetPipeline]) -> dict[str, Callable[[], It
     """
     creators = {}
     for index, item in enumerate(items):
+        if item.last_step != "prove":
+            continue  # a target the change does not apply to compiles nothing
+
         def create(item: TargetPipeline = item) -> Iterator[dict]:
             yield from object_diff_tasks(item)
 
@@ -274,19 +371,40 @@ def diff_task_creators(items: list[TargetPipeline]) -> dict[str, Callable[[], It
     return creators
 
 
-def generate_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
-    """Every step of every pipeline, as doit task dicts, from the STEPS table."""
+def steps_of(item: TargetPipeline) -> list[Step]:
+    """The item's steps, up to its last (a target marked not-applicable ends at patches)."""
+    names = [step.name for step in STEPS]
+    return list(STEPS[:names.index(item.last_step) + 1])
+
+
+TEST_DOC = ("build and prove every cell of the matrix, go on past failures, and report "
+            "(doit test recipe=NAME kernel=PATTERN force=1 json=PATH junit=PATH)")
+
+
+def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False) -> Iterator[dict]:
+    """Every step of every pipeline, as doit task dicts, from the STEPS table; the build and
+    the test of them all; one test task per cell."""
+    _MATRIX.clear()
+    _MATRIX.update((item.label, item) for item in items)
     for step in STEPS:
         yield {"basename": step.name, "name": None, "doc": step.doc}
     # The diff tasks are created later, named in full (no group): this one runs them all.
     yield {"basename": "diff", "doc": DIFF_DOC, "actions": None,
-           "task_dep": [f"diff:{item.label}" for item in items]}
+           "task_dep": [f"diff:{item.label}" for item in items if item.last_step == "prove"]}
     for item in items:
-        for step in STEPS:
-            yield step_task(step, item)
+        for step in steps_of(item):
+            yield step_task(step, item, force_proof=force_proof)
+    last = [f"{item.last_step}:{item.label}" for item in items]
     yield {
         "basename": "build",
         "doc": "run the pipeline for every recipe (or one: doit build recipe=NAME)",
         "actions": None,
-        "task_dep": [f"prove:{item.label}" for item in items],
+        "task_dep": last,
     }
+    for item, last_task in zip(items, last, strict=True):
+        expect = "its patches must not apply" if item.target.not_applicable else \
+            "refused as the recipe expects" if item.recipe.refused else "built and proven"
+        yield {"basename": f"test:{item.label}", "doc": f"cell: {expect}", "actions": None,
+               "task_dep": [last_task]}
+    yield {"basename": "test", "doc": TEST_DOC, "actions": None,
+           "task_dep": [f"test:{item.label}" for item in items]}

@@ -176,3 +176,66 @@ patches: [fix.patch]
 """))
     assert message.startswith(f"{tmp_path}/demo/recipe.yaml:5: targets[0].header_index: only "
                               "a 'debian' target needs a header index")
+
+
+MATRIX = """targets:
+  - debian:
+      series: ["6.1", "6.12"]
+      flavour: [cloud-amd64, amd64]
+  - debian: {series: "6.1", flavour: rt-amd64}
+    patches: [backport.patch]
+  - debian: {image: linux-image-6.1.0-57-amd64}
+    expect: not-applicable
+    reason: the code is not in this release
+patches:
+  - fix.patch
+"""
+
+
+def test_series_and_flavour_lists_are_a_matrix(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, MATRIX)
+    (directory / "backport.patch").write_text("--- a/x.c\n+++ b/x.c\n")
+    recipe = load_recipe(directory)
+    assert [t.name for t in recipe.targets] == [
+        "debian-6.1-cloud-amd64", "debian-6.1-amd64", "debian-6.12-cloud-amd64",
+        "debian-6.12-amd64", "debian-6.1-rt-amd64", "6.1.0-57-amd64"]
+    assert {t.place.line for t in recipe.targets[:4]} == {2}
+    fix, backport = (directory / "fix.patch").resolve(), (directory / "backport.patch").resolve()
+    assert [recipe.patches_for(t) for t in recipe.targets] == [(fix,)] * 4 + [(backport,)] \
+        + [(fix,)]
+    assert [t.not_applicable for t in recipe.targets] == [None] * 5 + [
+        "the code is not in this release"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("    reason: the code is not in this release\n", ""),
+     "recipe.yaml:7: targets[2]: 'expect: not-applicable' needs a 'reason'"),
+    (("expect: not-applicable", "expect: failure"),
+     "recipe.yaml:8: targets[2].expect: 'failure' is not an expectation"),
+    (("    expect: not-applicable\n", ""),
+     "recipe.yaml:8: targets[2].reason: a reason goes with 'expect: not-applicable'"),
+    (("      flavour: [cloud-amd64, amd64]\n",
+      "      flavour: [cloud-amd64, amd64]\n    name: mine\n"),
+     "recipe.yaml:5: targets[0].name: the targets of a series or flavour list are named by"),
+    (("[cloud-amd64, amd64]", "[amd64, amd64]"),
+     "recipe.yaml:4: targets[0].debian.flavour[1]: 'amd64' is listed twice"),
+    (('["6.1", "6.12"]', '["6.1", 6.12a]'),
+     "recipe.yaml:3: targets[0].debian.series[1]: '6.12a' is not a kernel series"),
+    (("patches:\n  - fix.patch\n", ""),
+     "recipe.yaml:2: targets[0]: no patches for this target: give 'patches' at the top"),
+])
+def test_matrix_mistakes_are_one_line(tmp_path: Path, edit: tuple[str, str],
+                                      message: str) -> None:
+    directory = write_recipe(tmp_path, MATRIX.replace(*edit))
+    (directory / "backport.patch").write_text("--- a/x.c\n+++ b/x.c\n")
+    assert message in error_of(directory)
+
+
+def test_each_target_may_carry_all_the_patches(tmp_path: Path) -> None:
+    text = """targets:
+  - debian: {series: "6.1", flavour: cloud-amd64}
+    patches: [fix.patch]
+"""
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert recipe.patches == ()
+    assert recipe.patches_for(recipe.targets[0]) == ((tmp_path / "demo/fix.patch").resolve(),)

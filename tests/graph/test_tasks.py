@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,48 @@ def test_a_task_has_one_config_changed(tmp_path: Path) -> None:
     assert tasks
     for task in tasks:
         assert sum(isinstance(u, config_changed) for u in task["uptodate"]) == 1, task["basename"]
+
+
+def test_doit_test_goes_on_past_failed_cells_and_reports_them(tmp_path: Path) -> None:
+    """Two cells that fail at fetch (their trees were configured in place) and one whose
+    patches cannot be checked without a kernel: the run names each, writes the reports,
+    and exits non-zero; `doit list` shows the cells."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("Makefile", "Kconfig", ".config"):
+        (tree / name).write_text("")
+    recipe = tmp_path / "recipes" / "fix"
+    recipe.mkdir(parents=True)
+    (recipe / "fix.patch").write_text("--- a/x.c\n+++ b/x.c\n")
+    built = f"    source: {{tree: {tree}}}\n    config: {{base: tinyconfig}}\n"
+    (recipe / "recipe.yaml").write_text(
+        f"targets:\n  - name: one\n{built}  - name: two\n{built}patches: [fix.patch]\n")
+    env = {**os.environ, "KPATCHBUILD_RECIPES": str(tmp_path / "recipes"),
+           "KPATCHBUILD_CACHE": str(tmp_path / "cache"),
+           "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
+    project = Path(__file__).resolve().parents[2]
+
+    def doit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "doit", "-f", str(project / "dodo.py"),
+                               "-d", str(project), *args], capture_output=True, text=True,
+                              env=env)
+
+    listed = doit("list").stdout
+    assert "test:fix/one" in listed and "test:fix/two" in listed
+    result = doit("test", f"junit={tmp_path / 'out.xml'}")
+    assert result.returncode != 0
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "0 passed, 2 failed"
+    errors = [line for line in lines if line.startswith("kpatchbuild: error: fetch:fix/")]
+    assert len(errors) == 2 and all("configured or built in place" in e for e in errors)
+    assert any(line.startswith("FAILED fix/one at fetch: ") for line in lines)
+    assert "Traceback" not in result.stdout + result.stderr
+    report = json.loads((tmp_path / "cache/reports/test.json").read_text())
+    assert [(c["cell"], c["status"], c["step"]) for c in report["cells"]] == [
+        ("fix/one", "failed", "fetch"), ("fix/two", "failed", "fetch")]
+    assert (tmp_path / "out.xml").read_bytes() == \
+        (tmp_path / "cache/reports/junit.xml").read_bytes()
+    one = doit("test:fix/two")
+    assert one.stdout.splitlines()[-1] == "0 passed, 1 failed"
+    assert doit("test", "kernel=nothing*").stderr.startswith(
+        "kpatchbuild: error: kernel=nothing*: no target matches (targets: one, two)")

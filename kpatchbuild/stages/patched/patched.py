@@ -13,7 +13,6 @@ recipes with the same edit, is a cache hit with no compiler run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import xxhash
 
-from kpatchbuild.base import kbuild
+from kpatchbuild.base import kbuild, locks
 from kpatchbuild.base.commands import run_step, say
 from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.base.store import PROJECT_ROOT, Store, content_key, write_atomically
@@ -97,12 +96,8 @@ class Workspace:
     def locked(self) -> Iterator[None]:
         """The workspace, whole, for one compiler at a time: compiles rewrite its sources."""
         self.ensure()
-        with open(self.root / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with locks.exclusive(self.root / "lock"):
+            yield
 
     @property
     def _edited_record(self) -> Path:
