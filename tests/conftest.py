@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,25 +56,33 @@ class RecipeStage:
         return Path(self.original["path"]) / "tree"
 
 
-def build_recipe_stage(recipe: str) -> RecipeStage:
-    result = run_doit("build", f"recipe={recipe}")
+# The cells the suite builds of the example recipes' matrices: Debian's 6.1 cloud kernel
+# (and 6.12 where a test says), not the generic flavour's (a 858 MB -dbg package each).
+CI_KERNEL = "debian-6.1-cloud-amd64"
+TINY_KERNEL = "tiny-6.1"
+
+
+def build_recipe_stage(recipe: str, kernel: str = CI_KERNEL) -> RecipeStage:
+    """``doit build recipe=RECIPE kernel=KERNEL``: that cell of the recipe, built and proven."""
+    result = run_doit("build", f"recipe={recipe}", f"kernel={kernel}")
     if result.returncode != 0:
-        pytest.fail(f"doit build recipe={recipe} failed:\n{result.stdout}\n{result.stderr}")
-    (work,) = (default_root() / "work" / recipe).iterdir()
+        pytest.fail(f"doit build recipe={recipe} kernel={kernel} failed:\n{result.stdout}\n"
+                    f"{result.stderr}")
+    work = default_root() / "work" / recipe / kernel
     return RecipeStage(work, json.loads((work / "fetch.json").read_text()),
                        json.loads((work / "original.json").read_text()))
 
 
 @pytest.fixture(scope="session")
 def default_recipe_stage() -> RecipeStage:
-    """The default recipe (Debian's 6.1 cloud kernel), prepared."""
+    """The default recipe on Debian's 6.1 cloud kernel, prepared."""
     return build_recipe_stage("cmdline")
 
 
 @pytest.fixture(scope="session")
 def built_recipe_stage() -> RecipeStage:
     """The built-kernel recipe (linux-source-6.1, tinyconfig + guest fragment), built."""
-    return build_recipe_stage("cmdline-tiny")
+    return build_recipe_stage("cmdline-tiny", TINY_KERNEL)
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,8 @@ def debian_kernel_tree(default_recipe_stage: RecipeStage,
                       compact_symbols=files / VMLINUX_SYMBOLS)
 
 
-SERIES_6_12_TARGET = "cmdline-6.12/debian-6.12-cloud-amd64"
+SERIES_6_12_KERNEL = "debian-6.12-cloud-amd64"
+SERIES_6_12_TARGET = f"cmdline/{SERIES_6_12_KERNEL}"
 
 
 def prepare_scratch_tree(target: str, series: str, tmp_path_factory: pytest.TempPathFactory,
@@ -171,7 +181,8 @@ def prepare_scratch_tree(target: str, series: str, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(scope="session")
 def debian_6_12_kernel_tree(tmp_path_factory: pytest.TempPathFactory) -> KernelTree:
-    """Debian's 6.12 cloud kernel (recipe cmdline-6.12), prepared in a scratch copy."""
+    """Debian's 6.12 cloud kernel (the default recipe's 6.12 cell), prepared in a scratch
+    copy."""
     return prepare_scratch_tree(SERIES_6_12_TARGET, "6.12", tmp_path_factory,
                                 "KPB_SCRATCH_TREE_6_12")
 
@@ -221,3 +232,31 @@ def chroot_kernel_tree(label: str, tmp_path_factory: pytest.TempPathFactory) -> 
                       kernel.files / "Module.symvers", spec.series, spec.compiler, chroot,
                       label, symbols)
 
+
+# The published JUnit schema the matrix's report is checked against: Jenkins' xunit plugin
+# publishes junit-10.xsd (MIT), and pytest's source distribution carries it for its own
+# JUnit tests, so it comes from PyPI like every other dependency, once per cache.
+SCHEMA_PYTEST_VERSION = "8.3.4"
+SCHEMA_MEMBER = f"pytest-{SCHEMA_PYTEST_VERSION}/testing/example_scripts/junit-10.xsd"
+
+
+@pytest.fixture(scope="session")
+def junit_schema() -> Path:
+    where = default_root() / "test-data" / "junit-10.xsd"
+    if where.is_file():
+        return where
+    download = where.parent / "sdist"
+    fetched = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+         f"pytest=={SCHEMA_PYTEST_VERSION}", "-d", str(download)],
+        capture_output=True, text=True)
+    if fetched.returncode != 0:
+        pytest.fail(f"could not download pytest's sdist for junit-10.xsd: {fetched.stderr}")
+    (archive,) = download.glob("pytest-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile(SCHEMA_MEMBER)
+        assert member is not None, f"{archive} has no {SCHEMA_MEMBER}"
+        temporary = where.with_suffix(".tmp")
+        temporary.write_bytes(member.read())
+    temporary.replace(where)
+    return where

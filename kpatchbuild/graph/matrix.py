@@ -29,10 +29,13 @@ from kpatchbuild.report.results import CellResult, MatrixReport, Status, write_t
 
 
 def select(items: list[TargetPipeline], kernel: str | None) -> list[TargetPipeline]:
-    """The cells whose target name matches the shell pattern ``kernel`` (all without one)."""
+    """The cells whose target name matches ``kernel``: shell patterns, comma-separated
+    (``debian-6.1-*,tiny-6.1``); all cells without one."""
     if not kernel:
         return items
-    chosen = [item for item in items if fnmatch.fnmatchcase(item.target.name, kernel)]
+    patterns = [pattern.strip() for pattern in kernel.split(",") if pattern.strip()]
+    chosen = [item for item in items
+              if any(fnmatch.fnmatchcase(item.target.name, p) for p in patterns)]
     if not chosen:
         names = ", ".join(sorted({item.target.name for item in items}))
         raise KpbError(f"kernel={kernel}: no target matches (targets: {names})", exit_code=2)

@@ -15,7 +15,7 @@ import pytest
 
 from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import STT_SECTION
-from tests.conftest import build_recipe_stage
+from tests.conftest import SERIES_6_12_KERNEL, build_recipe_stage
 
 pytestmark = pytest.mark.kernel
 
@@ -31,7 +31,7 @@ def _code_sections_described_by(obj_path: Path, table: str) -> set[str]:
 
 
 def test_cmdline_recipe_is_built_and_proven_on_6_12() -> None:
-    stage = build_recipe_stage("cmdline-6.12")
+    stage = build_recipe_stage("cmdline", SERIES_6_12_KERNEL)
     release = stage.fetch["kernel"]["release"]
     assert release.startswith("6.12.") and stage.original["release"] == release
 

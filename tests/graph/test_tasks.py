@@ -110,5 +110,6 @@ def test_doit_test_goes_on_past_failed_cells_and_reports_them(tmp_path: Path) ->
         (tmp_path / "cache/reports/junit.xml").read_bytes()
     one = doit("test:fix/two")
     assert one.stdout.splitlines()[-1] == "0 passed, 1 failed"
+    assert doit("test", "kernel=tw*,on?").stdout.splitlines()[-1] == "0 passed, 2 failed"
     assert doit("test", "kernel=nothing*").stderr.startswith(
         "kpatchbuild: error: kernel=nothing*: no target matches (targets: one, two)")

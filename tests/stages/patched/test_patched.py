@@ -15,7 +15,7 @@ from kpatchbuild.base.store import Store, default_root
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
 from kpatchbuild.stages.original.original import STORE_KIND, OriginalStage
 from kpatchbuild.stages.patched.patched import Workspace, objects_to_rebuild
-from tests.conftest import PROJECT, RecipeStage, run_doit
+from tests.conftest import CI_KERNEL, PROJECT, RecipeStage, run_doit
 
 
 def prepared_stage(tmp_path: Path) -> tuple[OriginalStage, Workspace]:
@@ -97,7 +97,7 @@ def test_patch_edits_recompile_only_the_patched_side_and_reverts_hit_the_cache(
     try:
         def build() -> dict[str, str]:
             # Up to the module: the recipe's check still looks for kpatch=1.
-            result = run_doit("module", env=env)
+            result = run_doit("module", f"kernel={CI_KERNEL}", env=env)
             assert result.returncode == 0, result.stdout + result.stderr
             (pair,) = json.loads((work / "patched.json").read_text())["objects"]
             return pair
@@ -125,7 +125,7 @@ def test_each_changed_object_has_its_own_diff_task(default_recipe_stage: RecipeS
     patch = recipes / "t-two/version.patch"
     try:
         def diff_tasks_run() -> set[str]:
-            result = run_doit("module", env=env)
+            result = run_doit("module", f"kernel={CI_KERNEL}", env=env)
             assert result.returncode == 0, result.stdout + result.stderr
             return {line.split()[1] for line in result.stdout.splitlines()
                     if line.startswith(".  diff:")}
