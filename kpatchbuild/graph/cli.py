@@ -1,9 +1,9 @@
 """``python -m kpatchbuild cells``: the test matrix's cells, for a CI job to fan out.
 
 Each cell is one (recipe, kernel target) pair; ``--json`` prints them as a list of objects
-(``cell``, ``recipe``, ``target``, ``kind``, ``kernel``, ``not_applicable``, ``task``) that
-a CI system's matrix reads; each matrix job then runs ``doit <task>`` (e.g.
-``doit test:cmdline/debian-6.1-cloud-amd64``).
+(``cell``, ``recipe``, ``target``, ``kind``, ``kernel``, ``not_applicable``, ``task``,
+``recipe_hash`` and, with ``--resolve``, ``release``) that a CI system's matrix reads; each
+matrix job then runs ``doit <task>`` (``doit test:cmdline/debian-6.1-cloud-amd64``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--kernel", metavar="PATTERN",
                         help="only targets whose name matches this shell pattern")
     parser.add_argument("--json", action="store_true", help="print JSON (default: one per line)")
+    parser.add_argument("--resolve", action="store_true",
+                        help="add each cell's kernel release, as Debian's index has it now "
+                        "(what a CI cache of the cell is keyed by)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cells = matrix.cell_list(matrix.select(pipelines(Store(), args.recipe), args.kernel))
+    cells = matrix.cell_list(matrix.select(pipelines(Store(), args.recipe), args.kernel),
+                             resolve=args.resolve)
     if args.json:
         print(json.dumps(cells, indent=2))
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kpatchbuild.base.errors import KpbError
+from kpatchbuild.base.store import content_key, file_hash
 from kpatchbuild.graph.pipeline import TargetPipeline
 from kpatchbuild.graph.records import (
     DiffRecord,
@@ -26,6 +27,7 @@ from kpatchbuild.graph.records import (
 )
 from kpatchbuild.report import junit, table
 from kpatchbuild.report.results import CellResult, MatrixReport, Status, write_text
+from kpatchbuild.stages.fetch.debian import newest_release_known
 
 
 def select(items: list[TargetPipeline], kernel: str | None) -> list[TargetPipeline]:
@@ -42,13 +44,40 @@ def select(items: list[TargetPipeline], kernel: str | None) -> list[TargetPipeli
     return chosen
 
 
-def cell_list(items: list[TargetPipeline]) -> list[dict[str, Any]]:
-    """The cells as a CI job generates its matrix from them (``cells --json``)."""
-    return [{"cell": item.label, "recipe": item.recipe.name, "target": item.target.name,
-             "kind": item.target.kind,
-             "kernel": item.target.debian.label if item.target.debian else item.target.name,
-             "not_applicable": item.target.not_applicable,
-             "task": f"test:{item.label}"} for item in items]
+def recipe_hash(item: TargetPipeline) -> str:
+    """The content of the recipe's directory (recipe, patches, fragments, sources): what a CI
+    cache of the cell is keyed by, beside its kernel."""
+    files = sorted(path for path in item.recipe.directory.rglob("*") if path.is_file())
+    return content_key([(str(p.relative_to(item.recipe.directory)), file_hash(p))
+                        for p in files])[:16]
+
+
+def kernel_release(item: TargetPipeline) -> str:
+    """The release the cell builds for now: Debian's newest of its series (from Debian's
+    index), its pinned image, or a built kernel's target name."""
+    debian = item.target.debian
+    if debian is None:
+        return item.target.name
+    if debian.image:
+        return debian.image.removeprefix("linux-image-")
+    return newest_release_known(debian, item.store)[0]
+
+
+def cell_list(items: list[TargetPipeline], *, resolve: bool = False) -> list[dict[str, Any]]:
+    """The cells as a CI job generates its matrix from them (``cells --json``); with
+    ``resolve``, each with the kernel release it builds for now."""
+    cells = []
+    for item in items:
+        cell: dict[str, Any] = {
+            "cell": item.label, "recipe": item.recipe.name, "target": item.target.name,
+            "kind": item.target.kind,
+            "kernel": item.target.debian.label if item.target.debian else item.target.name,
+            "not_applicable": item.target.not_applicable, "task": f"test:{item.label}",
+            "recipe_hash": recipe_hash(item)}
+        if resolve:
+            cell["release"] = kernel_release(item)
+        cells.append(cell)
+    return cells
 
 
 @dataclass
