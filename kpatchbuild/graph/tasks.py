@@ -301,7 +301,7 @@ def step_task(step: Step, item: TargetPipeline, *, force_proof: bool = False) ->
     action = step.method(item)
     if step.name in HEAVY_STEPS:
         action = _one_heavy_at_a_time(action, task)
-    forced = [lambda: False] if force_proof and step.name == "prove" else []
+    forced = [False] if force_proof and step.name == "prove" else []
     return {
         "basename": step.name, "name": item.label,
         "doc": f"{step.doc}: {item.label}",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,33 @@ def test_a_task_has_one_config_changed(tmp_path: Path) -> None:
         assert sum(isinstance(u, config_changed) for u in task["uptodate"]) == 1, task["basename"]
 
 
+def test_force_proves_again_and_a_not_applicable_cell_ends_at_its_patches(
+        tmp_path: Path) -> None:
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph.tasks import generate_tasks, pipelines
+
+    items = pipelines(Store(tmp_path / "cache"), "cmdline")
+    assert [i.target.name for i in items] == ["debian-6.1-cloud-amd64", "debian-6.1-amd64",
+                                              "debian-6.12-cloud-amd64", "debian-6.12-amd64"]
+    normal = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
+    forced = {t["basename"] + ":" + str(t.get("name")): t
+              for t in generate_tasks(items, force_proof=True)}
+    label = "cmdline/debian-6.1-cloud-amd64"
+    assert False not in normal[f"prove:{label}"]["uptodate"]
+    assert False in forced[f"prove:{label}"]["uptodate"]
+    assert False not in forced[f"module:{label}"]["uptodate"]
+    assert normal[f"test:{label}:None"]["task_dep"] == [f"prove:{label}"]
+
+    not_applicable = replace(items[0], target=replace(items[0].target, not_applicable="why"))
+    names = {t["basename"] + ":" + str(t.get("name")) for t in generate_tasks([not_applicable])}
+    assert f"patches:{label}" in names and f"patched:{label}" not in names
+    assert f"prove:{label}" not in names
+
+
 def test_doit_test_goes_on_past_failed_cells_and_reports_them(tmp_path: Path) -> None:
-    """Two cells that fail at fetch (their trees were configured in place) and one whose
-    patches cannot be checked without a kernel: the run names each, writes the reports,
-    and exits non-zero; `doit list` shows the cells."""
+    """Two cells that fail at fetch (their trees were configured in place): the run names
+    each, writes the reports, and exits non-zero; `doit list` shows the cells; a cell, and
+    kernel patterns, select."""
     tree = tmp_path / "tree"
     tree.mkdir()
     for name in ("Makefile", "Kconfig", ".config"):
