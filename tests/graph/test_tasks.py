@@ -137,3 +137,25 @@ def test_doit_test_goes_on_past_failed_cells_and_reports_them(tmp_path: Path) ->
     assert doit("test", "kernel=tw*,on?").stdout.splitlines()[-1] == "0 passed, 2 failed"
     assert doit("test", "kernel=nothing*").stderr.startswith(
         "kpatchbuild: error: kernel=nothing*: no target matches (targets: one, two)")
+
+
+def test_a_second_doit_run_on_one_database_waits_for_the_first(tmp_path: Path) -> None:
+    """doit rewrites its whole database when a run ends: two runs at once would lose one's
+    records, so a run holds the database's lock, and another says it waits, then goes on."""
+    import fcntl
+    import time
+
+    project = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KPATCHBUILD_CACHE": str(tmp_path / "cache"),
+           "KPATCHBUILD_DOIT_DB": str(tmp_path / "db.json")}
+    with open(tmp_path / "db.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = subprocess.Popen([sys.executable, "-m", "doit", "-f", str(project / "dodo.py"),
+                                   "-d", str(project), "list"], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(3)  # enough to load the tasks (about 0.5 s) and reach the lock
+        assert second.poll() is None, "the second run did not wait for the lock"
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert f"kpatchbuild: waiting for another doit run on {tmp_path} to finish" in err
+    assert "test:cmdline/debian-6.1-cloud-amd64" in out
