@@ -286,6 +286,39 @@ def test_run_step_failure_names_the_log(tmp_path: Path) -> None:
 
 
 
+SERVED_IMAGES = {
+    "linux-image-6.1.0-57-amd64": ["6.1.192-3"],
+    "linux-image-6.1.0-57-cloud-amd64": ["6.1.192-3"],
+    "linux-image-6.1.0-57-rt-amd64": ["6.1.192-3"],
+    "linux-image-6.1.0-57-amd64-dbg": ["6.1.192-3"],
+    "linux-image-6.1.0-56-amd64": ["6.1.192-2"],
+    "linux-image-6.12.117+deb12-amd64": ["6.12.117-1~deb12u1"],
+    "linux-image-6.12.117+deb12-rt-amd64": ["6.12.117-1~deb12u2"],
+    "linux-image-6.12.117+deb12-cloud-amd64-unsigned": ["6.12.117-1~deb12u2"],
+    "linux-image-6.12.117+deb12-amd64-unsigned": ["6.12.117-1~deb12u2"],
+}
+
+
+@pytest.mark.parametrize(("series", "flavour", "release"), [
+    ("6.1", "amd64", "6.1.0-57-amd64"),
+    ("6.1", "cloud-amd64", "6.1.0-57-cloud-amd64"),
+    ("6.1", "rt-amd64", "6.1.0-57-rt-amd64"),
+    ("6.12", "amd64", "6.12.117+deb12-amd64"),
+])
+def test_a_flavour_matches_only_its_own_images(
+        monkeypatch: pytest.MonkeyPatch, series: str, flavour: str, release: str) -> None:
+    """``amd64`` is a suffix of ``cloud-amd64`` and ``rt-amd64``: a newer rt upload must not
+    become the generic kernel, nor an -unsigned or -dbg package an image."""
+    def apt_cache(command: str, *args: str) -> str:
+        assert command == "pkgnames"
+        return "\n".join(n for n in SERVED_IMAGES if n.startswith(args[0]))
+
+    monkeypatch.setattr(debian, "_apt_cache", apt_cache)
+    monkeypatch.setattr(debian, "available_versions",
+                        lambda names: {n: SERVED_IMAGES[n] for n in names})
+    assert debian.newest_release(DebianKernel(None, series, flavour))[0] == release
+
+
 def test_newest_release_is_asked_again_only_when_the_index_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lists = tmp_path / "lists"

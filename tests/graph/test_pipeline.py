@@ -187,7 +187,7 @@ def test_interrupted_prepare_is_redone(tmp_path: Path, default_recipe_stage: Rec
     env = {**os.environ, "KPATCHBUILD_CACHE": str(cache),
            "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
     command = [sys.executable, "-m", "doit", "-f", str(PROJECT / "dodo.py"), "build",
-               "recipe=cmdline"]
+               "recipe=cmdline", f"kernel={CI_KERNEL}"]
     process = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300

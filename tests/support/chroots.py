@@ -40,6 +40,7 @@ from kpatchbuild.stages.fetch.debian import (
     compact_vmlinux_symbols,
     dbg_members,
     extract_members,
+    image_pattern,
     newest,
 )
 from kpatchbuild.stages.original.original import config_changes, significant_config_changes
@@ -213,7 +214,7 @@ def _index_age(chroot: Chroot) -> float:
 def _newest_release(chroot: Chroot, series: str, flavour: str) -> tuple[str, str]:
     """(release, version) of the newest ``series`` kernel of ``flavour`` the chroot's index has."""
     names = chroot.run(["apt-cache", "pkgnames", f"linux-image-{series}."]).stdout.split()
-    pattern = re.compile(rf"^linux-image-({re.escape(series)}\.\S+-{re.escape(flavour)})$")
+    pattern = image_pattern(series, flavour)
     images = [n for n in names if pattern.match(n)]
     if not images:
         raise ChrootError(f"{chroot.suite}'s index has no linux-image-{series}.*-{flavour}")

@@ -264,10 +264,21 @@ def newest_version_known(package: str, store: Store) -> str:
     return _while_index_unchanged(store, ("newest-version", package), ask)
 
 
+def image_pattern(series: str, flavour: str) -> re.Pattern[str]:
+    """Debian's image package names of one series and flavour, its release in group 1.
+
+    A release is ``<series>.<patch>[-<abi>]-<flavour>`` (``6.1.0-57-amd64``,
+    ``6.12.117+deb12-cloud-amd64``): the part between the series and the flavour holds
+    at most one dash-separated number, so the flavour ``amd64`` does not match
+    ``cloud-amd64`` or ``rt-amd64`` images, and ``-dbg``/``-unsigned`` packages never match.
+    """
+    series, flavour = re.escape(series), re.escape(flavour)
+    return re.compile(rf"^linux-image-({series}\.[^-\s]+(?:-\d+)?-{flavour})$")
+
+
 def newest_release(spec: DebianKernel) -> tuple[str, str]:
     prefix = f"linux-image-{spec.series}."
-    series, flavour = re.escape(spec.series or ""), re.escape(spec.flavour or "")
-    pattern = re.compile(rf"^linux-image-({series}\.\S+-{flavour})$")
+    pattern = image_pattern(spec.series or "", spec.flavour or "")
     names = [n for n in _apt_cache("pkgnames", prefix).split() if pattern.match(n)]
     if not names:
         raise FetchError(
