@@ -43,8 +43,12 @@ def run_step(
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
     failure_hint: str = "",
-) -> None:
+    check: bool = True,
+) -> int:
     """Run ``argv`` appending all output to ``log``; raise BuildError naming the log on failure.
+
+    With ``check=False`` a non-zero exit is the caller's to judge (``make -k`` passes whose
+    failures are expected): it is returned, and nothing is printed.
 
     Every PROGRESS_INTERVAL seconds a line tells the step, elapsed time and, for builds, how
     many compile/link lines kbuild printed so far.
@@ -98,8 +102,9 @@ def run_step(
             reporter.join()
         sink.write(f"[exit {returncode} after {format_elapsed(time.monotonic() - started)}]\n"
                    .encode())
-    if returncode != 0:
+    if returncode != 0 and check:
         last = b"".join(tail).decode(errors="replace").rstrip()
         say(f"--- last lines of {log} ---\n{last}\n---")
         hint = f"; {failure_hint}" if failure_hint else ""
         raise BuildError(f"{step} failed (exit {returncode}); full log: {log}{hint}")
+    return returncode

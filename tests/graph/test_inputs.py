@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.base import kbuild
+from kpatchbuild.base.commands import run_step
 from kpatchbuild.base.errors import BuildError, FetchError, RecipeError, ToolchainError
 from kpatchbuild.base.store import Store, sha256_file
 from kpatchbuild.graph.recipe import ConfigOption, DebianKernel, Place, SourceSpec
@@ -273,8 +274,6 @@ def test_dropped_option_names_its_unmet_dependencies(tmp_path: Path) -> None:
 
 
 def test_run_step_failure_names_the_log(tmp_path: Path) -> None:
-    from kpatchbuild.base.commands import run_step
-    from kpatchbuild.base.errors import BuildError
 
     log = tmp_path / "step.log"
     with pytest.raises(BuildError) as caught:
@@ -282,6 +281,16 @@ def test_run_step_failure_names_the_log(tmp_path: Path) -> None:
                  log=log)
     assert caught.value.message == f"make all failed (exit 3); full log: {log}"
     assert "broken" in log.read_text() and "[exit 3" in log.read_text()
+
+
+def test_run_step_unchecked_returns_the_exit_and_prints_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """make -k passes fail by design; their caller reads the log, the terminal stays quiet."""
+    log = tmp_path / "make.log"
+    assert run_step(["sh", "-c", "echo linking; exit 2"], step="make -k", log=log,
+                    check=False) == 2
+    assert "last lines" not in capsys.readouterr().out
+    assert "linking" in log.read_text() and "[exit 2" in log.read_text()
 
 
 
