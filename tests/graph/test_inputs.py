@@ -274,7 +274,6 @@ def test_dropped_option_names_its_unmet_dependencies(tmp_path: Path) -> None:
 
 
 def test_run_step_failure_names_the_log(tmp_path: Path) -> None:
-
     log = tmp_path / "step.log"
     with pytest.raises(BuildError) as caught:
         run_step(["sh", "-c", "echo compiling; echo broken >&2; exit 3"], step="make all",
@@ -291,8 +290,6 @@ def test_run_step_unchecked_returns_the_exit_and_prints_nothing(
                     check=False) == 2
     assert "last lines" not in capsys.readouterr().out
     assert "linking" in log.read_text() and "[exit 2" in log.read_text()
-
-
 
 
 SERVED_IMAGES = {
@@ -326,6 +323,18 @@ def test_a_flavour_matches_only_its_own_images(
     monkeypatch.setattr(debian, "available_versions",
                         lambda names: {n: SERVED_IMAGES[n] for n in names})
     assert debian.newest_release(DebianKernel(None, series, flavour))[0] == release
+
+
+@pytest.mark.parametrize(("release", "hint"), [
+    ("6.1.0-99-amd64", "it serves 6.1.0-56-amd64, 6.1.0-57-amd64"),
+    ("6.12.999+deb12-amd64", "it serves 6.12.117+deb12-amd64"),
+    ("6.12.999+deb12-cloud-amd64", "it serves none of this series"),
+])
+def test_an_unknown_image_is_told_the_releases_of_its_own_flavour(
+        monkeypatch: pytest.MonkeyPatch, release: str, hint: str) -> None:
+    monkeypatch.setattr(debian, "_apt_cache", lambda command, prefix: "\n".join(
+        n for n in SERVED_IMAGES if n.startswith(prefix)))
+    assert debian._known_images_hint(release) == hint
 
 
 def test_newest_release_is_asked_again_only_when_the_index_changes(

@@ -264,16 +264,21 @@ def newest_version_known(package: str, store: Store) -> str:
     return _while_index_unchanged(store, ("newest-version", package), ask)
 
 
+# A release is ``<series>.<patch>[-<abi>]-<flavour>`` (``6.1.0-57-amd64``,
+# ``6.12.117+deb12-cloud-amd64``): between the series and the flavour at most one
+# dash-separated number, so what follows it is the whole flavour.
+_AFTER_SERIES = r"\.[^-\s]+(?:-\d+)?-"
+_RELEASE = re.compile(rf"^(\d+\.\d+){_AFTER_SERIES}(\S+)$")
+
+
 def image_pattern(series: str, flavour: str) -> re.Pattern[str]:
     """Debian's image package names of one series and flavour, its release in group 1.
 
-    A release is ``<series>.<patch>[-<abi>]-<flavour>`` (``6.1.0-57-amd64``,
-    ``6.12.117+deb12-cloud-amd64``): the part between the series and the flavour holds
-    at most one dash-separated number, so the flavour ``amd64`` does not match
-    ``cloud-amd64`` or ``rt-amd64`` images, and ``-dbg``/``-unsigned`` packages never match.
+    The flavour ``amd64`` does not match ``cloud-amd64`` or ``rt-amd64`` images, and
+    ``-dbg``/``-unsigned`` packages never match.
     """
     series, flavour = re.escape(series), re.escape(flavour)
-    return re.compile(rf"^linux-image-({series}\.[^-\s]+(?:-\d+)?-{flavour})$")
+    return re.compile(rf"^linux-image-({series}{_AFTER_SERIES}{flavour})$")
 
 
 def newest_release(spec: DebianKernel) -> tuple[str, str]:
@@ -295,11 +300,14 @@ def newest_release(spec: DebianKernel) -> tuple[str, str]:
 
 
 def _known_images_hint(release: str) -> str:
-    flavour = release.split("-", 2)[-1] if release.count("-") >= 2 else ""
-    series = ".".join(release.split(".")[:2])
-    names = sorted(n.removeprefix("linux-image-")
+    parts = _RELEASE.match(release)
+    if not parts:
+        return "it serves none of this series"
+    series, flavour = parts.groups()
+    pattern = image_pattern(series, flavour)
+    names = sorted(found.group(1)
                    for n in _apt_cache("pkgnames", f"linux-image-{series}.").split()
-                   if flavour and n.endswith(f"-{flavour}"))
+                   if (found := pattern.match(n)))
     return f"it serves {', '.join(names)}" if names else "it serves none of this series"
 
 
