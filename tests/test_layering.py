@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kpatchbuild"
-STAGES = ("fetch", "config", "original", "patches", "patched", "diff", "module", "prove")
+STAGES = ("fetch", "config", "original", "patches", "patched", "diff", "module", "prove",
+          "package")
 
 # Third-party library -> the modules allowed to import it.
 LIBRARY_ROOMS = {

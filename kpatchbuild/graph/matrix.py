@@ -100,7 +100,7 @@ def _record(path: Path, kind: Any) -> Any:
         return None
 
 
-def _changed_functions(item: TargetPipeline) -> tuple[str, ...]:
+def changed_functions(item: TargetPipeline) -> tuple[str, ...]:
     diffs: DiffRecord | None = _record(item.diff_record, DiffRecord)
     names: list[str] = []
     for diff in diffs.with_code() if diffs else ():
@@ -138,7 +138,7 @@ def cell_result(item: TargetPipeline, run: CellRun) -> CellResult:
         return _with(base, "failed", "its steps did not run (not proven)", step="prove")
     if proof.refused is not None:
         return _with(base, "refused", proof.refused)
-    return _with(base, "passed", "", changed_functions=_changed_functions(item),
+    return _with(base, "passed", "", changed_functions=changed_functions(item),
                  console_log=str(proof.console_log))
 
 

@@ -30,6 +30,7 @@ KCONFIG_BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig", "olddefconfig"
 _OPTION_LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _NOT_SET_LINE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 _MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,54}$")
+_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SERIES = re.compile(r"^\d+\.\d+$")
 _FLAVOUR = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+[^\s]*)$")
@@ -131,6 +132,7 @@ class Recipe:
     sources: tuple[Path, ...] = ()  # the recipe's own C files, compiled into the module
     refused: str | None = None  # the words an expected refusal must contain
     strip: int = 1  # the patches' -p level: path components to drop from their file names
+    version: str = "1"  # the patch's own version: its package's, and its module's name after 1
 
     @property
     def directory(self) -> Path:
@@ -288,12 +290,20 @@ def load_recipe(path: Path) -> Recipe:
     top = reader.mapping(
         root, "", required=("targets",),
         optional=("patches", "description", "module", "check", "replace", "sources", "refused",
-                  "strip"),
+                  "strip", "version"),
     )
     module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
     if "module" in top:
         module = reader.string(top["module"], "module", _MODULE_NAME,
                                "a module name (lower case, digits and _, at most 55 characters)")
+    version = "1"
+    if "version" in top:
+        version = reader.string(top["version"], "version", _VERSION,
+                                "a version (numbers and dots: 2, 1.1)")
+        module = versioned_module(module, version)
+        if not _MODULE_NAME.match(module):
+            raise reader.fail(top["version"], "version", f"the module's name with it, "
+                              f"{module}, is longer than 55 characters: shorten 'module'")
     targets = tuple(
         cell
         for index, node in enumerate(reader.sequence(top["targets"], "targets"))
@@ -330,7 +340,17 @@ def load_recipe(path: Path) -> Recipe:
         ) if "sources" in top else (),
         refused=reader.string(top["refused"], "refused") if "refused" in top else None,
         strip=reader.integer(top["strip"], "strip", 0, 9) if "strip" in top else 1,
+        version=version,
     )
+
+
+def versioned_module(module: str, version: str) -> str:
+    """The module's name for a patch version: as written for version 1, then with the
+    version after it, so that a newer version can replace an older one that is loaded (the
+    kernel cannot load a second module of one name)."""
+    if version == "1":
+        return module
+    return f"{module}_v{version.replace('.', '_')}"
 
 
 def _read_patches(reader: _NodeReader, node: Node, key: str) -> tuple[Path, ...]:

@@ -35,7 +35,7 @@ from kpatchbuild.base import kbuild, locks
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import default_root
-from kpatchbuild.graph import matrix, records
+from kpatchbuild.graph import matrix, packages, records
 from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.module import module
@@ -408,3 +408,47 @@ def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False) ->
                "task_dep": [last_task]}
     yield {"basename": "test", "doc": TEST_DOC, "actions": None,
            "task_dep": [f"test:{item.label}" for item in items]}
+    yield from package_tasks(items)
+
+
+PACKAGE_DOC = ("build the kpatch package and each recipe's kpatch-patch package from its "
+               "proven modules, into the local apt repository (doit package recipe=NAME "
+               "kernel=PATTERN)")
+
+
+def package_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
+    """``package:kpatch``, ``package:<recipe>`` per recipe with modules (after every
+    cell's proof), and ``package:repository`` indexing them all."""
+    if not items:
+        return
+    store = items[0].store
+    yield {"basename": "package", "name": None, "doc": PACKAGE_DOC}
+    made = [packages.TOOL]
+    yield {"basename": "package", "name": packages.TOOL,
+           "doc": "the kpatch command's package",
+           "actions": [_reporting_errors(partial(packages.package_tool, store))],
+           "file_dep": [str(p) for p in packages.tool_sources()],
+           "targets": [str(packages.record_path(store, packages.TOOL))],
+           "uptodate": [_config({"package": PACKAGE_FORMAT})], "verbosity": 2}
+    for name, cells in packages.packaged_recipes(items).items():
+        made.append(name)
+        yield {"basename": "package", "name": name,
+               "doc": f"kpatch-patch-{name}: its module for every kernel of its matrix",
+               "actions": [_reporting_errors(partial(packages.package_recipe, store, cells))],
+               "file_dep": [str(cells[0].recipe.path),
+                            *(str(p) for item in cells for p in (item.module_record,
+                                                                 item.prove_record))],
+               "targets": [str(packages.record_path(store, name))],
+               "uptodate": [_config({"package": PACKAGE_FORMAT})], "verbosity": 2}
+    yield {"basename": "package", "name": "repository",
+           "doc": "index the packages as a local apt repository",
+           "actions": [_reporting_errors(partial(packages.write_index, store))],
+           "file_dep": [str(packages.record_path(store, name)) for name in made],
+           "targets": [str(packages.repository(store).root / "Release")],
+           "uptodate": [_config({"package": PACKAGE_FORMAT,
+                                 "signed by": os.environ.get("KPATCHBUILD_SIGNING_KEY")})],
+           "verbosity": 2}
+
+
+# Raised when what the packages hold or say changes: they are made again.
+PACKAGE_FORMAT = 1

@@ -196,6 +196,7 @@ def info_state(system: System, spec: str) -> dict[str, Any]:
         result.update(vermagic=module.vermagic, livepatch=module.livepatch,
                       release=module.release, build_id=module.build_id,
                       description=module.description, replace=module.replace)
+    result["package"] = installing.package_metadata(module.path) if module else None
     result["loaded"] = system.loaded_module(name) is not None
     if loaded:
         patch = system.patch_dir(name)
@@ -226,6 +227,12 @@ def cmd_info(system: System, args: argparse.Namespace) -> int:
                  ("vermagic", state["vermagic"]),
                  ("livepatch", "yes" if state["livepatch"] else "NO: not a livepatch module"),
                  ("replace", replace[state["replace"]])]
+    package = state["package"]
+    if package:
+        rows += [("package", f"{package['package']} {package['version']}"),
+                 ("recipe", package["recipe"])]
+        rows += [("patch", f"{p['file']} (sha256 {p['sha256'][:16]})")
+                 for p in package["patches"]]
     if "enabled" in state:
         status = ("enabled" if state["enabled"] else "disabled") + \
             (", in transition" if state["transition"] else ", transition done")

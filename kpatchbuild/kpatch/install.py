@@ -1,15 +1,19 @@
 """Installed patches: ``/var/lib/kpatch/<release>/<name>.ko`` and what loads them at boot.
 
-Two hooks, both written by ``install`` and removed by ``uninstall`` with the last module:
+Two hooks, both written by ``install`` and removed by ``uninstall`` with the last module,
+unless the ``kpatch`` package provides them (its unit in ``/lib/systemd/system``, its
+initramfs-tools hook in ``/usr/share/initramfs-tools``):
 
 - a systemd unit ``kpatch.service`` running ``kpatch load --all`` early in boot (before
   ``sysinit.target`` is done, so before most services start), enabled by its
   ``sysinit.target.wants`` link: written directly, no ``systemctl`` call, so it works in an
   image being prepared as well as on the running system;
-- on systems using initramfs-tools, a hook that copies the running release's modules into
-  the initramfs and a ``init-premount`` script that inserts them there, before the root
-  filesystem is mounted; ``kpatch load --all`` then finds them loaded and skips them. The
-  initramfs is rebuilt with ``update-initramfs -u -k <release>`` when the system has it.
+- on systems using initramfs-tools, a hook that puts ``insmod`` into the initramfs and an
+  ``init-bottom`` script that inserts the running release's modules from the root
+  filesystem just mounted, before its init starts; ``kpatch load --all`` then finds them
+  loaded and skips them. The modules are read from the root, not copied into the initramfs,
+  so an initramfs never carries a patch that was since replaced or removed; it is rebuilt
+  (``update-initramfs -u -k <release>``) only when the hooks come or go.
 
 Each file is written to a temporary name beside its destination and renamed into place, so
 an interrupted install leaves either the old state or the new one.
@@ -17,6 +21,7 @@ an interrupted install leaves either the old state or the new one.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -24,6 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kpatchbuild.base import process
 from kpatchbuild.kpatch.errors import KpatchError
@@ -36,8 +42,12 @@ UNIT_PATH = "/etc/systemd/system/kpatch.service"
 UNIT_LINK = "/etc/systemd/system/sysinit.target.wants/kpatch.service"
 INITRAMFS_TOOLS = ("/etc/initramfs-tools", "/usr/share/initramfs-tools")
 INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/kpatch"
-INITRAMFS_SCRIPT = "/etc/initramfs-tools/scripts/init-premount/kpatch"
+INITRAMFS_SCRIPT = "/etc/initramfs-tools/scripts/init-bottom/kpatch"
 UPDATE_INITRAMFS = "update-initramfs"
+# Where the kpatch package puts the same hooks: present, they are the ones in use.
+PACKAGED_UNIT = "/lib/systemd/system/kpatch.service"
+PACKAGED_INITRAMFS_HOOK = "/usr/share/initramfs-tools/hooks/kpatch"
+PACKAGED_INITRAMFS_SCRIPT = "/usr/share/initramfs-tools/scripts/init-bottom/kpatch"
 
 
 def kpatch_command() -> str:
@@ -45,9 +55,11 @@ def kpatch_command() -> str:
     return f"{shlex.quote(sys.executable)} -m kpatchbuild.kpatch"
 
 
-def unit_text() -> str:
+def unit_text(command: str | None = None) -> str:
+    """The boot unit, running ``command`` (by default this interpreter and package)."""
     return f"""[Unit]
 Description=Apply the installed kernel livepatches (kpatch load --all)
+Documentation=man:kpatch(8)
 DefaultDependencies=no
 After=local-fs.target systemd-modules-load.service
 Before=sysinit.target shutdown.target
@@ -58,36 +70,34 @@ ConditionKernelCommandLine=!kpatch.enable=0
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={kpatch_command()} load --all
+ExecStart={command or kpatch_command()} load --all
 
 [Install]
 WantedBy=sysinit.target
 """
 
 
-INITRAMFS_HOOK_TEXT = f"""#!/bin/sh
-# kpatch: copy the livepatch modules installed for the initramfs's kernel into it.
-PREREQ=""
-prereqs() {{ echo "$PREREQ"; }}
-case "$1" in prereqs) prereqs; exit 0 ;; esac
-. /usr/share/initramfs-tools/hook-functions
-for module in {INSTALL_DIR}/"${{version}}"/*.ko; do
-    [ -e "$module" ] || continue
-    mkdir -p "${{DESTDIR}}/lib/kpatch"
-    cp "$module" "${{DESTDIR}}/lib/kpatch/"
-done
-"""
-
-INITRAMFS_SCRIPT_TEXT = """#!/bin/sh
-# kpatch: insert the livepatch modules copied into the initramfs, before root is mounted.
+INITRAMFS_HOOK_TEXT = """#!/bin/sh
+# kpatch: the initramfs needs insmod to insert the livepatch modules of the root filesystem.
 PREREQ=""
 prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0 ;; esac
+. /usr/share/initramfs-tools/hook-functions
+copy_exec /sbin/insmod /sbin
+"""
+
+INITRAMFS_SCRIPT_TEXT = f"""#!/bin/sh
+# kpatch: insert the livepatch modules installed for this kernel on the root filesystem
+# just mounted, before its init starts (kpatch.service then finds them loaded).
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0 ;; esac
 grep -q 'kpatch.enable=0' /proc/cmdline && exit 0
-for module in /lib/kpatch/*.ko; do
+for module in "${{rootmnt}}{INSTALL_DIR}/$(uname -r)"/*.ko; do
     [ -e "$module" ] || continue
     insmod "$module" || echo "kpatch: could not load $module" >&2
 done
+exit 0
 """
 
 
@@ -129,6 +139,20 @@ def installed_modules(system: System) -> list[Installed]:
             for module in sorted(release.glob("*.ko"))]
 
 
+def package_metadata(module: Path) -> dict[str, Any] | None:
+    """What the package that installed ``module`` says of it (``<name>.json`` beside it:
+    package, version, recipe, patches and their hashes, changed functions), if any."""
+    path = module.with_suffix(".json")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise KpatchError(f"{path}: unreadable package metadata ({error}); reinstall the "
+                          "package that carries it") from None
+    return data if isinstance(data, dict) else None
+
+
 def uses_initramfs_tools(system: System) -> bool:
     return any(system.path(path).is_dir() for path in INITRAMFS_TOOLS)
 
@@ -140,8 +164,9 @@ def install(system: System, module: ModuleFile, release: str) -> list[str]:
     check_release(module, release)
     destination = system.path(INSTALL_DIR) / release / f"{module.name}.ko"
     _write_atomically(destination, module.path.read_bytes())
-    written = [str(destination), *_write_boot_hooks(system)]
-    if uses_initramfs_tools(system):
+    hooks = _write_boot_hooks(system)
+    written = [str(destination), *hooks]
+    if any(INITRAMFS_SCRIPT in path for path in hooks):
         written += _update_initramfs(system, release)
     return written
 
@@ -159,22 +184,36 @@ def uninstall(system: System, name: str, release: str) -> list[str]:
     if not any(path.parent.iterdir()):
         path.parent.rmdir()
     if not installed_modules(system):
-        removed += _remove_boot_hooks(system)
-    if uses_initramfs_tools(system):
-        _update_initramfs(system, release)
+        hooks = _remove_boot_hooks(system)
+        removed += hooks
+        if any(INITRAMFS_SCRIPT in path for path in hooks):
+            _update_initramfs(system, release)
     return removed
 
 
+def packaged(system: System) -> bool:
+    """Whether the kpatch package provides the boot hooks (then they are not written)."""
+    return system.path(PACKAGED_UNIT).is_file()
+
+
 def _write_boot_hooks(system: System) -> list[str]:
-    unit = system.path(UNIT_PATH)
-    _write_atomically(unit, unit_text().encode())
-    _link_atomically(system.path(UNIT_LINK), UNIT_PATH)
-    written = [str(unit), str(system.path(UNIT_LINK))]
+    """The hooks that are missing or out of date, written; returns what was written."""
+    if packaged(system):
+        return []
+    wanted = [(UNIT_PATH, unit_text(), 0o644)]
     if uses_initramfs_tools(system):
-        for path, text in ((INITRAMFS_HOOK, INITRAMFS_HOOK_TEXT),
-                           (INITRAMFS_SCRIPT, INITRAMFS_SCRIPT_TEXT)):
-            _write_atomically(system.path(path), text.encode(), 0o755)
-            written.append(str(system.path(path)))
+        wanted += [(INITRAMFS_HOOK, INITRAMFS_HOOK_TEXT, 0o755),
+                   (INITRAMFS_SCRIPT, INITRAMFS_SCRIPT_TEXT, 0o755)]
+    written = []
+    for path, text, mode in wanted:
+        target = system.path(path)
+        if not target.is_file() or target.read_text() != text:
+            _write_atomically(target, text.encode(), mode)
+            written.append(str(target))
+    link = system.path(UNIT_LINK)
+    if not link.is_symlink():
+        _link_atomically(link, UNIT_PATH)
+        written.append(str(link))
     return written
 
 

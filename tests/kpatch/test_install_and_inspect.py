@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tests.kpatch.fakekernel import BUILD_ID, RELEASE
 UNIT = "etc/systemd/system/kpatch.service"
 WANTS = "etc/systemd/system/sysinit.target.wants/kpatch.service"
 HOOK = "etc/initramfs-tools/hooks/kpatch"
-PREMOUNT = "etc/initramfs-tools/scripts/init-premount/kpatch"
+PREMOUNT = "etc/initramfs-tools/scripts/init-bottom/kpatch"
 
 
 def test_install_keeps_the_module_and_writes_the_boot_unit(machine: Machine) -> None:
@@ -39,12 +40,47 @@ def test_install_adds_initramfs_hooks_where_initramfs_tools_is_used(machine: Mac
     machine.kernel.path("etc/initramfs-tools").mkdir(parents=True)
     assert machine.kpatch("install", str(machine.module("lp_a"))).code == 0
     hook = machine.kernel.path(HOOK)
-    assert "/var/lib/kpatch/" in hook.read_text() and hook.stat().st_mode & 0o111
-    assert "insmod" in machine.kernel.path(PREMOUNT).read_text()
+    assert "copy_exec /sbin/insmod" in hook.read_text() and hook.stat().st_mode & 0o111
+    assert '"${rootmnt}/var/lib/kpatch/$(uname -r)"/*.ko' in \
+        machine.kernel.path(PREMOUNT).read_text()
 
     result = machine.kpatch("uninstall", "lp_a")
     assert result.code == 0, result.err
     for path in (UNIT, WANTS, HOOK, PREMOUNT, f"var/lib/kpatch/{RELEASE}"):
+        assert not os.path.lexists(machine.kernel.path(path)), path
+
+
+def test_the_initramfs_script_inserts_the_root_filesystems_modules_of_its_release(
+        tmp_path: Path) -> None:
+    from kpatchbuild.kpatch.install import INITRAMFS_SCRIPT_TEXT
+
+    bin_dir, root = tmp_path / "bin", tmp_path / "root"
+    bin_dir.mkdir()
+    for name, body in (("uname", "echo 6.1.0-57-cloud-amd64"),
+                       ("insmod", f'echo "$1" >> {tmp_path}/inserted')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    for release, name in (("6.1.0-57-cloud-amd64", "lp_a"), ("6.1.0-57-cloud-amd64", "lp_b"),
+                          ("6.12.118+deb12-cloud-amd64", "lp_other")):
+        (root / "var/lib/kpatch" / release).mkdir(parents=True, exist_ok=True)
+        (root / "var/lib/kpatch" / release / f"{name}.ko").write_bytes(b"")
+    script = tmp_path / "kpatch"
+    script.write_text(INITRAMFS_SCRIPT_TEXT)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "rootmnt": str(root)}
+    assert subprocess.run(["sh", str(script)], env=env).returncode == 0
+    inserted = (tmp_path / "inserted").read_text().split()
+    assert [Path(p).name for p in inserted] == ["lp_a.ko", "lp_b.ko"]
+
+
+def test_install_leaves_the_boot_hooks_to_the_kpatch_package(machine: Machine) -> None:
+    machine.kernel.path("etc/initramfs-tools").mkdir(parents=True)
+    packaged = machine.kernel.path("lib/systemd/system/kpatch.service")
+    packaged.parent.mkdir(parents=True)
+    packaged.write_text("[Unit]\n")
+    result = machine.kpatch("install", str(machine.module("lp_a")))
+    assert result.code == 0, result.err
+    assert machine.kernel.path(f"var/lib/kpatch/{RELEASE}/lp_a.ko").is_file()
+    for path in (UNIT, WANTS, HOOK, PREMOUNT):
         assert not os.path.lexists(machine.kernel.path(path)), path
 
 

@@ -1,0 +1,103 @@
+"""The package step: each recipe's proven modules -> its ``kpatch-patch`` package; the
+``kpatch`` command -> its package; all of them -> the local apt repository.
+
+Per recipe, the package carries the module of every cell of its matrix that was proven
+(a cell marked not-applicable has none; a recipe whose refusal is expected has no package).
+Only proven modules are packaged: ``doit package`` runs each cell's ``prove`` first. Each
+step writes a small record in ``<repository>/records/`` that doit tracks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import kpatchbuild
+from kpatchbuild.base.commands import say
+from kpatchbuild.base.errors import KpbError
+from kpatchbuild.base.store import Store, sha256_file, write_atomically
+from kpatchbuild.graph.matrix import changed_functions
+from kpatchbuild.graph.pipeline import TargetPipeline
+from kpatchbuild.graph.recipe import Recipe
+from kpatchbuild.stages.package import patch, tool
+from kpatchbuild.stages.package.repository import Published, Repository
+
+TOOL = "kpatch"
+
+
+def repository(store: Store) -> Repository:
+    return Repository(store.root / "package")
+
+
+def record_path(store: Store, name: str) -> Path:
+    return repository(store).root / "records" / f"{name}.json"
+
+
+def packaged_recipes(items: Sequence[TargetPipeline]) -> dict[str, list[TargetPipeline]]:
+    """Recipe name -> its cells that yield a module (in order), for recipes that have any."""
+    cells: dict[str, list[TargetPipeline]] = {}
+    for item in items:
+        if item.recipe.refused is None and item.last_step == "prove":
+            cells.setdefault(item.recipe.name, []).append(item)
+    return cells
+
+
+def tool_sources() -> list[Path]:
+    """The files the kpatch package is made of (what its task depends on)."""
+    return [tool.SOURCE / relative for relative in tool.command_modules()] + \
+        [Path(tool.__file__)]
+
+
+def recipe_contents(recipe: Recipe, cells: Sequence[TargetPipeline]) -> patch.PatchPackage:
+    releases: dict[str, patch.ReleaseModule] = {}
+    for item in cells:
+        linked = item.linked()
+        module = patch.ReleaseModule(linked.release, linked.linked(), changed_functions(item))
+        other = releases.get(linked.release)
+        if other is not None and sha256_file(other.module) != sha256_file(module.module):
+            raise KpbError(f"recipe {recipe.name}: two of its targets build different modules "
+                           f"for one kernel release, {linked.release}; keep one of them")
+        releases[linked.release] = module
+    patches = {p.name: sha256_file(p) for item in cells for p in item.recipe.patches_for(
+        item.target)}
+    return patch.PatchPackage(
+        recipe=recipe.name, module=recipe.module, description=recipe.description,
+        replace=recipe.replace,
+        patches=tuple(patch.PatchFile(n, h) for n, h in sorted(patches.items())),
+        releases=tuple(releases[r] for r in sorted(releases)))
+
+
+def _record(store: Store, name: str, published: Published) -> None:
+    write_atomically(record_path(store, name), json.dumps({
+        "package": published.package, "version": published.version,
+        "deb": str(published.deb)}, indent=2) + "\n")
+    what = "built" if published.new else "unchanged"
+    say(f"  {published.package} {published.version}: {what}: {published.deb}")
+
+
+def package_recipe(store: Store, cells: Sequence[TargetPipeline]) -> None:
+    recipe = cells[0].recipe
+    contents = recipe_contents(recipe, cells)
+    published = repository(store).publish(
+        contents.package, recipe.version, patch.content(contents),
+        lambda version, date: replace(patch.spec(contents, version), date=date),
+        modules=patch.modules_by_release(contents))
+    _record(store, recipe.name, published)
+
+
+def package_tool(store: Store) -> None:
+    sources = [(str(p.relative_to(tool.SOURCE)), sha256_file(p)) for p in tool_sources()]
+    published = repository(store).publish(
+        tool.PACKAGE, kpatchbuild.__version__, sources,
+        lambda version, date: replace(tool.spec(version), date=date))
+    _record(store, TOOL, published)
+
+
+def write_index(store: Store) -> None:
+    repo = repository(store)
+    written = repo.write_index()
+    signed = any(path.name == "InRelease" for path in written)
+    say(f"  apt repository: {repo.root} ({'signed' if signed else 'unsigned'}); on a machine "
+        f"with access to it: deb {'' if signed else '[trusted=yes] '}file:{repo.root} ./")

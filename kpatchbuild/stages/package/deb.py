@@ -1,0 +1,195 @@
+"""A Debian binary package from a list of files, built with ``dpkg-deb``.
+
+Why not debhelper: debhelper turns a source package (``debian/rules``, a build step) into
+binary packages; what we package is already built and proven (modules) or plain files (the
+``kpatch`` command), so a staged tree handed to ``dpkg-deb --build`` is the whole job, and
+we write the few things debhelper would have generated (``md5sums``, the doc files, the
+maintainer scripts) ourselves. ``lintian`` checks the result.
+
+The package is staged in a temporary directory beside its destination and renamed into
+place: a reader never sees half a ``.deb``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+from kpatchbuild.base import process
+from kpatchbuild.base.errors import BuildError
+
+MAINTAINER_ENV = ("DEBFULLNAME", "DEBEMAIL")
+DEFAULT_MAINTAINER = "kpatchbuild <kpatchbuild@example.org>"
+SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+
+
+def maintainer() -> str:
+    """Who the packages say they are from: ``$DEBFULLNAME <$DEBEMAIL>``, as Debian's own
+    tools read it, or a placeholder when neither is set."""
+    name, email = (os.environ.get(key, "") for key in MAINTAINER_ENV)
+    if email:
+        return f"{name or email.split('@')[0]} <{email}>"
+    return DEFAULT_MAINTAINER
+
+
+@dataclass(frozen=True)
+class File:
+    """One file of a package: its content and mode."""
+
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class DebSpec:
+    """Everything a binary package says and carries.
+
+    ``files`` maps absolute paths in the installed system to their contents; the
+    copyright and changelog under ``/usr/share/doc/<package>/`` are added here.
+    ``scripts`` are the maintainer scripts by name, ``triggers`` the DEBIAN/triggers lines.
+    """
+
+    package: str
+    version: str
+    architecture: str
+    summary: str
+    description: str
+    section: str
+    depends: tuple[str, ...] = ()
+    files: Mapping[str, File] = field(default_factory=dict)
+    scripts: Mapping[str, str] = field(default_factory=dict)
+    triggers: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()
+    date: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.package}_{self.version}_{self.architecture}.deb"
+
+    def control(self, installed_kib: int) -> str:
+        lines = [
+            f"Package: {self.package}",
+            f"Version: {self.version}",
+            f"Architecture: {self.architecture}",
+            f"Maintainer: {maintainer()}",
+            f"Installed-Size: {installed_kib}",
+        ]
+        if self.depends:
+            lines.append(f"Depends: {', '.join(self.depends)}")
+        lines += [f"Section: {self.section}", "Priority: optional",
+                  f"Description: {self.summary}"]
+        for paragraph in self.description.strip().split("\n\n"):
+            wrapped = textwrap.wrap(" ".join(paragraph.split()), 78)
+            lines += [f" {line}" for line in wrapped]
+            lines.append(" .")
+        return "\n".join(lines[:-1]) + "\n"
+
+    def changelog(self) -> str:
+        entries = "".join(f"  * {textwrap.fill(c, 76, subsequent_indent='    ')}\n"
+                          for c in self.changes or ("Built by kpatchbuild.",))
+        return (f"{self.package} ({self.version}) unstable; urgency=medium\n\n{entries}\n"
+                f" -- {maintainer()}  {format_datetime(self.date)}\n")
+
+    def copyright(self) -> str:
+        return ("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+                f"Upstream-Name: {self.package}\n\n"
+                "Files: *\n"
+                f"Copyright: {self.date.year} {maintainer()}\n"
+                "License: GPL-2\n"
+                " On Debian systems, the full text of the GNU General Public License\n"
+                " version 2 can be found in the file '/usr/share/common-licenses/GPL-2'.\n")
+
+
+def gzip_n(data: bytes) -> bytes:
+    """gzip -9n: no name, no time, as Debian wants compressed docs."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def _all_files(spec: DebSpec) -> dict[str, File]:
+    doc = f"/usr/share/doc/{spec.package}"
+    return {**spec.files,
+            f"{doc}/copyright": File(spec.copyright().encode()),
+            f"{doc}/changelog.gz": File(gzip_n(spec.changelog().encode()))}
+
+
+def _stage(spec: DebSpec, root: Path) -> None:
+    files = _all_files(spec)
+    md5sums = []
+    size = 0
+    for destination, item in sorted(files.items()):
+        path = root / destination.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(item.data)
+        path.chmod(item.mode)
+        md5sums.append(f"{hashlib.md5(item.data).hexdigest()}  {destination.lstrip('/')}\n")
+        size += len(item.data)
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)
+    control = root / "DEBIAN"
+    control.mkdir(mode=0o755)
+    # Debian's Installed-Size: KiB, rounded up, files plus one block per directory.
+    directories = sum(1 for p in root.rglob("*") if p.is_dir()) - 1
+    (control / "control").write_text(spec.control(-(-size // 1024) + directories))
+    (control / "md5sums").write_text("".join(md5sums))
+    for name, text in spec.scripts.items():
+        if name not in SCRIPTS:
+            raise ValueError(f"{name}: not a maintainer script")
+        (control / name).write_text(text)
+        (control / name).chmod(0o755)
+    if spec.triggers:
+        (control / "triggers").write_text("".join(f"{line}\n" for line in spec.triggers))
+    for path in control.iterdir():
+        if path.name not in SCRIPTS:
+            path.chmod(0o644)
+
+
+def build(spec: DebSpec, directory: Path) -> Path:
+    """Build ``spec`` into ``directory/<package>_<version>_<arch>.deb`` and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    destination = directory / spec.file_name
+    with tempfile.TemporaryDirectory(dir=directory, prefix=f".{spec.package}.") as temp:
+        root = Path(temp) / "root"
+        root.mkdir()
+        _stage(spec, root)
+        built = Path(temp) / spec.file_name
+        # Members' times clamped to the package's date: the same inputs, the same bytes.
+        env_date = str(int(spec.date.timestamp()))
+        process.run(["env", f"SOURCE_DATE_EPOCH={env_date}", "dpkg-deb", "--root-owner-group",
+                     "-Zxz", "--build", root, built], error=BuildError,
+                    what=f"dpkg-deb --build {spec.file_name}",
+                    missing="dpkg-deb not found: install dpkg (the README's set-up does)")
+        os.replace(built, destination)
+    return destination
+
+
+def fields(deb: Path) -> dict[str, str]:
+    """A built package's control fields (``dpkg-deb --field``)."""
+    text = process.run(["dpkg-deb", "--field", deb], error=BuildError,
+                       what=f"dpkg-deb --field {deb}").stdout
+    found: dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if line[:1] in (" ", "\t") and key:
+            found[key] += "\n" + line
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            found[key] = value.strip()
+    return found
+
+
+def copy_tree_files(source: Path, destination: str, pattern: str = "*") -> dict[str, File]:
+    """Files under ``source`` matching ``pattern`` as package files under ``destination``."""
+    return {f"{destination}/{path.relative_to(source).as_posix()}": File(path.read_bytes())
+            for path in sorted(source.rglob(pattern)) if path.is_file()}
+
+
+__all__ = ["DebSpec", "File", "build", "copy_tree_files", "fields", "gzip_n",
+           "maintainer"]

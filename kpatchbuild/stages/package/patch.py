@@ -1,0 +1,178 @@
+"""A ``kpatch-patch-<recipe>`` package: one recipe's module for every kernel release of its
+matrix, and the maintainer scripts that load it on the running system.
+
+The modules are installed where ``kpatch install`` puts them, ``/var/lib/kpatch/<release>/
+<module>.ko``, owned by the package (an upgrade replaces them, a purge leaves nothing), each
+with ``<module>.json`` beside it: the package, version, recipe, patches with their sha256
+and the functions changed for that release, which ``kpatch info`` shows. So a kernel
+installed but not yet booted has its patch waiting: kpatch.service loads it when it boots.
+
+The scripts, for the running kernel only:
+
+- postinst (configure): ``kpatch replace`` (or ``kpatch load`` for a module built with
+  ``replace: false``) of the release's module, when the package has one: one transition
+  from the older patch to this one, no window without either; a failure (the transition
+  timed out and was rolled back, the kernel refused) fails the configure step with kpatch's
+  message, and the older patch stays loaded. Without a module for the running kernel it
+  says so and loads nothing.
+- prerm (remove, not upgrade): ``kpatch unload``; if the patch cannot be disabled the
+  removal stops, the patch still applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kpatchbuild.base.errors import RecipeError
+from kpatchbuild.kpatch.install import INSTALL_DIR
+from kpatchbuild.stages.package.deb import DebSpec, File
+
+PREFIX = "kpatch-patch-"
+DEPENDS = "kpatch"
+# Debian's package names: lower case letters, digits, + - . (policy 5.6.1).
+_DEBIAN_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
+@dataclass(frozen=True)
+class ReleaseModule:
+    """The recipe's module for one kernel release, as proven."""
+
+    release: str
+    module: Path
+    functions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PatchFile:
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PatchPackage:
+    """What a recipe's package carries: the inputs, without the version it is given."""
+
+    recipe: str
+    module: str
+    description: str
+    replace: bool
+    patches: tuple[PatchFile, ...]
+    releases: tuple[ReleaseModule, ...]
+
+    @property
+    def package(self) -> str:
+        return package_name(self.recipe)
+
+    def metadata(self, version: str, release: ReleaseModule) -> dict[str, object]:
+        return {"format": 1, "package": self.package, "version": version,
+                "recipe": self.recipe, "module": self.module,
+                "description": self.description,
+                "patches": [{"file": p.name, "sha256": p.sha256} for p in self.patches],
+                "release": release.release, "functions": list(release.functions),
+                "releases": [r.release for r in self.releases]}
+
+
+def package_name(recipe: str) -> str:
+    name = f"{PREFIX}{recipe}"
+    if not _DEBIAN_NAME.match(name):
+        raise RecipeError(f"recipe {recipe}: '{name}' is not a Debian package name (lower case "
+                          "letters, digits, '+', '-', '.'): rename the recipe's directory")
+    return name
+
+
+def _postinst(item: PatchPackage) -> str:
+    action = "replace" if item.replace else "load"
+    releases = " ".join(r.release for r in item.releases)
+    return f"""#!/bin/sh
+# {item.package}: load the patch for the running kernel ({action}).
+set -e
+MODULE={item.module}
+case "$1" in
+configure)
+    running=$(uname -r)
+    module={INSTALL_DIR}/$running/$MODULE.ko
+    if [ ! -e "$module" ]; then
+        echo "{item.package}: no module for the running kernel $running (this package" \\
+             "carries {releases}): nothing loaded now; kpatch.service loads it when" \\
+             "one of those kernels boots"
+    elif [ ! -d /sys/kernel/livepatch ]; then
+        echo "{item.package}: the running kernel has no /sys/kernel/livepatch (not" \\
+             "booted in it?): nothing loaded now; kpatch.service loads it at boot"
+    elif [ -d /sys/kernel/livepatch/$MODULE ]; then
+        echo "{item.package}: $MODULE is loaded already"
+    else
+        kpatch {action} "$module"
+    fi
+    ;;
+esac
+exit 0
+"""
+
+
+def _prerm(item: PatchPackage) -> str:
+    return f"""#!/bin/sh
+# {item.package}: unload the patch when the package goes (an upgrade replaces it instead).
+set -e
+MODULE={item.module}
+case "$1" in
+remove|deconfigure)
+    if [ -d /sys/module/$MODULE ]; then
+        kpatch unload $MODULE
+    fi
+    ;;
+esac
+exit 0
+"""
+
+
+def spec(item: PatchPackage, version: str) -> DebSpec:
+    files: dict[str, File] = {}
+    for release in item.releases:
+        where = f"{INSTALL_DIR}/{release.release}/{item.module}"
+        files[f"{where}.ko"] = File(release.module.read_bytes())
+        files[f"{where}.json"] = File(
+            (json.dumps(item.metadata(version, release), indent=2) + "\n").encode())
+    lines = [f"{r.release}: {', '.join(r.functions) or 'no function changed'}"
+             for r in item.releases]
+    description = (f"{item.description or 'A kernel livepatch'}. Built by kpatchbuild from "
+                   f"the recipe {item.recipe} ({', '.join(p.name for p in item.patches)}).\n\n"
+                   f"It carries the livepatch module {item.module} for "
+                   f"{len(item.releases)} kernel release(s); installing it loads the patch "
+                   "into the running kernel at once, and kpatch.service loads it at every "
+                   "boot of a kernel it has a module for.\n\n"
+                   "Changed functions: " + "; ".join(lines) + ".")
+    return DebSpec(
+        package=item.package, version=version, architecture="amd64",
+        summary=_summary(item), description=description, section="kernel",
+        depends=(DEPENDS,), files=files,
+        scripts={"postinst": _postinst(item), "prerm": _prerm(item)},
+        changes=(f"{item.module} for {', '.join(r.release for r in item.releases)}.",
+                 *(f"{p.name} (sha256 {p.sha256})" for p in item.patches)))
+
+
+def _summary(item: PatchPackage) -> str:
+    """Debian's synopsis: one line, at most 80 characters."""
+    text = f"kernel livepatch: {item.description}".rstrip(".")
+    return text if item.description and len(text) <= 80 else f"kernel livepatch {item.recipe}"
+
+
+def content(item: PatchPackage) -> list[object]:
+    """What decides whether a package changed: everything but its version."""
+    return [item.recipe, item.module, item.description, item.replace,
+            [(p.name, p.sha256) for p in item.patches],
+            [(r.release, _sha(r.module), list(r.functions))
+             for r in item.releases]]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def modules_by_release(item: PatchPackage) -> dict[str, tuple[str, str]]:
+    """release -> (module name, sha256): what an upgrade must not keep the name of while
+    changing the bytes (the kernel cannot replace a loaded patch by one of its own name)."""
+    return {r.release: (item.module, _sha(r.module)) for r in item.releases}
