@@ -190,6 +190,23 @@ def test_info_of_a_file_reads_its_metadata_and_functions(machine: Machine) -> No
     assert "binfmt_misc: bm_status_read,2" in human and "state:       not loaded" in human
 
 
+def test_info_shows_what_the_package_says_of_an_installed_module(machine: Machine) -> None:
+    assert machine.kpatch("install", str(machine.module("lp_a"))).code == 0
+    installed = machine.kernel.path(f"var/lib/kpatch/{RELEASE}/lp_a.json")
+    installed.write_text(json.dumps({
+        "package": "kpatch-patch-cmdline", "version": "2+20261206120000", "recipe": "cmdline",
+        "patches": [{"file": "cmdline.patch", "sha256": "0123456789abcdef" * 4}]}))
+    human = machine.kpatch("info", "lp_a").out
+    assert "package:     kpatch-patch-cmdline 2+20261206120000" in human
+    assert "recipe:      cmdline" in human
+    assert "patch:       cmdline.patch (sha256 0123456789abcdef)" in human
+    assert json.loads(machine.kpatch("info", "--json", "lp_a").out)["package"]["recipe"] \
+        == "cmdline"
+    installed.write_text("{not json")
+    broken = machine.kpatch("info", "lp_a")
+    assert broken.code == 1 and "lp_a.json: unreadable package metadata" in broken.err
+
+
 def test_info_of_a_loaded_patch_reads_sysfs(machine: Machine) -> None:
     machine.kpatch("load", str(machine.module("lp_a")))
     # sysfs is the truth for a loaded patch: show what the kernel lists there.
