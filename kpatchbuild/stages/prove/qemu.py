@@ -28,10 +28,11 @@ class GuestRun:
 
 
 def qemu_command(kernel: Path, initrd: Path, *, accel: str,
-                 extra_args: str = "", qemu_args: Sequence[str] = ()) -> list[str]:
+                 extra_args: str = "", qemu_args: Sequence[str] = (),
+                 memory_mb: int = MEMORY_MB) -> list[str]:
     """``extra_args`` go on the kernel's command line, ``qemu_args`` to qemu (devices)."""
     append = f"{KERNEL_ARGS} {extra_args}".strip()
-    command = [QEMU, "-accel", accel, "-m", str(MEMORY_MB), "-smp", "1",
+    command = [QEMU, "-accel", accel, "-m", str(memory_mb), "-smp", "1",
                "-nographic", "-no-reboot",
                "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
                *qemu_args]
@@ -40,13 +41,14 @@ def qemu_command(kernel: Path, initrd: Path, *, accel: str,
 
 
 def run_guest(kernel: Path, initrd: Path, console_log: Path, *, accel: str,
-              timeout: float, extra_args: str = "", qemu_args: Sequence[str] = ()) -> GuestRun:
+              timeout: float, extra_args: str = "", qemu_args: Sequence[str] = (),
+              memory_mb: int = MEMORY_MB) -> GuestRun:
     """Boot ``kernel`` with ``initrd`` and wait, at most ``timeout`` s, for qemu to exit.
 
     The serial console (and qemu's own messages) go to ``console_log``.
     """
     command = qemu_command(kernel, initrd, accel=accel, extra_args=extra_args,
-                           qemu_args=qemu_args)
+                           qemu_args=qemu_args, memory_mb=memory_mb)
     console_log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with console_log.open("wb") as log:

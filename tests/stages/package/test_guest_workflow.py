@@ -1,0 +1,186 @@
+"""The customer's workflow in a booted Debian 12 system: apt install a patch package, reboot,
+apt upgrade to a newer patch, boot a kernel the package has no module for, boot with
+kpatch.enable=0, apt remove and purge.
+
+The packages are made by ``doit package`` of the default recipe (version 1, then version 2
+with another marker) on Debian's 6.1 cloud kernel, in a cache of the test's own (seeded
+with the project cache's downloads), so the project's records of the default recipe stay
+as they are. The guest (tests/support/debian_guest.py) boots Debian's own kernels and
+initramfs from its disk; it has Debian's 6.1 and 6.12 cloud kernels installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kpatchbuild.base.store import Store, default_root
+from kpatchbuild.graph.recipe import DebianKernel
+from kpatchbuild.stages.fetch import debian
+from tests.conftest import PROJECT, run_doit
+from tests.stages.package.test_packages import lintian
+from tests.support.debian_guest import Boot, DebianGuest, guest_root
+
+pytestmark = pytest.mark.kernel
+
+CELL = "debian-6.1-cloud-amd64"
+SEEDED_KINDS = ("fetch-deb", "fetch-kernel", "fetch-source", "apt")
+
+# Read the kpatch command's JSON in the guest: the names of the enabled patches, and of
+# the modules installed for the running kernel.
+HELPERS = """loaded_patches() {
+    kpatch list --json | python3 -c 'import json, sys
+print(" ".join(p["name"] for p in json.load(sys.stdin)["loaded"] if p["enabled"]))'
+}
+installed_patches() {
+    kpatch list --json | python3 -c 'import json, os, sys
+print(" ".join(json.load(sys.stdin)["installed"].get(os.uname().release, [])))'
+}
+unit_clean() {
+    systemctl is-active kpatch.service &&
+        test "$(systemctl show -p Result --value kpatch.service)" = success
+}
+"""
+
+STEPS = {
+    "install": """
+check unpatched-before sh -c '! grep -q kpatch=1 /proc/cmdline'
+show apt-get update
+show apt-get install -y kpatch-patch-cmdline
+check patched-at-once grep -q kpatch=1 /proc/cmdline
+show kpatch list
+check listed-loaded test "$(loaded_patches)" = livepatch_cmdline
+check listed-installed test "$(installed_patches)" = livepatch_cmdline
+show kpatch info livepatch_cmdline
+check info-names-package sh -c 'kpatch info livepatch_cmdline | grep -q "^package: *kpatch-patch-cmdline 1+"'
+""",
+    "reboot-upgrade": """
+check patched-at-boot grep -q kpatch=1 /proc/cmdline
+check unit-clean unit_clean
+show systemctl status kpatch.service --no-pager
+show journalctl -b -u kpatch.service --no-pager -o cat
+show apt-get update
+show apt-get upgrade -y
+check upgraded-at-once grep -q kpatch=2 /proc/cmdline
+check old-patch-gone test ! -e /sys/kernel/livepatch/livepatch_cmdline
+check old-module-gone test ! -e /sys/module/livepatch_cmdline
+check new-patch-loaded test "$(loaded_patches)" = livepatch_cmdline_v2
+check old-file-gone test ! -e /var/lib/kpatch/$(uname -r)/livepatch_cmdline.ko
+""",
+    "newer-kernel": """
+check running-newer sh -c 'uname -r | grep -q "^6[.]12[.]"'
+check unit-clean unit_clean
+show journalctl -b -u kpatch.service --no-pager -o cat
+check says-nothing-for-this-kernel sh -c 'journalctl -b -u kpatch.service --no-pager | grep -q "no patches installed for $(uname -r)"'
+check nothing-loaded test -z "$(ls /sys/kernel/livepatch)"
+check no-failed-units test -z "$(systemctl --failed --no-legend)"
+""",
+    "disabled": """
+check unit-skipped test "$(systemctl show -p ConditionResult --value kpatch.service)" = no
+check nothing-loaded test -z "$(ls /sys/kernel/livepatch)"
+check unpatched sh -c '! grep -q kpatch=2 /proc/cmdline'
+""",
+    "remove": """
+check patched-at-boot grep -q kpatch=2 /proc/cmdline
+check unit-clean unit_clean
+show apt-get remove -y kpatch-patch-cmdline
+check unpatched-at-once sh -c '! grep -q kpatch=2 /proc/cmdline'
+check patch-gone test ! -e /sys/kernel/livepatch/livepatch_cmdline_v2
+check module-gone test ! -e /sys/module/livepatch_cmdline_v2
+check nothing-installed test -z "$(installed_patches)"
+show apt-get purge -y kpatch-patch-cmdline
+check purge-leaves-nothing test -z "$(find /var/lib/kpatch -type f)"
+""",
+}
+
+
+def seeded_cache(path: Path) -> Path:
+    """A cache of its own holding the project cache's downloads (hardlinked: immutable)."""
+    path.mkdir(parents=True)
+    for kind in SEEDED_KINDS:
+        source = default_root() / kind
+        if source.is_dir():
+            subprocess.run(["cp", "-al", str(source), str(path / kind)], check=True)
+    return path
+
+
+def package(cache: Path, recipes: Path) -> None:
+    env = {"KPATCHBUILD_CACHE": str(cache), "KPATCHBUILD_DOIT_DB": str(cache / "db"),
+           "KPATCHBUILD_RECIPES": str(recipes)}
+    done = run_doit("package", "recipe=cmdline", f"kernel={CELL}", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "apt repository:" in done.stdout + done.stderr
+
+
+def debs(repository: Path) -> dict[str, Path]:
+    return {path.name: path for path in (repository / "pool").glob("*.deb")}
+
+
+def test_apt_install_reboot_upgrade_newer_kernel_remove(tmp_path: Path) -> None:
+    cache = seeded_cache(tmp_path / "cache")
+    recipes = tmp_path / "recipes"
+    shutil.copytree(PROJECT / "recipes" / "cmdline", recipes / "cmdline")
+    package(cache, recipes)
+    repository = cache / "package"
+    first = debs(repository)
+    assert {name.split("_")[0] for name in first} == {"kpatch", "kpatch-patch-cmdline"}
+    published_v1 = tmp_path / "repository-v1"
+    shutil.copytree(repository, published_v1, ignore=shutil.ignore_patterns("records"))
+
+    # The security team's next version: another marker, version 2 (its module is then
+    # livepatch_cmdline_v2, which replaces livepatch_cmdline atomically).
+    recipe = recipes / "cmdline" / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("kpatch=1", "kpatch=2") + "version: 2\n")
+    patch_file = recipes / "cmdline" / "cmdline.patch"
+    patch_file.write_text(patch_file.read_text().replace("kpatch=1", "kpatch=2"))
+    package(cache, recipes)
+    second = debs(repository)
+    new = set(second) - set(first)
+    assert [name.split("_")[0] for name in new] == ["kpatch-patch-cmdline"]
+    for deb in second.values():
+        assert lintian(deb) == [], deb.name
+
+    store = Store()
+    fetched = json.loads((cache / "work/cmdline" / CELL / "fetch.json").read_text())
+    release = fetched["kernel"]["release"]
+    image_61 = debian.fetch_package(store, debian.DebianPackage(
+        **fetched["kernel"]["packages"]["image"]))
+    newer = debian.resolve_release(DebianKernel(None, "6.12", "cloud-amd64"), store)
+    image_612 = debian.fetch_package(store, newer.packages["image"])
+
+    started = time.monotonic()
+    root = guest_root(store, [image_61, image_612])
+    made = time.monotonic() - started
+    helpers = HELPERS
+    guest = DebianGuest(root, tmp_path / "guest",
+                        {name: helpers + body for name, body in STEPS.items()})
+    boots: list[Boot] = []
+
+    def boot(step: str, kernel: str, expected: list[str], extra: str = "") -> None:
+        done = guest.boot(step, kernel, extra_args=extra)
+        boots.append(done)
+        assert not done.failures(expected), (done.failures(expected), done.console_log)
+
+    guest.publish_repository(published_v1)
+    boot("install", release, ["unpatched-before", "patched-at-once", "listed-loaded",
+                              "listed-installed", "info-names-package"])
+    guest.publish_repository(repository)
+    boot("reboot-upgrade", release, ["patched-at-boot", "unit-clean", "upgraded-at-once",
+                                     "old-patch-gone", "old-module-gone", "new-patch-loaded",
+                                     "old-file-gone"])
+    boot("newer-kernel", newer.release, ["running-newer", "unit-clean",
+                                         "says-nothing-for-this-kernel", "nothing-loaded",
+                                         "no-failed-units"])
+    boot("disabled", release, ["unit-skipped", "nothing-loaded", "unpatched"],
+         extra="kpatch.enable=0")
+    boot("remove", release, ["patched-at-boot", "unit-clean", "unpatched-at-once",
+                             "patch-gone", "module-gone", "nothing-installed",
+                             "purge-leaves-nothing"])
+    summary = "; ".join(f"{b.step} ({b.release}, {b.accel}): step at "
+                        f"{b.step_started_at()} s, {b.seconds:.0f} s in all" for b in boots)
+    print(f"guest root {made:.0f} s; boots: {summary}")
