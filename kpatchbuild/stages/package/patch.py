@@ -91,18 +91,20 @@ def _postinst(item: PatchPackage) -> str:
 # {item.package}: load the patch for the running kernel ({action}).
 set -e
 MODULE={item.module}
+# $KPATCH_ROOT stands for / in tests, as it does for kpatch itself.
+ROOT=${{KPATCH_ROOT:-}}
 case "$1" in
 configure)
     running=$(uname -r)
-    module={INSTALL_DIR}/$running/$MODULE.ko
+    module=$ROOT{INSTALL_DIR}/$running/$MODULE.ko
     if [ ! -e "$module" ]; then
         echo "{item.package}: no module for the running kernel $running (this package" \\
              "carries {releases}): nothing loaded now; kpatch.service loads it when" \\
              "one of those kernels boots"
-    elif [ ! -d /sys/kernel/livepatch ]; then
+    elif [ ! -d "$ROOT/sys/kernel/livepatch" ]; then
         echo "{item.package}: the running kernel has no /sys/kernel/livepatch (not" \\
              "booted in it?): nothing loaded now; kpatch.service loads it at boot"
-    elif [ -d /sys/kernel/livepatch/$MODULE ]; then
+    elif [ -d "$ROOT/sys/kernel/livepatch/$MODULE" ]; then
         echo "{item.package}: $MODULE is loaded already"
     else
         kpatch {action} "$module"
@@ -118,9 +120,10 @@ def _prerm(item: PatchPackage) -> str:
 # {item.package}: unload the patch when the package goes (an upgrade replaces it instead).
 set -e
 MODULE={item.module}
+ROOT=${{KPATCH_ROOT:-}}
 case "$1" in
 remove|deconfigure)
-    if [ -d /sys/module/$MODULE ]; then
+    if [ -d "$ROOT/sys/module/$MODULE" ]; then
         kpatch unload $MODULE
     fi
     ;;

@@ -41,6 +41,12 @@ installed_patches() {
     kpatch list --json | python3 -c 'import json, os, sys
 print(" ".join(json.load(sys.stdin)["installed"].get(os.uname().release, [])))'
 }
+unit_says() {
+    journalctl -b -u kpatch.service --no-pager | grep -q "$1"
+}
+info_says() {
+    kpatch info "$1" | grep -q "$2"
+}
 unit_clean() {
     systemctl is-active kpatch.service &&
         test "$(systemctl show -p Result --value kpatch.service)" = success
@@ -57,7 +63,7 @@ show kpatch list
 check listed-loaded test "$(loaded_patches)" = livepatch_cmdline
 check listed-installed test "$(installed_patches)" = livepatch_cmdline
 show kpatch info livepatch_cmdline
-check info-names-package sh -c 'kpatch info livepatch_cmdline | grep -q "^package: *kpatch-patch-cmdline 1+"'
+check info-names-package info_says livepatch_cmdline "^package: *kpatch-patch-cmdline 1+"
 """,
     "reboot-upgrade": """
 check patched-at-boot grep -q kpatch=1 /proc/cmdline
@@ -76,7 +82,7 @@ check old-file-gone test ! -e /var/lib/kpatch/$(uname -r)/livepatch_cmdline.ko
 check running-newer sh -c 'uname -r | grep -q "^6[.]12[.]"'
 check unit-clean unit_clean
 show journalctl -b -u kpatch.service --no-pager -o cat
-check says-nothing-for-this-kernel sh -c 'journalctl -b -u kpatch.service --no-pager | grep -q "no patches installed for $(uname -r)"'
+check says-nothing-for-this-kernel unit_says "no patches installed for $(uname -r)"
 check nothing-loaded test -z "$(ls /sys/kernel/livepatch)"
 check no-failed-units test -z "$(systemctl --failed --no-legend)"
 """,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,77 @@ def test_a_patch_package_carries_every_release_with_its_metadata(tmp_path: Path)
     assert 'kpatch replace "$module"' in postinst and "MODULE=livepatch_cmdline" in postinst
     assert "kpatch unload $MODULE" in (tmp_path / "ctl/prerm").read_text()
     assert subprocess.run(["sh", "-n", str(tmp_path / "ctl/postinst")]).returncode == 0
+
+
+def run_script(tmp_path: Path, text: str, argument: str, *, kpatch_exit: int = 0,
+               running: str = RELEASES[0], livepatch: bool = True, installed: bool = True,
+               loaded: bool = False) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """A maintainer script against a fake root (KPATCH_ROOT) and a fake kpatch and uname,
+    which record their calls; returns the run and kpatch's calls."""
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    for path in (root, bin_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    for name, body in (("uname", f"echo {running}"),
+                       ("kpatch", f'echo "$*" >> {calls}\n'
+                                  f'[ {kpatch_exit} = 0 ] || echo "kpatch: error: '
+                                  f'livepatch_cmdline: the transition did not finish; rolled '
+                                  f'back" >&2\nexit {kpatch_exit}')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    if livepatch:
+        (root / "sys/kernel/livepatch").mkdir(parents=True)
+    if loaded:
+        (root / "sys/kernel/livepatch/livepatch_cmdline").mkdir()
+        (root / "sys/module/livepatch_cmdline").mkdir(parents=True)
+    if installed:
+        (root / "var/lib/kpatch" / RELEASES[0]).mkdir(parents=True)
+        (root / "var/lib/kpatch" / RELEASES[0] / "livepatch_cmdline.ko").write_bytes(b"")
+    script = tmp_path / "script"
+    script.write_text(text)
+    done = subprocess.run(["sh", str(script), argument], capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "KPATCH_ROOT": str(root)})
+    return done, calls.read_text().splitlines()
+
+
+def test_postinst_replaces_the_running_kernels_patch(tmp_path: Path) -> None:
+    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
+    done, calls = run_script(tmp_path, scripts["postinst"], "configure")
+    assert done.returncode == 0, done.stderr
+    module = tmp_path / "root/var/lib/kpatch" / RELEASES[0] / "livepatch_cmdline.ko"
+    assert calls == [f"replace {module}"]
+
+
+def test_a_failed_load_fails_the_configure_step_with_kpatchs_words(tmp_path: Path) -> None:
+    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
+    done, calls = run_script(tmp_path, scripts["postinst"], "configure", kpatch_exit=4)
+    assert done.returncode == 4
+    assert "the transition did not finish; rolled back" in done.stderr
+
+
+@pytest.mark.parametrize(("situation", "said"), [
+    ({"running": "6.1.0-99-cloud-amd64"}, "no module for the running kernel "
+                                          "6.1.0-99-cloud-amd64 (this package carries "
+                                          f"{' '.join(RELEASES)})"),
+    ({"livepatch": False}, "the running kernel has no /sys/kernel/livepatch"),
+    ({"loaded": True}, "livepatch_cmdline is loaded already"),
+])
+def test_postinst_loads_nothing_when_it_should_not(tmp_path: Path, situation: dict,
+                                                   said: str) -> None:
+    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
+    done, calls = run_script(tmp_path, scripts["postinst"], "configure", **situation)
+    assert done.returncode == 0 and calls == []
+    assert said in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize(("argument", "unloads"), [("remove", True), ("upgrade", False)])
+def test_prerm_unloads_on_removal_only(tmp_path: Path, argument: str, unloads: bool) -> None:
+    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
+    done, calls = run_script(tmp_path, scripts["prerm"], argument, loaded=True)
+    assert done.returncode == 0
+    assert calls == (["unload livepatch_cmdline"] if unloads else [])
 
 
 def test_a_stacking_module_is_loaded_not_replaced(tmp_path: Path) -> None:
