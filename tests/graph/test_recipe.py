@@ -239,3 +239,21 @@ def test_each_target_may_carry_all_the_patches(tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe(tmp_path, text))
     assert recipe.patches == ()
     assert recipe.patches_for(recipe.targets[0]) == ((tmp_path / "demo/fix.patch").resolve(),)
+
+
+@pytest.mark.parametrize(("version", "module"), [
+    ("1", "livepatch_my_fix"), ("2", "livepatch_my_fix_v2"), ("1.1", "livepatch_my_fix_v1_1")])
+def test_a_version_names_the_module_from_2_on(tmp_path: Path, version: str,
+                                               module: str) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, DEBIAN_TARGET + f"version: {version}\n",
+                                      name="my-fix"))
+    assert (recipe.version, recipe.module) == (version, module)
+    assert load_recipe(write_recipe(tmp_path, DEBIAN_TARGET, name="other")).version == "1"
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("version: 2a\n", "version: '2a' is not a version (numbers and dots: 2, 1.1)"),
+    ("module: " + "m" * 54 + "\nversion: 3\n", "is longer than 55 characters: shorten 'module'"),
+])
+def test_a_bad_version_is_refused(tmp_path: Path, text: str, said: str) -> None:
+    assert said in error_of(write_recipe(tmp_path, DEBIAN_TARGET + text))

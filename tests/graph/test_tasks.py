@@ -49,8 +49,9 @@ def test_a_step_that_runs_again_says_why(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_every_step_is_a_stage_and_its_pipeline_method() -> None:
     """The table's rows are the stages in flow order (diff's tasks are made later, per
-    object), each run by the pipeline method of its name."""
-    assert [step.name for step in STEPS] == [s for s in STAGES if s != "diff"]
+    object; package's per recipe, not per target), each run by the pipeline method of its
+    name."""
+    assert [step.name for step in STEPS] == [s for s in STAGES if s not in ("diff", "package")]
     for step in STEPS:
         assert callable(getattr(TargetPipeline, step.name))
 
@@ -91,6 +92,28 @@ def test_force_proves_again_and_a_not_applicable_cell_ends_at_its_patches(
     names = {t["basename"] + ":" + str(t.get("name")) for t in generate_tasks([not_applicable])}
     assert f"patches:{label}" in names and f"patched:{label}" not in names
     assert f"prove:{label}" not in names
+
+
+def test_a_recipes_package_waits_for_the_proof_of_each_selected_cell(tmp_path: Path) -> None:
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph import matrix
+    from kpatchbuild.graph.tasks import generate_tasks, pipelines
+
+    store = Store(tmp_path / "cache")
+    items = matrix.select(pipelines(store, "cmdline"), "debian-6.1-*")
+    tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
+    recipe = tasks["package:cmdline"]
+    assert {str(i.prove_record) for i in items} <= set(recipe["file_dep"])
+    assert not any("6.12" in path for path in recipe["file_dep"])
+    assert recipe["targets"] == [str(tmp_path / "cache/package/records/cmdline.json")]
+    repository = tasks["package:repository"]
+    assert set(repository["file_dep"]) == {
+        str(tmp_path / "cache/package/records/cmdline.json"),
+        str(tmp_path / "cache/package/records/kpatch.json")}
+    # A recipe refused as it expects has no module, so no package.
+    refused = pipelines(store, "refused-data-layout")
+    names = {t["basename"] + ":" + str(t.get("name")) for t in generate_tasks(refused)}
+    assert "package:refused-data-layout" not in names and "package:kpatch" in names
 
 
 def test_doit_test_goes_on_past_failed_cells_and_reports_them(tmp_path: Path) -> None:
