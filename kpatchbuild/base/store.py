@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import diskcache
 import xxhash
+
+from kpatchbuild.base import locks
 
 CACHE_ENV = "KPATCHBUILD_CACHE"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +109,8 @@ class Store:
         directory is removed (the step's log, kept under ``logs/``, says what happened).
         """
         self.sweep_stale_temps()
-        work = self.tmp / f"{kind}-{key}-{os.getpid()}"
+        # The thread too: two threads of one `doit -n N` run may build the same key.
+        work = self.tmp / f"{kind}-{key}-{threading.get_ident()}-{os.getpid()}"
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
@@ -127,6 +131,28 @@ class Store:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+
+    def make(self, kind: str, key: str, manifest: dict[str, Any],
+             build: Callable[[Path], None]) -> Artifact:
+        """The artifact ``kind/key``, built by ``build(work_dir)`` if it is not there yet.
+
+        One builder at a time per key, across threads and processes: cells of different
+        recipes on one kernel fetch the same packages at once under ``doit -n N``, and the
+        second must wait for the first's artifact rather than download 800 MB again.
+        ``manifest`` may be filled in by ``build`` before it returns.
+        """
+        found = self.lookup(kind, key)
+        if found:
+            return found
+        with locks.exclusive(self.root / "locks" / "store" / f"{kind}-{key}.lock"):
+            found = self.lookup(kind, key)
+            if found:
+                return found
+            with self.publishing(kind, key, manifest) as work:
+                build(work)
+        made = self.lookup(kind, key)
+        assert made is not None
+        return made
 
     def discard(self, kind: str, key: str) -> None:
         """Remove a published artifact found damaged; its manifest goes first, so no reader

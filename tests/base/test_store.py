@@ -40,3 +40,56 @@ def test_temp_dirs_of_dead_builders_are_swept(tmp_path: Path) -> None:
     (leftover / "tree").mkdir(parents=True)
     store.sweep_stale_temps()
     assert not leftover.exists()
+
+
+def test_one_builder_per_key_across_threads(tmp_path: Path) -> None:
+    """Cells of two recipes on one kernel fetch the same package at once (doit -n 2): the
+    second waits and takes the first's artifact; nothing is built twice."""
+    import threading
+    import time
+
+    store = Store(tmp_path)
+    builds: list[int] = []
+    started = threading.Barrier(2)
+
+    def build(work: Path) -> None:
+        builds.append(threading.get_ident())
+        time.sleep(0.3)  # long enough that the other thread arrives meanwhile
+        (work / "package.deb").write_text("deb")
+
+    results: list[Path] = []
+
+    def fetch() -> None:
+        started.wait()
+        results.append(store.make("fetch-deb", "k" * 8, {"what": "x"}, build).path)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert results[0] == results[1] and (results[0] / "package.deb").read_text() == "deb"
+    assert not list(store.tmp.iterdir())
+
+
+def test_two_threads_publishing_one_key_do_not_share_a_temp_dir(tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path)
+    entered = threading.Barrier(2)
+    seen: list[Path] = []
+
+    def publish() -> None:
+        with store.publishing("fetch-kernel", "same", {}) as work:
+            entered.wait()
+            seen.append(work)
+            (work / "file").write_text("x")
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(seen)) == 2
+    assert (store.path("fetch-kernel", "same") / "file").read_text() == "x"

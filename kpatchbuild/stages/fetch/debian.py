@@ -341,12 +341,10 @@ def _deb_path(store: Store, package: DebianPackage) -> Path:
 
 def fetch_package(store: Store, package: DebianPackage) -> Path:
     """The package's .deb in the store, downloaded and sha256-checked if not there yet."""
-    artifact = store.lookup(DEB_KIND, package.sha256)
-    if artifact:
-        return artifact.path / package.filename
-    say(f"  fetching {package.name} {package.version}")
     manifest: dict[str, Any] = {"package": asdict(package)}
-    with store.publishing(DEB_KIND, package.sha256, manifest) as work:
+
+    def download(work: Path) -> None:
+        say(f"  fetching {package.name} {package.version}")
         process.run(["apt-get", "download", package.spec], cwd=work, error=FetchError)
         deb = work / package.filename
         if not deb.is_file():
@@ -356,7 +354,8 @@ def fetch_package(store: Store, package: DebianPackage) -> Path:
             raise FetchError(f"{package.filename}: sha256 {actual} does not match Debian's "
                              f"index ({package.sha256}); run apt-get update and retry")
         manifest["xxh3"] = file_hash(deb)
-    return _deb_path(store, package)
+
+    return store.make(DEB_KIND, package.sha256, manifest, download).path / package.filename
 
 
 def extract_members(deb: Path, members: list[str], dest: Path, *, first_only: bool = False) -> None:
@@ -395,9 +394,6 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
     """vmlinuz, config, System.map and Module.symvers of a release, in one small artifact."""
     key = content_key("debian-kernel-files-2", kernel.release,
                       [kernel.packages[r].sha256 for r in ("image", "dbg", "headers")])
-    artifact = store.lookup(KERNEL_FILES_KIND, key)
-    if artifact:
-        return artifact
     rel = kernel.release
     wanted = {
         "image": [f"./boot/vmlinuz-{rel}", f"./boot/config-{rel}"],
@@ -405,8 +401,9 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
         "headers": [f"./usr/src/linux-headers-{rel}/Module.symvers"],
     }
     manifest: dict[str, Any] = {"release": rel, "version": kernel.version,
-                      "packages": {r: asdict(p) for r, p in kernel.packages.items()}}
-    with store.publishing(KERNEL_FILES_KIND, key, manifest) as work:
+                                "packages": {r: asdict(p) for r, p in kernel.packages.items()}}
+
+    def extract(work: Path) -> None:
         scratch = work / "scratch"
         scratch.mkdir()
         for role, members in wanted.items():
@@ -426,23 +423,22 @@ def kernel_files(store: Store, kernel: KernelRelease) -> Artifact:
         manifest["files"] = {name: file_hash(work / name)
                              for name in ("vmlinuz", "config", "System.map", "Module.symvers",
                                           VMLINUX_SYMBOLS)}
-    return store.lookup(KERNEL_FILES_KIND, key)  # type: ignore[return-value]
+
+    return store.make(KERNEL_FILES_KIND, key, manifest, extract)
 
 
 def source_tarball(store: Store, package: DebianPackage) -> Path:
     """The kernel source tarball inside a ``linux-source-X.Y`` package."""
-    artifact = store.lookup(DEBIAN_SOURCE_KIND, package.sha256)
-    if not artifact:
+    def extract(work: Path) -> None:
         deb = fetch_package(store, package)
         series = package.name.removeprefix("linux-source-")
         member = f"./usr/src/linux-source-{series}.tar.xz"
-        with store.publishing(DEBIAN_SOURCE_KIND, package.sha256,
-                              {"package": asdict(package)}) as work:
-            extract_members(deb, [member], work)
-            shutil.move(work / member, work / "source.tar.xz")
-            shutil.rmtree(work / "usr")
-        artifact = store.lookup(DEBIAN_SOURCE_KIND, package.sha256)
-        assert artifact is not None
+        extract_members(deb, [member], work)
+        shutil.move(work / member, work / "source.tar.xz")
+        shutil.rmtree(work / "usr")
+
+    artifact = store.make(DEBIAN_SOURCE_KIND, package.sha256, {"package": asdict(package)},
+                          extract)
     return artifact.path / "source.tar.xz"
 
 

@@ -37,20 +37,18 @@ class SourceTree:
 
 def unpack_tarball(store: Store, tarball: Path, key: str, origin: dict) -> SourceTree:
     """Unpack a kernel tarball once into the store; its single top directory is the tree."""
-    artifact = store.lookup("fetch-source", key)
-    if not artifact:
+    def unpack(work: Path) -> None:
         say(f"  unpacking {tarball.name}")
         log = store.log_path(f"fetch-unpack-{key[:12]}")
-        with store.publishing("fetch-source", key, {"origin": origin}) as work:
-            run_step(["tar", *_decompressor(tarball), "-xf", tarball, "-C", work],
-                     step=f"unpack {tarball.name}", log=log)
-            tops = [p for p in work.iterdir() if p.is_dir()]
-            if len(tops) != 1 or not (tops[0] / "Makefile").is_file():
-                raise FetchError(f"{tarball}: expected one kernel source directory at the top "
-                                 f"of the tarball, found {', '.join(p.name for p in tops)}")
-            os.rename(tops[0], work / "tree")
-        artifact = store.lookup("fetch-source", key)
-        assert artifact is not None
+        run_step(["tar", *_decompressor(tarball), "-xf", tarball, "-C", work],
+                 step=f"unpack {tarball.name}", log=log)
+        tops = [p for p in work.iterdir() if p.is_dir()]
+        if len(tops) != 1 or not (tops[0] / "Makefile").is_file():
+            raise FetchError(f"{tarball}: expected one kernel source directory at the top "
+                             f"of the tarball, found {', '.join(p.name for p in tops)}")
+        os.rename(tops[0], work / "tree")
+
+    artifact = store.make("fetch-source", key, {"origin": origin}, unpack)
     return SourceTree(artifact.path / "tree", key, origin)
 
 
