@@ -21,6 +21,7 @@ from kpatchbuild.differ.index import (
     StringTarget,
     SymbolTarget,
     Target,
+    padded_function_name,
     parent_function_name,
 )
 from kpatchbuild.differ.resolve import Resolution, ResolveError, Resolver
@@ -273,8 +274,10 @@ class PatchBuilder:
             return
         self.trace.say(self.current, f"carry {section.name} (for {because.name})")
         functions = [s for s in self.patched.symbols_in(section) if s.is_function]
-        # Aliases (SYSCALL_DEFINE0's __x64_sys_x for __do_sys_x) are one function.
-        others = {(s.value, s.size) for s in functions if parent_function_name(s.name) is None}
+        # Aliases (SYSCALL_DEFINE0's __x64_sys_x for __do_sys_x) are one function, and the
+        # padding in front of a function (__pfx_x) is part of it.
+        others = {(s.value, s.size) for s in functions
+                  if parent_function_name(s.name) is None and not _pads(s, functions)}
         if len(others) > 1:
             self.refusals.append(
                 f"function {because.name} shares section {section.name} with "
@@ -846,3 +849,11 @@ def include_and_build(
         notes=builder.notes,
         old_sympos=old_sympos,
     )
+
+
+def _pads(symbol: Symbol, functions: list[Symbol]) -> bool:
+    """Whether ``symbol`` is the padding that ends where its function, in ``functions``,
+    begins (`__pfx_x` right before `x`)."""
+    name = padded_function_name(symbol.name)
+    return name is not None and any(
+        f.name == name and f.value == symbol.value + symbol.size for f in functions)

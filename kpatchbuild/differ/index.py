@@ -60,6 +60,21 @@ def parent_function_name(name: str) -> str | None:
     return None
 
 
+# Symbols that name the padding in front of a function, in its own section: objtool's
+# `__pfx_<fn>` (CONFIG_CALL_PADDING, 6.2+: the 16 bytes of NOPs a call thunk or FineIBT may
+# use) and clang's kCFI `__cfi_<fn>`. They are part of the function, not functions of their
+# own: the section still holds one function.
+PADDING_PREFIXES = ("__pfx_", "__cfi_")
+
+
+def padded_function_name(name: str) -> str | None:
+    """`__pfx_foo` -> `foo`: the function a padding symbol stands in front of, else None."""
+    for prefix in PADDING_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix):]
+    return None
+
+
 def base_function_name(name: str) -> str:
     """`foo.isra.0` -> `foo`: the source function a compiler clone was made from."""
     return _SUBFUNCTION_PART.split(name, maxsplit=1)[0]

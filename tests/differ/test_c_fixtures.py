@@ -559,3 +559,24 @@ long __ia32_sys_thing(void *regs) __attribute__((alias("__do_sys_thing")));
     result = diff_pair(build_pair(tmp_path, source, source.replace("42", "43")))
     (change,) = [f for f in result.changed_functions if "thing" in f.name]
     assert change.global_binding and change.name in ("__x64_sys_thing", "__ia32_sys_thing")
+
+
+PADDED = r"""
+/* What objtool makes of a module object with CONFIG_CALL_PADDING (Debian's 6.12): the
+   16 bytes in front of each function named __pfx_<function>, in the function's section. */
+asm(".pushsection .text.thing,\"ax\",@progbits\n"
+    ".type __pfx_thing, @function\n__pfx_thing:\n.skip 16, 0x90\n.size __pfx_thing, 16\n"
+    ".globl thing\n.type thing, @function\nthing:\n\tmovl $41, %eax\n\tret\n"
+    ".size thing, .-thing\n.popsection\n");
+int other(void) { return 7; }
+"""
+
+
+def test_the_padding_in_front_of_a_function_is_part_of_it(tmp_path: Path) -> None:
+    """`__pfx_thing` and `thing` share .text.thing: one function, carried with its padding."""
+    pair = build_pair(tmp_path, PADDED, PADDED.replace("$41", "$42"))
+    result = diff_pair(pair)
+    assert names(result.changed_functions) == {"thing"}
+    assert result.output is not None
+    carried = {s.name for s in result.output.symbols if s.section is not None and s.is_function}
+    assert {"thing", "__pfx_thing"} <= carried
