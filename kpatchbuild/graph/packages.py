@@ -36,10 +36,11 @@ def record_path(store: Store, name: str) -> Path:
 
 
 def packaged_recipes(items: Sequence[TargetPipeline]) -> dict[str, list[TargetPipeline]]:
-    """Recipe name -> its cells that yield a module (in order), for recipes that have any."""
+    """Recipe name -> its cells that yield a module (in order), for recipes that have any
+    (a cell refused as its recipe expects yields none)."""
     cells: dict[str, list[TargetPipeline]] = {}
     for item in items:
-        if item.recipe.refused is None and item.last_step == "prove":
+        if item.recipe.refused_on(item.target) is None and item.last_step == "prove":
             cells.setdefault(item.recipe.name, []).append(item)
     return cells
 

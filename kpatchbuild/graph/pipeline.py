@@ -351,7 +351,8 @@ class TargetPipeline:
             diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes,
                                      self.stage().release, provided)
         except CannotPatch as refusal:
-            if not (self.recipe.refused and self.recipe.refused in refusal.message):
+            expected = self.recipe.refused_on(self.target)
+            if not (expected and expected in refusal.message):
                 raise
             say(f"  refused, as the recipe expects: {refusal.message}")
             record = ObjectDiffRecord(refused=refusal.message)
@@ -374,9 +375,11 @@ class TargetPipeline:
         if refused:
             write_record(self.diff_record, DiffRecord(refused=refused[0]))
             return
-        if self.recipe.refused:
+        expected = self.recipe.refused_on(self.target)
+        if expected:
             raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
-                           f"'{self.recipe.refused}', but the differ accepted the change")
+                           f"'{expected}' on {self.target.name}, but the differ accepted "
+                           "the change")
         collected = DiffRecord(tuple(r.diff for r in records if r.diff is not None))
         if not collected.with_code():
             raise KpbError(f"{self.recipe.path}: no functional change: the patches change "

@@ -113,6 +113,9 @@ class KernelTarget:
     # Why the recipe's change does not apply to this kernel (``expect: not-applicable``):
     # the cell then passes when its patches do not apply, and fails when they do.
     not_applicable: str | None = None
+    # The words of the refusal expected on this kernel only (``refused:`` on the target):
+    # where the change is safe on one kernel but not on another.
+    refused: str | None = None
 
     @property
     def kind(self) -> Literal["debian", "built"]:
@@ -140,6 +143,10 @@ class Recipe:
 
     def patches_for(self, target: KernelTarget) -> tuple[Path, ...]:
         return self.patches if target.patches is None else target.patches
+
+    def refused_on(self, target: KernelTarget) -> str | None:
+        """The words of the refusal expected on ``target``: its own, else the recipe's."""
+        return target.refused or self.refused
 
 
 class _NodeReader:
@@ -362,11 +369,16 @@ def _read_target(reader: _NodeReader, node: Node, key: str) -> list[KernelTarget
     """One target entry; a Debian entry with lists of series or flavours is one per pair."""
     fields = reader.mapping(node, key, required=(),
                             optional=("name", "debian", "source", "config", "header_index",
-                                      "patches", "expect", "reason"))
+                                      "patches", "expect", "reason", "refused"))
     patches = _read_patches(reader, fields["patches"], f"{key}.patches") \
         if "patches" in fields else None
     not_applicable = _read_expectation(reader, node, fields, key)
-    return [replace(target, patches=patches, not_applicable=not_applicable)
+    refused = reader.string(fields["refused"], f"{key}.refused") if "refused" in fields \
+        else None
+    if refused is not None and not_applicable is not None:
+        raise reader.fail(fields["refused"], f"{key}.refused", "a target whose patches do not "
+                          "apply is not refused: keep 'expect: not-applicable' or 'refused'")
+    return [replace(target, patches=patches, not_applicable=not_applicable, refused=refused)
             for target in _read_kernels(reader, node, fields, key)]
 
 

@@ -403,7 +403,8 @@ def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False) ->
     }
     for item, last_task in zip(items, last, strict=True):
         expect = "its patches must not apply" if item.target.not_applicable else \
-            "refused as the recipe expects" if item.recipe.refused else "built and proven"
+            "refused as the recipe expects" if item.recipe.refused_on(item.target) \
+            else "built and proven"
         yield {"basename": f"test:{item.label}", "doc": f"cell: {expect}", "actions": None,
                "task_dep": [last_task]}
     yield {"basename": "test", "doc": TEST_DOC, "actions": None,

@@ -257,3 +257,16 @@ def test_a_version_names_the_module_from_2_on(tmp_path: Path, version: str,
 ])
 def test_a_bad_version_is_refused(tmp_path: Path, text: str, said: str) -> None:
     assert said in error_of(write_recipe(tmp_path, DEBIAN_TARGET + text))
+
+
+def test_a_target_may_expect_its_own_refusal(tmp_path: Path) -> None:
+    text = DEBIAN_TARGET.replace("patches:", """  - debian: {series: "6.12", flavour: cloud-amd64}
+    refused: boot-time constant
+patches:""")
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    first, second = recipe.targets
+    assert recipe.refused_on(first) is None
+    assert recipe.refused_on(second) == "boot-time constant"
+    both = text.replace("    refused:", "    expect: not-applicable\n    reason: x\n    refused:")
+    assert "a target whose patches do not apply is not refused" in error_of(
+        write_recipe(tmp_path, both, name="both"))
