@@ -14,7 +14,8 @@ boot unit need the real thing. The guest is:
   repository changes: a newer version published);
 - booted with the kernel and initramfs of the release asked for, read out of the disk
   image's ``/boot`` with ``debugfs`` (the guest's own ``update-initramfs`` may have
-  rewritten them), under KVM when the probe allows, TCG otherwise.
+  rewritten them), under KVM when a probe boot succeeds with it, TCG otherwise
+  (``KPATCHBUILD_VM_ACCEL`` decides when set).
 
 A step prints ``KPB: <check> ok`` or ``KPB: <check> FAIL: <why>`` for each of its checks;
 :class:`Boot` reads them back from the serial console.
@@ -22,6 +23,7 @@ A step prints ``KPB: <check> ok`` or ``KPB: <check> FAIL: <why>`` for each of it
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -229,7 +231,11 @@ class DebianGuest:
         console = self.workdir / f"console-{step}.log"
         drives = ["-drive", f"file={self.disk},format=raw,if=virtio",
                   "-drive", f"file={self.repository_disk},format=raw,if=virtio,readonly=on"]
-        accel = accelerator.choose_accel(kernel, self.workdir)
+        # KVM when the probe boots with it (unless KPATCHBUILD_VM_ACCEL says otherwise): a
+        # systemd boot is ten times the proofs' busybox one, where the emulator is enough.
+        accel = accelerator.choose_accel(kernel, self.workdir) \
+            if os.environ.get(accelerator.ACCEL_ENV) else \
+            "kvm" if accelerator.probe_kvm(kernel, self.workdir) else "tcg"
         run = run_guest(kernel, initrd, console, accel=accel, timeout=timeout,
                         extra_args=f"root=/dev/vda rw kpb.step={step} {extra_args}".strip(),
                         qemu_args=drives, memory_mb=MEMORY_MB)
