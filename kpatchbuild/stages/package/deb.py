@@ -168,28 +168,3 @@ def build(spec: DebSpec, directory: Path) -> Path:
                     missing="dpkg-deb not found: install dpkg (the README's set-up does)")
         os.replace(built, destination)
     return destination
-
-
-def fields(deb: Path) -> dict[str, str]:
-    """A built package's control fields (``dpkg-deb --field``)."""
-    text = process.run(["dpkg-deb", "--field", deb], error=BuildError,
-                       what=f"dpkg-deb --field {deb}").stdout
-    found: dict[str, str] = {}
-    key = ""
-    for line in text.splitlines():
-        if line[:1] in (" ", "\t") and key:
-            found[key] += "\n" + line
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            found[key] = value.strip()
-    return found
-
-
-def copy_tree_files(source: Path, destination: str, pattern: str = "*") -> dict[str, File]:
-    """Files under ``source`` matching ``pattern`` as package files under ``destination``."""
-    return {f"{destination}/{path.relative_to(source).as_posix()}": File(path.read_bytes())
-            for path in sorted(source.rglob(pattern)) if path.is_file()}
-
-
-__all__ = ["DebSpec", "File", "build", "copy_tree_files", "fields", "gzip_n",
-           "maintainer"]
