@@ -1,5 +1,6 @@
 """doit entry point: ``doit list``, ``doit build [recipe=NAME]``, ``doit test [recipe=NAME]
-[kernel=PATTERN] [force=1] [json=PATH] [junit=PATH]``.
+[kernel=PATTERN] [force=1] [json=PATH] [junit=PATH]``, ``doit package [recipe=NAME]
+[kernel=PATTERN]``.
 
 Only wiring: the steps live in kpatchbuild/graph/pipeline.py, their doit tasks in
 kpatchbuild/graph/tasks.py.
