@@ -10,8 +10,9 @@ and ``build``, which runs the whole pipeline for every recipe, or for one with
 ``doit build recipe=NAME``. ``test`` runs the same tasks for every cell of the matrix
 (``test:<recipe>/<target>`` each), goes on past a failed cell, and the reporter writes the
 matrix's report at the end. ``package`` packages each recipe's proven modules, and the
-kpatch command, into the local apt repository (``graph/packages.py``). The steps' records are the targets and file dependencies doit
-tracks, by xxhash of their contents (XxhashChecker), not by their times.
+kpatch command, into the local apt repository (``graph/packages.py``). The steps' records
+are the targets and file dependencies doit tracks, by xxhash of their contents
+(XxhashChecker), not by their times.
 """
 
 from __future__ import annotations
