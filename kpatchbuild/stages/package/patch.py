@@ -27,12 +27,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import kpatchbuild
 from kpatchbuild.base.errors import RecipeError
 from kpatchbuild.kpatch.install import INSTALL_DIR
 from kpatchbuild.stages.package.deb import DebSpec, File
 
 PREFIX = "kpatch-patch-"
-DEPENDS = "kpatch"
+
+
+def kpatch_dependency(tool_version: str) -> str:
+    """The kpatch command of this project's series (``0.1.0`` -> ``>= 0.1.0, << 0.2~``).
+
+    Debian has a ``kpatch`` package of its own (upstream kpatch, 0.9.x) with other
+    subcommands: a bare ``Depends: kpatch`` would let it stand in, and the maintainer
+    scripts' ``kpatch replace`` would fail. With the range, apt takes ours or refuses."""
+    major, minor = (int(part) for part in tool_version.split(".")[:2])
+    return f"kpatch (>= {tool_version}), kpatch (<< {major}.{minor + 1}~)"
+
 # Debian's package names: lower case letters, digits, + - . (policy 5.6.1).
 _DEBIAN_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
@@ -151,7 +162,7 @@ def spec(item: PatchPackage, version: str) -> DebSpec:
     return DebSpec(
         package=item.package, version=version, architecture="amd64",
         summary=_summary(item), description=description, section="kernel",
-        depends=(DEPENDS,), files=files,
+        depends=(kpatch_dependency(kpatchbuild.__version__),), files=files,
         scripts={"postinst": _postinst(item), "prerm": _prerm(item)},
         changes=(f"{item.module} for {', '.join(r.release for r in item.releases)}.",
                  *(f"{p.name} (sha256 {p.sha256})" for p in item.patches)))

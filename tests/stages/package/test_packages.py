@@ -272,3 +272,13 @@ def test_a_signed_repository_verifies_with_the_key(tmp_path: Path,
     repo.write_index()
     assert not (repo.root / "InRelease").exists()
     assert not os.path.exists(repo.root / "Release.gpg")
+
+
+def test_a_patch_package_needs_this_projects_kpatch_not_debians() -> None:
+    """Debian's own kpatch package (upstream kpatch 0.9) has no `kpatch replace`."""
+    assert patch.kpatch_dependency("0.1.0") == "kpatch (>= 0.1.0), kpatch (<< 0.2~)"
+    for version, satisfies in (("0.1.0+20261206120000", True), ("0.1.7+1", True),
+                                ("0.9.7-1", False), ("0.2.0+1", False)):
+        inside = all(subprocess.run(["dpkg", "--compare-versions", version, op, bound])
+                     .returncode == 0 for op, bound in (("ge", "0.1.0"), ("lt", "0.2~")))
+        assert inside == satisfies, version
