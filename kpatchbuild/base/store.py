@@ -194,6 +194,6 @@ def _process_alive(pid: int) -> bool:
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` through a rename, so readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{threading.get_ident()}-{os.getpid()}.tmp")
     temp.write_text(text)
     os.replace(temp, path)

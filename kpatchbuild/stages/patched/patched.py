@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -81,16 +82,21 @@ class Workspace:
         """Link the stage once; the tree appears whole (one rename) or not at all."""
         if self.tree.is_dir():
             return
-        say(f"  making a compile workspace for {self.stage.release} (linking its sources)")
-        temp = self.store.tmp / f"workspace-{self.stage.key}-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        try:
-            link_tree(self.stage.tree, temp / "tree", copy_unshared=True,
-                      built_in=self.stage.built_in, lives_at=self.tree)
-            self.root.mkdir(parents=True, exist_ok=True)
-            os.rename(temp / "tree", self.tree)
-        finally:
+        # One maker per stage: two cells of one kernel (doit -n 2) both reach here first.
+        with locks.exclusive(self.store.root / "locks" / f"workspace-{self.stage.key}.lock"):
+            if self.tree.is_dir():
+                return
+            say(f"  making a compile workspace for {self.stage.release} (linking its sources)")
+            temp = self.store.tmp / \
+                f"workspace-{self.stage.key}-{threading.get_ident()}-{os.getpid()}"
             shutil.rmtree(temp, ignore_errors=True)
+            try:
+                link_tree(self.stage.tree, temp / "tree", copy_unshared=True,
+                          built_in=self.stage.built_in, lives_at=self.tree)
+                self.root.mkdir(parents=True, exist_ok=True)
+                os.rename(temp / "tree", self.tree)
+            finally:
+                shutil.rmtree(temp, ignore_errors=True)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -202,6 +202,34 @@ def test_workspace_links_the_stage_and_compiles_never_write_through(tmp_path: Pa
     assert (stage.tree / "kernel/.a.o.d").read_text() == "original deps\n"
 
 
+def test_two_cells_of_one_kernel_make_its_workspace_once(tmp_path: Path) -> None:
+    """doit -n 2: two recipes' patched steps on one kernel reach an absent workspace at once
+    (the matrix benchmark's cold run failed so, 'File exists' in the shared temp tree)."""
+    import threading
+
+    store, stage = built_stage_with_object(tmp_path)
+    for index in range(300):  # enough files that both threads are inside at once
+        (stage.tree / "kernel" / f"f{index}.c").write_text("int x;\n")
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def make() -> None:
+        start.wait()
+        try:
+            Workspace(store, stage).ensure()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert (Workspace(store, stage).tree / "kernel/f299.c").read_text() == "int x;\n"
+    assert not list(store.tmp.iterdir())
+
+
 def test_a_write_through_discards_the_damaged_trees(tmp_path: Path) -> None:
     store, stage = built_stage_with_object(tmp_path)
     (store.path(STORE_KIND, "k3") / "manifest.json").write_text("{}")
