@@ -61,12 +61,13 @@ def recipe_contents(recipe: Recipe, cells: Sequence[TargetPipeline]) -> patch.Pa
             raise KpbError(f"recipe {recipe.name}: two of its targets build different modules "
                            f"for one kernel release, {linked.release}; keep one of them")
         releases[linked.release] = module
-    patches = {p.name: sha256_file(p) for item in cells for p in item.recipe.patches_for(
-        item.target)}
+    # Each target's patches (a backport may differ): every file once, by name and content.
+    patches = sorted({(p.name, sha256_file(p)) for item in cells
+                      for p in item.recipe.patches_for(item.target)})
     return patch.PatchPackage(
         recipe=recipe.name, module=recipe.module, description=recipe.description,
         replace=recipe.replace,
-        patches=tuple(patch.PatchFile(n, h) for n, h in sorted(patches.items())),
+        patches=tuple(patch.PatchFile(name, digest) for name, digest in patches),
         releases=tuple(releases[r] for r in sorted(releases)))
 
 
