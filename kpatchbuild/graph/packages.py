@@ -57,7 +57,7 @@ def recipe_contents(recipe: Recipe, cells: Sequence[TargetPipeline]) -> patch.Pa
         linked = item.linked()
         module = patch.ReleaseModule(linked.release, linked.linked(), changed_functions(item))
         other = releases.get(linked.release)
-        if other is not None and sha256_file(other.module) != sha256_file(module.module):
+        if other is not None and other.sha256 != module.sha256:
             raise KpbError(f"recipe {recipe.name}: two of its targets build different modules "
                            f"for one kernel release, {linked.release}; keep one of them")
         releases[linked.release] = module

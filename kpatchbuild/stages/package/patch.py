@@ -21,14 +21,15 @@ The scripts, for the running kernel only:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import kpatchbuild
 from kpatchbuild.base.errors import RecipeError
+from kpatchbuild.base.store import sha256_file
 from kpatchbuild.kpatch.install import INSTALL_DIR
 from kpatchbuild.stages.package.deb import DebSpec, File
 
@@ -44,6 +45,7 @@ def kpatch_dependency(tool_version: str) -> str:
     major, minor = (int(part) for part in tool_version.split(".")[:2])
     return f"kpatch (>= {tool_version}), kpatch (<< {major}.{minor + 1}~)"
 
+
 # Debian's package names: lower case letters, digits, + - . (policy 5.6.1).
 _DEBIAN_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
@@ -55,6 +57,11 @@ class ReleaseModule:
     release: str
     module: Path
     functions: tuple[str, ...]
+
+    @cached_property
+    def sha256(self) -> str:
+        """Read once: the package's content, the name check and the metadata all use it."""
+        return sha256_file(self.module)
 
 
 @dataclass(frozen=True)
@@ -178,15 +185,10 @@ def content(item: PatchPackage) -> list[object]:
     """What decides whether a package changed: everything but its version."""
     return [item.recipe, item.module, item.description, item.replace,
             [(p.name, p.sha256) for p in item.patches],
-            [(r.release, _sha(r.module), list(r.functions))
-             for r in item.releases]]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+            [(r.release, r.sha256, list(r.functions)) for r in item.releases]]
 
 
 def modules_by_release(item: PatchPackage) -> dict[str, tuple[str, str]]:
     """release -> (module name, sha256): what an upgrade must not keep the name of while
     changing the bytes (the kernel cannot replace a loaded patch by one of its own name)."""
-    return {r.release: (item.module, _sha(r.module)) for r in item.releases}
+    return {r.release: (item.module, r.sha256) for r in item.releases}

@@ -63,10 +63,6 @@ class Repository:
         except FileNotFoundError:
             return {}
 
-    def published(self, package: str) -> dict[str, Any] | None:
-        found: dict[str, Any] | None = self._state().get(package)
-        return found
-
     def publish(self, package: str, base: str, content: object,
                 make: Callable[[str, datetime], DebSpec],
                 modules: dict[str, tuple[str, str]] | None = None,
