@@ -19,6 +19,7 @@ from kpatchbuild.kpatch import livepatch
 from kpatchbuild.kpatch.errors import KpatchError, exit_codes_text
 from kpatchbuild.kpatch.modfile import ModuleFile, PatchedFunction, read_module
 from kpatchbuild.kpatch.system import ROOT_ENV, System
+from kpatchbuild.kpatch.trust import kernel_release, module_name
 
 PROG = "kpatch"
 
@@ -37,11 +38,16 @@ def cmd_load(system: System, args: argparse.Namespace) -> int:
     if args.all == bool(args.module):
         raise KpatchError("kpatch load: give a MODULE.ko or NAME, or --all (not both)")
     if not args.all:
-        module = livepatch.resolve_module(system, args.module)
-        result = livepatch.load(system, module, timeout=args.timeout, keep=args.keep,
-                                report=_say)
+        with installing.resolve_module(system, args.module) as module:
+            result = livepatch.load(system, module, timeout=args.timeout, keep=args.keep,
+                                    report=_say)
         _say(f"loaded {module.name}: patch enabled, transition done in {result.seconds:.1f} s")
         return 0
+    return load_all(system, args)
+
+
+def load_all(system: System, args: argparse.Namespace) -> int:
+    """Every module installed for the running kernel, as kpatch.service runs it at boot."""
     livepatch.require_root(system, "load")
     livepatch.require_livepatch(system)
     release = system.release()
@@ -50,19 +56,31 @@ def cmd_load(system: System, args: argparse.Namespace) -> int:
         _say(f"no patches installed for {release}")
         return 0
     failures: list[KpbError] = []
+
+    def failed(error: KpbError) -> None:
+        # At boot one bad module must not keep the others out: report it, go on.
+        print(f"{PROG}: error: {error.message}", file=sys.stderr, flush=True)
+        failures.append(error)
+
+    replacing = installing.replace_mode_modules(system, release)
+    if len(replacing) > 1:
+        failed(KpatchError(
+            f"several atomic-replace patches are installed for {release}: "
+            f"{', '.join(installing.describe_installed(i) for i in replacing)}; the one loaded "
+            "last would retire the others, so none of them is loaded; uninstall all but one "
+            "(replace-mode patches are cumulative)"))
+        modules = [i for i in modules if i not in replacing]
     for installed in modules:
         if system.loaded_module(installed.name) is not None:
             _say(f"{installed.name}: already loaded")
             continue
         try:
-            module = read_module(installed.path)
-            result = livepatch.load(system, module, timeout=args.timeout, keep=args.keep)
+            with installing.read_installed(system, installed) as module:
+                result = livepatch.load(system, module, timeout=args.timeout, keep=args.keep)
             _say(f"loaded {module.name}: patch enabled, transition done in "
                  f"{result.seconds:.1f} s")
         except KpbError as error:
-            # At boot one bad module must not keep the others out: report it, go on.
-            print(f"{PROG}: error: {error.message}", file=sys.stderr, flush=True)
-            failures.append(error)
+            failed(error)
     return failures[0].exit_code if failures else 0
 
 
@@ -71,7 +89,8 @@ def cmd_unload(system: System, args: argparse.Namespace) -> int:
         raise KpatchError("kpatch unload: give a NAME, or --all (not both)")
     livepatch.require_root(system, "unload")
     livepatch.require_livepatch(system)
-    names = livepatch.unload_order(system) if args.all else [args.name]
+    names = livepatch.unload_order(system) if args.all else \
+        [module_name(args.name, "kpatch unload")]
     if args.all and not names:
         _say("no livepatch modules loaded")
     for name in names:
@@ -81,9 +100,9 @@ def cmd_unload(system: System, args: argparse.Namespace) -> int:
 
 
 def cmd_replace(system: System, args: argparse.Namespace) -> int:
-    module = livepatch.resolve_module(system, args.module)
-    removed = livepatch.replace(system, module, timeout=args.timeout, keep=args.keep,
-                                report=_say)
+    with installing.resolve_module(system, args.module) as module:
+        removed = livepatch.replace(system, module, timeout=args.timeout, keep=args.keep,
+                                    report=_say)
     replaced = f"; replaced and removed {', '.join(removed)}" if removed else \
         "; it replaced no loaded patch"
     _say(f"loaded {module.name}: patch enabled, transition done{replaced}")
@@ -91,9 +110,13 @@ def cmd_replace(system: System, args: argparse.Namespace) -> int:
 
 
 def cmd_install(system: System, args: argparse.Namespace) -> int:
-    module = read_module(Path(args.module))
+    if "/" not in args.module and not args.module.endswith(".ko"):
+        raise KpatchError(f"kpatch install: {args.module}: give the module file's path "
+                          f"(./{args.module}.ko): a bare name means an installed patch")
     release = args.kernel or system.release()
-    for path in installing.install(system, module, release):
+    with read_module(Path(args.module)) as module:
+        written = installing.install(system, module, release)
+    for path in written:
         _say(f"wrote {path}")
     when = "at boot" if release == system.release() else f"when {release} boots"
     _say(f"installed {module.name} for {release}: kpatch.service loads it {when}")
@@ -101,7 +124,8 @@ def cmd_install(system: System, args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(system: System, args: argparse.Namespace) -> int:
-    release = args.kernel or system.release()
+    module_name(args.name, "kpatch uninstall")
+    release = kernel_release(args.kernel or system.release(), "kpatch uninstall -k")
     for path in installing.uninstall(system, args.name, release):
         _say(f"removed {path}")
     _say(f"uninstalled {args.name} for {release}"
@@ -113,6 +137,8 @@ def cmd_uninstall(system: System, args: argparse.Namespace) -> int:
 def list_state(system: System) -> dict[str, Any]:
     """Loaded patches and installed modules, as ``list --json`` prints them."""
     release = system.release()
+    packages = {(item.release, item.name): installed_package(item)
+                for item in installing.installed_modules(system)}
     loaded = []
     for name in livepatch.unload_order(system):
         patch = system.patch_dir(name)
@@ -123,6 +149,8 @@ def list_state(system: System) -> dict[str, Any]:
             "patch": present,
             "enabled": present and system.read_attribute(patch / "enabled") == "1",
             "transition": present and livepatch.in_transition(system, name),
+            # The package whose module of that name is installed for this kernel, if any.
+            "package": packages.get((release, name)),
         })
     installed: dict[str, list[str]] = {}
     for item in installing.installed_modules(system):
@@ -130,6 +158,17 @@ def list_state(system: System) -> dict[str, Any]:
     return {"kernel": {"release": release, "build_id": system.build_id(),
                        "livepatch": system.livepatch_dir.is_dir()},
             "loaded": loaded, "installed": installed}
+
+
+def installed_package(item: installing.Installed) -> str | None:
+    """``kpatch-patch-x 2+2026...``: the package that installed ``item``, if one did."""
+    try:
+        metadata = installing.package_metadata(item.path)
+    except KpatchError:
+        return None
+    if not metadata or "package" not in metadata:
+        return None
+    return f"{metadata['package']} {metadata.get('version', '')}".strip()
 
 
 def cmd_list(system: System, args: argparse.Namespace) -> int:
@@ -147,6 +186,8 @@ def cmd_list(system: System, args: argparse.Namespace) -> int:
         else:
             status = ("enabled" if patch["enabled"] else "disabled") + \
                 (", in transition" if patch["transition"] else ", transition done")
+        if patch["package"]:
+            status += f" (from {patch['package']})"
         _say(f"  {patch['name']:<32} {status}")
     if not state["loaded"]:
         _say("  (none)")
@@ -177,13 +218,12 @@ def sysfs_functions(system: System, name: str) -> list[PatchedFunction]:
 def info_state(system: System, spec: str) -> dict[str, Any]:
     """A module's metadata and patched functions, from sysfs when loaded, else its file."""
     module: ModuleFile | None = None
-    is_file = spec.endswith(".ko") or "/" in spec or Path(spec).exists()
-    if is_file:
+    if spec.endswith(".ko") or "/" in spec:
         module = read_module(Path(spec))
         name = module.name
     else:
-        name = spec
-        candidate = livepatch.installed_path(system, system.release(), name)
+        name = module_name(spec, "kpatch info")
+        candidate = installing.installed_path(system, system.release(), name)
         if candidate.is_file():
             module = read_module(candidate)
     loaded = system.patch_dir(name).is_dir()
@@ -250,14 +290,15 @@ def cmd_info(system: System, args: argparse.Namespace) -> int:
 
 
 def cmd_signal(system: System, args: argparse.Namespace) -> int:
-    pending = livepatch.signal(system, args.name)
+    pending = livepatch.signal(system, module_name(args.name, "kpatch signal"))
     _say(f"signalled the tasks blocking {args.name}'s transition; {pending}")
     return 0
 
 
 def cmd_force(system: System, args: argparse.Namespace) -> int:
+    name = module_name(args.name, "kpatch force")
     _warn(livepatch.FORCE_WARNING)
-    skipped = livepatch.force(system, args.name)
+    skipped = livepatch.force(system, name)
     _say(f"forced {args.name}'s transition to complete ({skipped} before forcing)")
     return 0
 

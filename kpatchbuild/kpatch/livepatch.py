@@ -27,8 +27,9 @@ from kpatchbuild.kpatch.errors import (
     TransitionTimeoutError,
     WrongKernelError,
 )
-from kpatchbuild.kpatch.modfile import ModuleFile, read_module
+from kpatchbuild.kpatch.modfile import ModuleFile
 from kpatchbuild.kpatch.system import System, errno_name
+from kpatchbuild.kpatch.trust import untrusted_reason
 
 DEFAULT_TIMEOUT = 60.0
 POLL_SECONDS = 0.1
@@ -86,20 +87,16 @@ def check_release(module: ModuleFile, release: str) -> None:
                                f"{built})")
 
 
-def resolve_module(system: System, spec: str) -> ModuleFile:
-    """``spec`` is a module file, or the name of a module installed for the running kernel."""
-    path = Path(spec)
-    if spec.endswith(".ko") or "/" in spec or path.exists():
-        return read_module(path)
-    installed = installed_path(system, system.release(), spec)
-    if installed.is_file():
-        return read_module(installed)
-    raise KpatchError(f"{spec}: no such module file, and no module of that name is installed "
-                      f"for {system.release()} ({installed.parent})")
-
-
-def installed_path(system: System, release: str, name: str) -> Path:
-    return system.path("/var/lib/kpatch") / release / f"{name}.ko"
+def check_owned_by_root(system: System, module: ModuleFile) -> None:
+    """As root, a module file only root can change: whoever else could write it would
+    choose what runs in the kernel."""
+    if not system.is_root() or module.status is None:
+        return
+    reason = untrusted_reason(module.status, system.trusted_owners)
+    if reason is not None:
+        raise KpatchError(f"{module.path}: refused: {reason}; as root, kpatch loads only a "
+                          "module file that only root can change (chown root:root and chmod "
+                          "go-w it, after checking where it came from)")
 
 
 # --- waiting on the kernel ---
@@ -170,6 +167,7 @@ def check_loadable(system: System, module: ModuleFile, action: str = "load") -> 
     require_root(system, action)
     require_livepatch(system)
     check_livepatch_module(module)
+    check_owned_by_root(system, module)
     check_built_for_running_kernel(system, module)
     if system.loaded_module(module.name) is not None:
         raise KpatchError(f"{module.name} is already loaded; kpatch unload {module.name} "
@@ -182,7 +180,7 @@ def load(system: System, module: ModuleFile, *, timeout: float = DEFAULT_TIMEOUT
     check_loadable(system, module)
     start = system.monotonic()
     try:
-        system.loader.insert(module.path)
+        system.loader.insert(module.descriptor, module.path)
     except OSError as error:
         hint = " (see dmesg)" if error.errno in (errno.EINVAL, errno.ENOEXEC) else ""
         raise KernelRefusedError(f"{module.path}: the kernel refused to load it: "

@@ -19,8 +19,12 @@ machine and imports nothing of the build side.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -29,6 +33,7 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import Symbol, SymbolTableSection
 
 from kpatchbuild.kpatch.errors import KpatchError
+from kpatchbuild.kpatch.trust import module_name
 
 KLP_PATCH_REPLACE_OFFSET = 24  # struct klp_patch { mod; objs; states; bool replace; ... }
 
@@ -52,6 +57,13 @@ class PatchedFunction:
 
 @dataclass(frozen=True)
 class ModuleFile:
+    """A module file as read, with the descriptor it was read through.
+
+    The descriptor stays open until :meth:`close`: it is the one handed to
+    ``finit_module(2)``, so the kernel loads exactly the bytes that were checked, whatever
+    happens to the path meanwhile. ``owner`` and ``mode`` come from that descriptor too.
+    """
+
     path: Path
     name: str
     vermagic: str
@@ -61,6 +73,9 @@ class ModuleFile:
     description: str
     replace: bool | None  # None: the file does not say (not a kpatchbuild module)
     functions: tuple[PatchedFunction, ...]
+    sha256: str = ""
+    status: os.stat_result | None = field(default=None, compare=False, repr=False)
+    descriptor: int = field(default=-1, compare=False, repr=False)
 
     @property
     def vermagic_release(self) -> str:
@@ -72,23 +87,70 @@ class ModuleFile:
         release = self.release or self.vermagic_release or "an unknown kernel"
         return f"{release} (build id {self.build_id})" if self.build_id else release
 
+    def content(self) -> bytes:
+        """The file's bytes, read again through its descriptor: the ones that were checked
+        (refused if they changed meanwhile)."""
+        data = _read_all(self.descriptor, self.status.st_size if self.status else 0)
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise KpatchError(f"{self.path}: changed while kpatch was reading it; try again")
+        return data
+
+    def close(self) -> None:
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            object.__setattr__(self, "descriptor", -1)
+
+    def __enter__(self) -> ModuleFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 def read_module(path: Path) -> ModuleFile:
-    """Read ``path``; a file that is not a kernel module is refused with one line."""
+    """Open ``path`` once and read it through that descriptor, which the result keeps; a
+    file that is not a regular file or not a kernel module is refused with one line."""
     try:
-        with open(path, "rb") as stream:
-            return _read(path, ELFFile(stream))
+        # O_NONBLOCK: a FIFO put in the module's place must not hang the command.
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KpatchError(f"{path}: no such module file") from None
-    except IsADirectoryError:
-        raise KpatchError(f"{path}: is a directory, not a module file") from None
     except PermissionError:
         raise KpatchError(f"{path}: cannot read it (permission denied)") from None
+    except OSError as error:
+        raise KpatchError(f"{path}: cannot open it ({error.strerror})") from None
+    try:
+        status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            raise KpatchError(f"{path}: is a directory, not a module file")
+        if not stat.S_ISREG(status.st_mode):
+            raise KpatchError(f"{path}: not a regular file, so not a module file")
+        data = _read_all(descriptor, status.st_size)
+        module = parse_module(path, data)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return replace(module, status=status, descriptor=descriptor)
+
+
+def _read_all(descriptor: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(descriptor, max(size - offset, 1 << 16), offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def parse_module(path: Path, data: bytes) -> ModuleFile:
+    """What the bytes ``data`` of the module file ``path`` say (no descriptor kept)."""
+    try:
+        return _read(path, ELFFile(io.BytesIO(data)), hashlib.sha256(data).hexdigest())
     except (ELFError, struct.error, ValueError, IndexError, KeyError) as error:
         raise KpatchError(f"{path}: not a kernel module (unreadable ELF: {error})") from None
 
 
-def _read(path: Path, elf: ELFFile) -> ModuleFile:
+def _read(path: Path, elf: ELFFile, sha256: str) -> ModuleFile:
     if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
         raise KpatchError(f"{path}: not a kernel module (an x86_64 relocatable ELF file)")
     modinfo_section = elf.get_section_by_name(".modinfo")
@@ -99,7 +161,9 @@ def _read(path: Path, elf: ELFFile) -> ModuleFile:
         key, sep, value = item.decode(errors="replace").partition("=")
         if sep:
             info.setdefault(key, value)
-    name = info.get("name") or path.name.removesuffix(".ko").replace("-", "_")
+    # The name becomes paths (/sys/kernel/livepatch/<name>, /var/lib/kpatch/.../<name>.ko).
+    name = module_name(info.get("name") or path.name.removesuffix(".ko").replace("-", "_"),
+                       f"{path}: its .modinfo name")
     tables = _Tables(elf)
     return ModuleFile(
         path=path,
@@ -111,6 +175,7 @@ def _read(path: Path, elf: ELFFile) -> ModuleFile:
         description=info.get("description", ""),
         replace=tables.replace(),
         functions=tables.functions(),
+        sha256=sha256,
     )
 
 

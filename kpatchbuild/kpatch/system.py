@@ -5,7 +5,9 @@ Everything kpatch reads or writes goes through :class:`System`: ``/sys/kernel/li
 and the boot hooks are all paths under ``System.root`` (``/``, or ``$KPATCH_ROOT``), and
 inserting or removing a module goes through its ``loader``. Unit tests give it a fake tree
 and a fake loader that plays the kernel's part; the real command gives it ``/`` and
-:class:`SyscallLoader`.
+:class:`SyscallLoader`. A root other than ``/`` never gets the real loader: its sysfs and
+/proc are not the running kernel's, so no check made there may decide what the kernel
+loads (``$KPATCH_ROOT`` serves images and inspection: install, uninstall, list, info).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Protocol
 
 from kpatchbuild.base.notes import build_id_in_notes
 from kpatchbuild.kpatch.errors import KpatchError
+from kpatchbuild.kpatch.trust import kernel_release
 
 ROOT_ENV = "KPATCH_ROOT"
 
@@ -30,9 +33,12 @@ SYS_FINIT_MODULE = 313
 
 
 class ModuleLoader(Protocol):
-    """Inserts and removes kernel modules; failures raise OSError with the kernel's errno."""
+    """Inserts and removes kernel modules; failures raise OSError with the kernel's errno.
 
-    def insert(self, module: Path) -> None: ...
+    A module is inserted from the open descriptor it was read and checked through, never
+    opened again by path (``path`` is for messages)."""
+
+    def insert(self, descriptor: int, path: Path) -> None: ...
 
     def remove(self, name: str) -> None: ...
 
@@ -48,12 +54,9 @@ class SyscallLoader:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.syscall.restype = ctypes.c_long
 
-    def insert(self, module: Path) -> None:
-        fd = os.open(module, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._call(SYS_FINIT_MODULE, ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.c_int(0))
-        finally:
-            os.close(fd)
+    def insert(self, descriptor: int, path: Path) -> None:
+        self._call(SYS_FINIT_MODULE, ctypes.c_int(descriptor), ctypes.c_char_p(b""),
+                   ctypes.c_int(0))
 
     def remove(self, name: str) -> None:
         # O_NONBLOCK: fail with EWOULDBLOCK/EBUSY at once rather than wait for users to go.
@@ -64,6 +67,24 @@ class SyscallLoader:
         if self._libc.syscall(ctypes.c_long(number), *args) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
+
+
+class NoLoader:
+    """The loader of a root that is not the running system's: every call is refused."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _refuse(self) -> None:
+        raise KpatchError(f"{ROOT_ENV}={self.root} is set: its /sys and /proc are not the "
+                          "running kernel's, so kpatch inserts and removes no module under "
+                          f"it; unset {ROOT_ENV} to act on this system")
+
+    def insert(self, descriptor: int, path: Path) -> None:
+        self._refuse()
+
+    def remove(self, name: str) -> None:
+        self._refuse()
 
 
 @dataclass(frozen=True)
@@ -88,11 +109,17 @@ class System:
     euid: Callable[[], int] = os.geteuid
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    # Who may own the files root acts on (modules, the boot unit's interpreter): root.
+    trusted_owners: frozenset[int] = frozenset({0})
 
     @classmethod
     def from_environment(cls) -> System:
-        """``/`` with the real syscalls, or ``$KPATCH_ROOT`` (a test or chroot-like tree)."""
-        return cls(root=Path(os.environ.get(ROOT_ENV) or "/"))
+        """``/`` with the real syscalls, or ``$KPATCH_ROOT`` (an image or a tree to inspect)
+        with a loader that refuses."""
+        root = Path(os.environ.get(ROOT_ENV) or "/")
+        if root.resolve() == Path("/"):
+            return cls()
+        return cls(root=root, loader=NoLoader(root))
 
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
@@ -111,12 +138,14 @@ class System:
         """The running kernel's release (``uname -r``), as /proc tells it."""
         path = self.path("/proc/sys/kernel/osrelease")
         try:
-            return path.read_text().strip()
+            release = path.read_text().strip()
         except OSError:
-            if self.root == Path("/"):
-                return os.uname().release  # /proc not mounted: the system call still knows
-            raise KpatchError(f"{path}: cannot read the kernel release under "
-                              f"{ROOT_ENV}={self.root}") from None
+            if self.root != Path("/"):
+                raise KpatchError(f"{path}: cannot read the kernel release under "
+                                  f"{ROOT_ENV}={self.root}") from None
+            release = os.uname().release  # /proc not mounted: the system call still knows
+        # It names directories (/var/lib/kpatch/<release>).
+        return kernel_release(release, str(path))
 
     def build_id(self) -> str | None:
         """The running kernel's GNU build id from ``/sys/kernel/notes``, if it has one."""

@@ -17,12 +17,13 @@ patch is registered.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatchbuild.kpatch.modfile import read_module
+from kpatchbuild.kpatch.modfile import parse_module
 from kpatchbuild.kpatch.system import System
 
 RELEASE = "6.1.0-56-cloud-amd64"
@@ -100,15 +101,18 @@ class FakeKernel:
             def write_attribute(self, path: Path, value: str) -> None:
                 kernel.write(path, value)
 
+        # The files a test makes belong to whoever runs it: trusted like root's.
         return FakeSystem(root=self.root, loader=self, euid=lambda: euid,
-                          sleep=self.sleep, monotonic=lambda: self.now)
+                          sleep=self.sleep, monotonic=lambda: self.now,
+                          trusted_owners=frozenset({0, os.geteuid()}))
 
     # --- the loader ---
 
-    def insert(self, module: Path) -> None:
+    def insert(self, descriptor: int, module: Path) -> None:
         if self.refuse_insert is not None:
             raise OSError(self.refuse_insert, "refused")
-        info = read_module(module)
+        # As the kernel does: the bytes come from the descriptor, whatever the path is now.
+        info = parse_module(module, os.pread(descriptor, 1 << 24, 0))
         if info.name in self.modules:
             raise OSError(errno.EEXIST, "File exists")
         self.inserted.append(module)

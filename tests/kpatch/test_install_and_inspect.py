@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +29,7 @@ def test_install_keeps_the_module_and_writes_the_boot_unit(machine: Machine) -> 
     installed = machine.kernel.path(f"var/lib/kpatch/{RELEASE}/lp_a.ko")
     assert installed.read_bytes() == module.read_bytes()
     unit = machine.kernel.path(UNIT).read_text()
-    assert f"ExecStart={sys.executable} -m kpatchbuild.kpatch load --all\n" in unit
+    assert f"ExecStart={sys.executable} -I -m kpatchbuild.kpatch load --all\n" in unit
     assert "Before=sysinit.target" in unit and "WantedBy=sysinit.target" in unit
     assert "ConditionKernelCommandLine=!kpatch.enable=0" in unit
     assert os.readlink(machine.kernel.path(WANTS)) == "/etc/systemd/system/kpatch.service"
@@ -41,7 +43,7 @@ def test_install_adds_initramfs_hooks_where_initramfs_tools_is_used(machine: Mac
     assert machine.kpatch("install", str(machine.module("lp_a"))).code == 0
     hook = machine.kernel.path(HOOK)
     assert "copy_exec /sbin/insmod" in hook.read_text() and hook.stat().st_mode & 0o111
-    assert '"${rootmnt}/var/lib/kpatch/$(uname -r)"/*.ko' in \
+    assert 'directory="${rootmnt}/var/lib/kpatch/${release}"' in \
         machine.kernel.path(PREMOUNT).read_text()
 
     result = machine.kpatch("uninstall", "lp_a")
@@ -50,26 +52,97 @@ def test_install_adds_initramfs_hooks_where_initramfs_tools_is_used(machine: Mac
         assert not os.path.lexists(machine.kernel.path(path)), path
 
 
-def test_the_initramfs_script_inserts_the_root_filesystems_modules_of_its_release(
-        tmp_path: Path) -> None:
-    from kpatchbuild.kpatch.install import INITRAMFS_SCRIPT_TEXT
+def initramfs_boot(tmp_path: Path, modules: list[Path], *, release: str = RELEASE,
+                   build_id: str = BUILD_ID, cmdline: str = "quiet",
+                   prepare=None) -> tuple[list[str], str]:
+    """The init-bottom script run against a root filesystem holding ``modules`` installed
+    by ``kpatch install`` (a fake kernel root), a fake /proc and /sys, the host's od, tr,
+    sha256sum and stat, and an insmod that records what it is given; returns the names
+    inserted and what the script said."""
+    from kpatchbuild.kpatch.cli import main
+    from kpatchbuild.kpatch.install import initramfs_script_text
+    from tests.kpatch.fakekernel import FakeKernel, notes_with_build_id
 
-    bin_dir, root = tmp_path / "bin", tmp_path / "root"
-    bin_dir.mkdir()
-    for name, body in (("uname", "echo 6.1.0-57-cloud-amd64"),
-                       ("insmod", f'echo "$1" >> {tmp_path}/inserted')):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    for release, name in (("6.1.0-57-cloud-amd64", "lp_a"), ("6.1.0-57-cloud-amd64", "lp_b"),
-                          ("6.12.118+deb12-cloud-amd64", "lp_other")):
-        (root / "var/lib/kpatch" / release).mkdir(parents=True, exist_ok=True)
-        (root / "var/lib/kpatch" / release / f"{name}.ko").write_bytes(b"")
-    script = tmp_path / "kpatch"
-    script.write_text(INITRAMFS_SCRIPT_TEXT)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "rootmnt": str(root)}
-    assert subprocess.run(["sh", str(script)], env=env).returncode == 0
-    inserted = (tmp_path / "inserted").read_text().split()
-    assert [Path(p).name for p in inserted] == ["lp_a.ko", "lp_b.ko"]
+    root = tmp_path / "rootfs"
+    kernel = FakeKernel(root, release=release)
+    for module in modules:
+        assert main(["install", "-k", release, str(module)], system=kernel.system()) == 0
+    if prepare:
+        prepare(root / "var/lib/kpatch" / release)
+    system = tmp_path / "system"
+    system.mkdir()
+    (system / "cmdline").write_text(cmdline + "\n")
+    (system / "osrelease").write_text(release + "\n")
+    (system / "notes").write_bytes(notes_with_build_id(build_id))
+    inserted = tmp_path / "inserted"
+    inserted.write_text("")
+    insmod = tmp_path / "insmod"
+    insmod.write_text(f'#!/bin/sh\necho "$1" >> {inserted}\n')
+    insmod.chmod(0o755)
+    script = tmp_path / "init-bottom-kpatch"
+    script.write_text(initramfs_script_text(
+        paths={"cmdline": str(system / "cmdline"), "osrelease": str(system / "osrelease"),
+               "notes": str(system / "notes"), "trusted_uid": str(os.geteuid())},
+        tools={"insmod": str(insmod)}))
+    done = subprocess.run(["sh", str(script)], env={"PATH": "/usr/bin:/bin", "rootmnt": str(root)},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [Path(p).name for p in inserted.read_text().split()], " ".join(done.stderr.split())
+
+
+def test_the_initramfs_script_inserts_the_root_filesystems_modules_of_its_release(
+        machine: Machine, tmp_path: Path) -> None:
+    modules = [machine.module("lp_a"), machine.module("lp_b", replace=False)]
+    other = machine.module("lp_other", release="6.12.118+deb12-cloud-amd64", build_id=None)
+    inserted, said = initramfs_boot(tmp_path, modules)
+    assert inserted == ["lp_a.ko", "lp_b.ko"] and said == ""
+    # kpatch.enable=0 on the command line: nothing.
+    assert initramfs_boot(tmp_path / "off", modules, cmdline="quiet kpatch.enable=0")[0] == []
+    # Another release's module is not this kernel's.
+    assert initramfs_boot(tmp_path / "other", [other], release="6.12.118+deb12-cloud-amd64"
+                          )[0] == ["lp_other.ko"]
+
+
+def test_the_initramfs_script_checks_what_kpatch_load_checks(machine: Machine,
+                                                             tmp_path: Path) -> None:
+    """A module dropped in without a manifest, changed since it was installed, writable by
+    others, or built for another build of the release is not inserted; the others are."""
+    good, changed, loose = (machine.module(name, replace=False)
+                            for name in ("lp_good", "lp_changed", "lp_loose"))
+
+    def tamper(directory: Path) -> None:
+        shutil.copy(good, directory / "lp_stray.ko")
+        with open(directory / "lp_changed.ko", "ab") as stream:
+            stream.write(b"\0")
+        (directory / "lp_loose.ko").chmod(0o666)
+
+    inserted, said = initramfs_boot(tmp_path, [good, changed, loose], prepare=tamper)
+    assert inserted == ["lp_good.ko"]
+    assert "lp_stray.ko: no manifest beside it: not loaded" in said
+    assert "lp_changed.ko: its sha256 is not its manifest's: not loaded" in said
+    assert "lp_loose.ko: owner and mode" in said and ":666: only root may own" in said
+    # The same modules on another build of the same release: none of them.
+    inserted, said = initramfs_boot(tmp_path / "rebuilt", [good], build_id="ab" * 20)
+    assert inserted == [] and "built for another build of" in said
+
+
+def test_the_initramfs_script_loads_no_one_of_several_replace_mode_modules(
+        machine: Machine, tmp_path: Path) -> None:
+    first, second = machine.module("lp_first"), machine.module("lp_second")
+    stacking = machine.module("lp_stacking", replace=False)
+
+    def second_replace_module(directory: Path) -> None:
+        # Put there by hand, past kpatch install's refusal: the boot still refuses it.
+        from kpatchbuild.kpatch.install import Manifest
+        from kpatchbuild.kpatch.modfile import read_module
+        shutil.copy(second, directory / "lp_second.ko")
+        with read_module(second) as module:
+            (directory / "lp_second.manifest").write_text(Manifest.of(module).text())
+
+    inserted, said = initramfs_boot(tmp_path, [first, stacking], prepare=second_replace_module)
+    assert inserted == ["lp_stacking.ko"]
+    assert "several atomic-replace patches are installed for" in said
+    assert "lp_first.ko lp_second.ko" in said
 
 
 def test_install_leaves_the_boot_hooks_to_the_kpatch_package(machine: Machine) -> None:
@@ -86,7 +159,7 @@ def test_install_leaves_the_boot_hooks_to_the_kpatch_package(machine: Machine) -
 
 def test_the_boot_hooks_stay_until_the_last_module_goes(machine: Machine) -> None:
     machine.kpatch("install", str(machine.module("lp_a")))
-    machine.kpatch("install", str(machine.module("lp_b")))
+    assert machine.kpatch("install", str(machine.module("lp_b", replace=False))).code == 0
     machine.kpatch("uninstall", "lp_a")
     assert machine.kernel.path(UNIT).exists()
     machine.kpatch("uninstall", "lp_b")
@@ -145,6 +218,8 @@ def test_load_all_goes_on_past_a_bad_module_and_fails_at_the_end(machine: Machin
     machine.kpatch("install", str(machine.module("lp_a", replace=False)))
     bad_dir = machine.kernel.path(f"var/lib/kpatch/{RELEASE}")
     (bad_dir / "lp_0bad.ko").write_text("not a module\n")
+    digest = hashlib.sha256(b"not a module\n").hexdigest()
+    (bad_dir / "lp_0bad.manifest").write_text(f"{digest} - stack\n")
     result = machine.kpatch("load", "--all")
     assert result.code == 1
     assert "lp_0bad.ko: not a kernel module" in result.err
@@ -161,7 +236,7 @@ def test_list_shows_loaded_and_installed_patches(machine: Machine) -> None:
     state = json.loads(machine.kpatch("list", "--json").out)
     assert state["kernel"] == {"release": RELEASE, "build_id": BUILD_ID, "livepatch": True}
     assert state["loaded"] == [{"name": "lp_a", "patch": True, "enabled": True,
-                                "transition": False}]
+                                "transition": False, "package": None}]
     assert state["installed"] == {RELEASE: ["lp_a"]}
 
 
@@ -170,8 +245,8 @@ def test_list_shows_a_module_whose_patch_is_gone(machine: Machine) -> None:
     # Load the replacement by hand, as `load` would: the old module stays, patch retired.
     machine.kpatch("load", str(machine.module("lp_v2")))
     state = json.loads(machine.kpatch("list", "--json").out)
-    assert {"name": "lp_v1", "patch": False, "enabled": False, "transition": False} \
-        in state["loaded"]
+    assert {"name": "lp_v1", "patch": False, "enabled": False, "transition": False,
+            "package": None} in state["loaded"]
     assert "module loaded, patch inactive (replaced or disabled)" in machine.kpatch("list").out
 
 

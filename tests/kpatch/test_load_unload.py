@@ -77,7 +77,7 @@ def test_keep_leaves_a_stuck_transition_for_signal_and_force(machine: Machine) -
 
     listed = json.loads(machine.kpatch("list", "--json").out)
     assert listed["loaded"] == [{"name": "lp_a", "patch": True, "enabled": True,
-                                 "transition": True}]
+                                 "transition": True, "package": None}]
 
     forced = machine.kpatch("force", "lp_a")
     assert forced.code == 0, forced.err
@@ -178,8 +178,8 @@ def test_a_file_that_is_not_a_module_is_refused(machine: Machine) -> None:
 def test_an_unknown_name_is_refused(machine: Machine) -> None:
     result = machine.kpatch("load", "lp_nowhere")
     assert result.code == 1
-    assert "lp_nowhere: no such module file, and no module of that name is installed for " \
-           f"{RELEASE}" in result.err
+    assert f"lp_nowhere: no module of that name is installed for {RELEASE}" in result.err
+    assert "for a file, give its path (./lp_nowhere.ko)" in result.err
     result = machine.kpatch("unload", "lp_nowhere")
     assert result.code == 1
     assert "lp_nowhere: no such loaded patch" in result.err

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
 
+from kpatchbuild.kpatch.modfile import read_module
 from kpatchbuild.kpatch.system import ROOT_ENV, SyscallLoader, System
 from tests.kpatch.conftest import Machine
 from tests.kpatch.fakekernel import BUILD_ID, RELEASE
@@ -42,7 +44,8 @@ def test_proc_modules_taint_marks_livepatch_modules(tmp_path: Path) -> None:
 
 def test_unload_leaves_a_module_that_is_not_a_livepatch_alone(machine: Machine) -> None:
     machine.kpatch("load", str(machine.module("plain_driver", livepatch=False)))  # refused
-    machine.kernel.insert(machine.module("plain_driver", livepatch=False))  # loaded by hand
+    with read_module(machine.module("plain_driver", livepatch=False)) as plain:
+        machine.kernel.insert(plain.descriptor, plain.path)  # loaded by hand
     result = machine.kpatch("unload", "plain_driver")
     assert result.code == 1
     assert "plain_driver: a loaded module but not a livepatch module; kpatch leaves it " \
@@ -58,6 +61,8 @@ def test_the_syscalls_report_the_kernels_errno(tmp_path: Path) -> None:
     assert removed.value.errno in (errno.ENOENT, errno.EPERM, errno.ENOSYS)
     bogus = tmp_path / "bogus.ko"
     bogus.write_bytes(b"not an ELF module")
+    descriptor = os.open(bogus, os.O_RDONLY)
     with pytest.raises(OSError) as inserted:
-        loader.insert(bogus)
+        loader.insert(descriptor, bogus)
+    os.close(descriptor)
     assert inserted.value.errno in (errno.ENOEXEC, errno.EPERM, errno.ENOSYS, errno.EINVAL)
