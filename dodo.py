@@ -1,6 +1,6 @@
 """doit entry point: ``doit list``, ``doit build [recipe=NAME]``, ``doit test [recipe=NAME]
 [kernel=PATTERN] [force=1] [json=PATH] [junit=PATH]``, ``doit package [recipe=NAME]
-[kernel=PATTERN]``.
+[kernel=PATTERN] [unsigned=1]``.
 
 Only wiring: the steps live in kpatchbuild/graph/pipeline.py, their doit tasks in
 kpatchbuild/graph/tasks.py.
@@ -32,7 +32,8 @@ lock_database()
 
 
 def task_pipeline():
-    yield from generate_tasks(PIPELINES, force_proof=get_var("force", "") not in ("", "0"))
+    yield from generate_tasks(PIPELINES, force_proof=get_var("force", "") not in ("", "0"),
+                              unsigned=get_var("unsigned", "") not in ("", "0"))
 
 
 # The per-object diff tasks: created by doit once each target's patched objects are known.

@@ -22,7 +22,7 @@ from kpatchbuild.graph.matrix import changed_functions
 from kpatchbuild.graph.pipeline import TargetPipeline
 from kpatchbuild.graph.recipe import Recipe
 from kpatchbuild.stages.package import patch, tool
-from kpatchbuild.stages.package.repository import Published, Repository
+from kpatchbuild.stages.package.repository import INSTALLED_KEYRING, Published, Repository
 
 TOOL = "kpatch"
 
@@ -97,9 +97,18 @@ def package_tool(store: Store) -> None:
     _record(store, TOOL, published)
 
 
-def write_index(store: Store) -> None:
+def write_index(store: Store, *, signed: bool = True) -> None:
+    """Index the repository and say how a machine is to use it."""
     repo = repository(store)
-    written = repo.write_index()
-    signed = any(path.name == "InRelease" for path in written)
-    say(f"  apt repository: {repo.root} ({'signed' if signed else 'unsigned'}); on a machine "
-        f"with access to it: deb {'' if signed else '[trusted=yes] '}file:{repo.root} ./")
+    index = repo.write_index(signed=signed)
+    until = index.valid_until.strftime("%Y-%m-%d")
+    if index.key is None or index.keyring is None:
+        say("  warning: the repository is unsigned (unsigned=1): apt will not verify anything "
+            "in it, and installs, as root, whatever package is put in its place")
+        say(f"  apt repository: {repo.root} (unsigned, valid until {until}); on a machine "
+            f"with access to it: deb [trusted=yes] file:{repo.root} ./")
+        return
+    say(f"  apt repository: {repo.root} (signed by {index.key.fingerprint}, valid until "
+        f"{until}); on a machine with access to it:")
+    say(f"    cp {index.keyring} {INSTALLED_KEYRING}")
+    say(f"    deb [signed-by={INSTALLED_KEYRING}] file:{repo.root} ./")

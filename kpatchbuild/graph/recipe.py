@@ -30,6 +30,8 @@ KCONFIG_BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig", "olddefconfig"
 _OPTION_LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _NOT_SET_LINE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 _MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,54}$")
+# It becomes a package's one-line synopsis: a newline there would add a control field.
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SERIES = re.compile(r"^\d+\.\d+$")
 _FLAVOUR = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -197,7 +199,8 @@ class _NodeReader:
         if not text.strip():
             raise self.fail(node, key, "must not be empty")
         if pattern is not None and not pattern.match(text):
-            raise self.fail(node, key, f"'{text}' is not {what}")
+            shown = f"'{text}'" if _ONE_LINE.match(text) else repr(text)  # errors are one line
+            raise self.fail(node, key, f"{shown} is not {what}")
         return text
 
     def integer(self, node: Node, key: str, low: int, high: int) -> int:
@@ -335,7 +338,8 @@ def load_recipe(path: Path) -> Recipe:
         name=name,
         path=path.resolve(),
         module=module,
-        description=reader.string(top["description"], "description")
+        description=reader.string(top["description"], "description", _ONE_LINE,
+                                  "one line of text without control characters")
         if "description" in top else "",
         targets=targets,
         patches=patches,

@@ -42,6 +42,7 @@ from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.module import module
 from kpatchbuild.stages.original import original
+from kpatchbuild.stages.package import repository
 
 __all__ = ["DOIT_CONFIG", "diff_task_creators", "generate_tasks", "lock_database",
            "pipelines"]
@@ -383,7 +384,8 @@ TEST_DOC = ("build and prove every cell of the matrix, go on past failures, and 
             "(doit test recipe=NAME kernel=PATTERN force=1 json=PATH junit=PATH)")
 
 
-def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False) -> Iterator[dict]:
+def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False,
+                   unsigned: bool = False) -> Iterator[dict]:
     """Every step of every pipeline, as doit task dicts, from the STEPS table; the build and
     the test of them all; one test task per cell."""
     _MATRIX.clear()
@@ -411,17 +413,18 @@ def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False) ->
                "task_dep": [last_task]}
     yield {"basename": "test", "doc": TEST_DOC, "actions": None,
            "task_dep": [f"test:{item.label}" for item in items]}
-    yield from package_tasks(items)
+    yield from package_tasks(items, unsigned=unsigned)
 
 
 PACKAGE_DOC = ("build the kpatch package and each recipe's kpatch-patch package from its "
-               "proven modules, into the local apt repository (doit package recipe=NAME "
-               "kernel=PATTERN)")
+               "proven modules, into the local apt repository, signed (doit package "
+               "recipe=NAME kernel=PATTERN unsigned=1)")
 
 
-def package_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
+def package_tasks(items: list[TargetPipeline], *, unsigned: bool = False) -> Iterator[dict]:
     """``package:kpatch``, ``package:<recipe>`` per recipe with modules (after every
-    cell's proof), and ``package:repository`` indexing them all."""
+    cell's proof), and ``package:repository`` indexing them all (signed unless
+    ``unsigned``)."""
     if not items:
         return
     store = items[0].store
@@ -443,13 +446,21 @@ def package_tasks(items: list[TargetPipeline]) -> Iterator[dict]:
                                                                  item.prove_record))],
                "targets": [str(packages.record_path(store, name))],
                "uptodate": [_config({"package": PACKAGE_FORMAT})], "verbosity": 2}
+    repo = packages.repository(store)
+    signed = not unsigned
     yield {"basename": "package", "name": "repository",
            "doc": "index the packages as a local apt repository",
-           "actions": [_reporting_errors(partial(packages.write_index, store))],
+           "actions": [_reporting_errors(partial(packages.write_index, store, signed=signed))],
            "file_dep": [str(packages.record_path(store, name)) for name in made],
-           "targets": [str(packages.repository(store).root / "Release")],
+           "targets": [str(path) for path in repo.index_files(signed=signed)],
+           # The key is found (or made) by the action: here only what names it. A Release
+           # past half its validity is written and signed again, though nothing changed.
            "uptodate": [_config({"package": PACKAGE_FORMAT,
-                                 "signed by": os.environ.get("KPATCHBUILD_SIGNING_KEY")})],
+                                 "signed by": (os.environ.get(repository.SIGNING_KEY_ENV)
+                                               or str(repository.key_home()))
+                                 if signed else None,
+                                 "valid days": os.environ.get(repository.VALID_DAYS_ENV)}),
+                        partial(repo.index_fresh, signed=signed)],
            "verbosity": 2}
 
 

@@ -39,6 +39,7 @@ def cmd_load(system: System, args: argparse.Namespace) -> int:
         raise KpatchError("kpatch load: give a MODULE.ko or NAME, or --all (not both)")
     if not args.all:
         with installing.resolve_module(system, args.module) as module:
+            installing.check_sole_replace_mode(system, module)
             result = livepatch.load(system, module, timeout=args.timeout, keep=args.keep,
                                     report=_say)
         _say(f"loaded {module.name}: patch enabled, transition done in {result.seconds:.1f} s")
@@ -101,6 +102,7 @@ def cmd_unload(system: System, args: argparse.Namespace) -> int:
 
 def cmd_replace(system: System, args: argparse.Namespace) -> int:
     with installing.resolve_module(system, args.module) as module:
+        installing.check_sole_replace_mode(system, module)
         removed = livepatch.replace(system, module, timeout=args.timeout, keep=args.keep,
                                     report=_say)
     replaced = f"; replaced and removed {', '.join(removed)}" if removed else \

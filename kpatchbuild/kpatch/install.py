@@ -355,6 +355,28 @@ def replace_mode_modules(system: System, release: str) -> list[Installed]:
     return found
 
 
+def _check_sole_replace_mode(system: System, module: ModuleFile, release: str,
+                             what: str) -> None:
+    if module.replace is False:
+        return
+    others = [item for item in replace_mode_modules(system, release) if item.name != module.name]
+    if others:
+        raise KpatchError(
+            f"{what}: {module.name} is an atomic-replace patch, and "
+            f"{', '.join(describe_installed(o) for o in others)} is installed for {release} "
+            "too: the one loaded last would retire the other at every boot; replace-mode "
+            "patches are cumulative: build one patch holding both, or uninstall the other "
+            "first")
+
+
+def check_sole_replace_mode(system: System, module: ModuleFile) -> None:
+    """An installed atomic-replace module is loaded only while no other one is installed
+    for the running kernel (as a package's postinst loads it): at boot neither would be."""
+    release = system.release()
+    if module.path.parent.resolve() == (system.path(INSTALL_DIR) / release).resolve():
+        _check_sole_replace_mode(system, module, release, f"kpatch: {module.path}")
+
+
 def describe_installed(item: Installed) -> str:
     """``lp_a`` or ``lp_a (package kpatch-patch-x)``: how messages name an installed module."""
     try:
@@ -391,16 +413,7 @@ def install(system: System, module: ModuleFile, release: str) -> list[str]:
     check_release(module, release)
     check_owned_by_root(system, module)
     manifest = Manifest.of(module)
-    if manifest.replace:
-        others = [item for item in replace_mode_modules(system, release)
-                  if item.name != module.name]
-        if others:
-            raise KpatchError(
-                f"kpatch install: {module.name} is an atomic-replace patch, and "
-                f"{', '.join(describe_installed(o) for o in others)} is installed for "
-                f"{release} too: the one loaded last would retire the other at every boot; "
-                "replace-mode patches are cumulative: build one patch holding both, or "
-                "uninstall the other first")
+    _check_sole_replace_mode(system, module, release, "kpatch install")
     command = None if packaged(system) else kpatch_command(system)
     destination = installed_path(system, release, module.name)
     data = module.content()  # through the descriptor that was checked

@@ -270,3 +270,13 @@ patches:""")
     both = text.replace("    refused:", "    expect: not-applicable\n    reason: x\n    refused:")
     assert "a target whose patches do not apply is not refused" in error_of(
         write_recipe(tmp_path, both, name="both"))
+
+
+@pytest.mark.parametrize("description", ['"a fix\\nPre-Depends: evil"',
+                                         "|\n  a fix\n  Pre-Depends: evil\n", '"bell \\a"'])
+def test_a_description_with_a_control_character_is_refused(tmp_path: Path,
+                                                           description: str) -> None:
+    """It becomes a package's synopsis: a newline would add a control field there."""
+    message = error_of(write_recipe(tmp_path, DEBIAN_TARGET + f"description: {description}\n"))
+    assert "description: " in message
+    assert "is not one line of text without control characters" in message

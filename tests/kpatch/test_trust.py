@@ -293,3 +293,22 @@ def test_the_root_override_is_refused_in_one_line(machine: Machine,
     assert f"{ROOT_ENV}={machine.kernel.root} is set: its /sys and /proc are not the running " \
            "kernel's, so kpatch inserts and removes no module under it" in err
     assert err.count("\n") == 1
+
+
+def test_an_installed_replace_mode_patch_beside_another_is_not_loaded(machine: Machine) -> None:
+    """As a patch package's postinst loads its module: refused, naming the other."""
+    assert machine.kpatch("install", str(machine.module("lp_first"))).code == 0
+    machine.kernel.path(f"{INSTALLED}/lp_first.json").write_text(json.dumps(
+        {"package": "kpatch-patch-first", "version": "1+1"}))
+    second = machine.module("lp_second")
+    installed = machine.kernel.path(f"{INSTALLED}/lp_second.ko")
+    shutil.copy(second, installed)
+    with read_module(second) as module:
+        installed.with_suffix(".manifest").write_text(install.Manifest.of(module).text())
+    result = machine.kpatch("replace", str(installed))
+    assert result.code == 1
+    assert "lp_second is an atomic-replace patch, and lp_first (package kpatch-patch-first) " \
+           "is installed" in result.err
+    assert machine.kernel.inserted == []
+    # Loading a build from elsewhere is the user's choice: it replaces what is live.
+    assert machine.kpatch("replace", str(second)).code == 0

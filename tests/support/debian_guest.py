@@ -11,7 +11,8 @@ boot unit need the real thing. The guest is:
   command line names (``kpb.step=NAME``: ``/usr/local/lib/kpb/NAME.sh``) and powers off;
 - a disk image of it (``mkfs.ext4 -d``, no loop mount), which keeps its state from boot to
   boot, and a second, read-only disk holding the apt repository (made again when the
-  repository changes: a newer version published);
+  repository changes: a newer version published), which apt reads as a user's machine
+  does: ``signed-by=`` its key, which a step installs from that disk, as the README says;
 - booted with the kernel and initramfs of the release asked for, read out of the disk
   image's ``/boot`` with ``debugfs`` (the guest's own ``update-initramfs`` may have
   rewritten them), under KVM when a probe boot succeeds with it, TCG otherwise
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild.base.store import Store, content_key, sha256_file
+from kpatchbuild.stages.package.repository import INSTALLED_KEYRING
 from kpatchbuild.stages.prove import accel as accelerator
 from kpatchbuild.stages.prove.qemu import run_guest
 from tests.support.chroots import Chroot, ChrootError, make_chroot
@@ -95,7 +97,7 @@ cat > /etc/fstab <<FSTAB
 /dev/vdb {REPOSITORY_MOUNT} ext4 ro,nofail 0 0
 FSTAB
 mkdir -p {REPOSITORY_MOUNT}
-echo 'deb [trusted=yes] file:{REPOSITORY_MOUNT} ./' > /etc/apt/sources.list
+echo 'deb [signed-by={INSTALLED_KEYRING}] file:{REPOSITORY_MOUNT} ./' > /etc/apt/sources.list
 passwd -d root
 systemctl enable kpb-step.service
 systemctl mask serial-getty@ttyS0.service getty@tty1.service apt-daily.timer \\

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import tempfile
 import textwrap
 from collections.abc import Mapping
@@ -31,10 +32,26 @@ DEFAULT_MAINTAINER = "kpatchbuild <kpatchbuild@example.org>"
 SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
 
 
+# A control field is one line: a newline (or another control character) in a value would
+# start a field of its own, such as Pre-Depends:, in every package made from it.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_one_line(value: str, what: str) -> str:
+    """``value`` if it holds no control character; else a refusal naming ``what``."""
+    found = _CONTROL_CHARACTER.search(value)
+    if found:
+        raise BuildError(f"{what}: {value!r} contains a control character "
+                         f"(U+{ord(found.group()):04X}); a package's control fields are one "
+                         "line of text: remove it")
+    return value
+
+
 def maintainer() -> str:
     """Who the packages say they are from: ``$DEBFULLNAME <$DEBEMAIL>``, as Debian's own
     tools read it, or a placeholder when neither is set."""
-    name, email = (os.environ.get(key, "") for key in MAINTAINER_ENV)
+    name, email = (check_one_line(os.environ.get(key, ""), f"${key}")
+                   for key in MAINTAINER_ENV)
     if email:
         return f"{name or email.split('@')[0]} <{email}>"
     return DEFAULT_MAINTAINER
@@ -64,6 +81,8 @@ class DebSpec:
     description: str
     section: str
     depends: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
     files: Mapping[str, File] = field(default_factory=dict)
     scripts: Mapping[str, str] = field(default_factory=dict)
     triggers: tuple[str, ...] = ()
@@ -75,17 +94,20 @@ class DebSpec:
         return f"{self.package}_{self.version}_{self.architecture}.deb"
 
     def control(self, installed_kib: int) -> str:
-        lines = [
-            f"Package: {self.package}",
-            f"Version: {self.version}",
-            f"Architecture: {self.architecture}",
-            f"Maintainer: {maintainer()}",
-            f"Installed-Size: {installed_kib}",
-        ]
-        if self.depends:
-            lines.append(f"Depends: {', '.join(self.depends)}")
-        lines += [f"Section: {self.section}", "Priority: optional",
-                  f"Description: {self.summary}"]
+        fields = [("Package", self.package), ("Version", self.version),
+                  ("Architecture", self.architecture), ("Maintainer", maintainer()),
+                  ("Installed-Size", str(installed_kib))]
+        for name, relations in (("Depends", self.depends), ("Provides", self.provides),
+                                ("Conflicts", self.conflicts)):
+            if relations:
+                fields.append((name, ", ".join(relations)))
+        fields += [("Section", self.section), ("Priority", "optional"),
+                   ("Description", self.summary)]
+        lines = [f"{name}: {check_one_line(value, f'package {self.package}: its {name}')}"
+                 for name, value in fields]
+        # The long description is re-flowed below; anything else unprintable is refused.
+        check_one_line(" ".join(self.description.split()),
+                       f"package {self.package}: its Description")
         for paragraph in self.description.strip().split("\n\n"):
             wrapped = textwrap.wrap(" ".join(paragraph.split()), 78)
             lines += [f" {line}" for line in wrapped]

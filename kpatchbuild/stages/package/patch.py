@@ -9,20 +9,27 @@ installed but not yet booted has its patch waiting: kpatch.service loads it when
 
 The scripts, for the running kernel only:
 
-- postinst (configure): ``kpatch replace`` (or ``kpatch load`` for a module built with
+- postinst (configure): ``/usr/sbin/kpatch replace`` (or ``kpatch load`` for a module built with
   ``replace: false``) of the release's module, when the package has one: one transition
   from the older patch to this one, no window without either; a failure (the transition
   timed out and was rolled back, the kernel refused) fails the configure step with kpatch's
   message, and the older patch stays loaded. Without a module for the running kernel it
-  says so and loads nothing.
+  says so and loads nothing. kpatch refuses it while another atomic-replace module is
+  installed for the kernel, naming it.
 - prerm (remove, not upgrade): ``kpatch unload``; if the patch cannot be disabled the
   removal stops, the patch still applied.
+
+A replace-mode package provides and conflicts with ``kpatch-replace-<release>`` for each
+release it carries: two of them for one kernel would retire each other's patch (replace-mode
+patches are cumulative: one patch holds every fix), so dpkg keeps only one. Each module
+has its ``<module>.manifest`` (sha256, build id, replace mode), which both boot loaders check.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +37,10 @@ from pathlib import Path
 import kpatchbuild
 from kpatchbuild.base.errors import RecipeError
 from kpatchbuild.base.store import sha256_file
-from kpatchbuild.kpatch.install import INSTALL_DIR
+from kpatchbuild.kpatch import trust as kpatch_trust
+from kpatchbuild.kpatch.install import INSTALL_DIR, MANIFEST_SUFFIX, Manifest
+from kpatchbuild.kpatch.modfile import read_module
+from kpatchbuild.stages.package import tool
 from kpatchbuild.stages.package.deb import DebSpec, File
 
 PREFIX = "kpatch-patch-"
@@ -102,30 +112,46 @@ def package_name(recipe: str) -> str:
     return name
 
 
-def _postinst(item: PatchPackage) -> str:
+@dataclass(frozen=True)
+class ScriptPlaces:
+    """Where the maintainer scripts find the system. Fixed in a package (``/`` and
+    ``/usr/sbin/kpatch``); a test renders them for a tree and a fake kpatch. Never read
+    from the environment: dpkg runs them as root."""
+
+    root: str = ""
+    kpatch: str = tool.COMMAND
+
+    @property
+    def shell_root(self) -> str:
+        """The root as a prefix in the scripts: nothing for ``/``."""
+        return shlex.quote(self.root) if self.root else ""
+
+
+def _postinst(item: PatchPackage, places: ScriptPlaces) -> str:
     action = "replace" if item.replace else "load"
     releases = " ".join(r.release for r in item.releases)
+    root = places.shell_root
     return f"""#!/bin/sh
 # {item.package}: load the patch for the running kernel ({action}).
 set -e
-MODULE={item.module}
-# $KPATCH_ROOT stands for / in tests, as it does for kpatch itself.
-ROOT=${{KPATCH_ROOT:-}}
+# kpatch acts on this system: a root override is for images, never for what dpkg runs.
+unset KPATCH_ROOT
+MODULE={shlex.quote(item.module)}
 case "$1" in
 configure)
-    running=$(uname -r)
-    module=$ROOT{INSTALL_DIR}/$running/$MODULE.ko
+    running=$(cat {root}/proc/sys/kernel/osrelease)
+    module={root}"{INSTALL_DIR}/$running/$MODULE.ko"
     if [ ! -e "$module" ]; then
         echo "{item.package}: no module for the running kernel $running (this package" \\
              "carries {releases}): nothing loaded now; kpatch.service loads it when" \\
              "one of those kernels boots"
-    elif [ ! -d "$ROOT/sys/kernel/livepatch" ]; then
+    elif [ ! -d {root}/sys/kernel/livepatch ]; then
         echo "{item.package}: the running kernel has no /sys/kernel/livepatch (not" \\
              "booted in it?): nothing loaded now; kpatch.service loads it at boot"
-    elif [ -d "$ROOT/sys/kernel/livepatch/$MODULE" ]; then
+    elif [ -d {root}"/sys/kernel/livepatch/$MODULE" ]; then
         echo "{item.package}: $MODULE is loaded already"
     else
-        kpatch {action} "$module"
+        {shlex.quote(places.kpatch)} {action} "$module"
     fi
     ;;
 esac
@@ -133,16 +159,17 @@ exit 0
 """
 
 
-def _prerm(item: PatchPackage) -> str:
+def _prerm(item: PatchPackage, places: ScriptPlaces) -> str:
+    root = places.shell_root
     return f"""#!/bin/sh
 # {item.package}: unload the patch when the package goes (an upgrade replaces it instead).
 set -e
-MODULE={item.module}
-ROOT=${{KPATCH_ROOT:-}}
+unset KPATCH_ROOT
+MODULE={shlex.quote(item.module)}
 case "$1" in
 remove|deconfigure)
-    if [ -d "$ROOT/sys/module/$MODULE" ]; then
-        kpatch unload $MODULE
+    if [ -d {root}"/sys/module/$MODULE" ]; then
+        {shlex.quote(places.kpatch)} unload "$MODULE"
     fi
     ;;
 esac
@@ -150,13 +177,36 @@ exit 0
 """
 
 
+def maintainer_scripts(item: PatchPackage, places: ScriptPlaces = ScriptPlaces()
+                       ) -> dict[str, str]:
+    return {"postinst": _postinst(item, places), "prerm": _prerm(item, places)}
+
+
+def replace_slot(release: str) -> str:
+    """The virtual package every replace-mode patch package for ``release`` provides and
+    conflicts with: two of them would retire each other's patch (the one loaded last wins),
+    so dpkg keeps one. Debian's package-name characters only."""
+    return "kpatch-replace-" + re.sub(r"[^a-z0-9+.-]", "-", release.lower())
+
+
 def spec(item: PatchPackage, version: str) -> DebSpec:
+    # Both become paths and script text on the users' machines.
+    kpatch_trust.module_name(item.module, f"recipe {item.recipe}: module")
     files: dict[str, File] = {}
     for release in item.releases:
+        kpatch_trust.kernel_release(release.release, f"recipe {item.recipe}: kernel release")
         where = f"{INSTALL_DIR}/{release.release}/{item.module}"
-        files[f"{where}.ko"] = File(release.module.read_bytes())
+        with read_module(release.module) as module:
+            data = module.content()
+            manifest = Manifest.of(module)
+        files[f"{where}.ko"] = File(data)
+        files[f"{where}{MANIFEST_SUFFIX}"] = File(manifest.text().encode())
         files[f"{where}.json"] = File(
             (json.dumps(item.metadata(version, release), indent=2) + "\n").encode())
+    # Policy prefers PATH's commands in maintainer scripts; these run as root and must run
+    # the kpatch this package depends on, whatever PATH dpkg was started with.
+    files[f"/usr/share/lintian/overrides/{item.package}"] = File(
+        f"{item.package}: command-with-path-in-maintainer-script {tool.COMMAND} *\n".encode())
     lines = [f"{r.release}: {', '.join(r.functions) or 'no function changed'}"
              for r in item.releases]
     description = (f"{item.description or 'A kernel livepatch'}. Built by kpatchbuild from "
@@ -166,11 +216,12 @@ def spec(item: PatchPackage, version: str) -> DebSpec:
                    "into the running kernel at once, and kpatch.service loads it at every "
                    "boot of a kernel it has a module for.\n\n"
                    "Changed functions: " + "; ".join(lines) + ".")
+    slots = tuple(replace_slot(r.release) for r in item.releases) if item.replace else ()
     return DebSpec(
         package=item.package, version=version, architecture="amd64",
         summary=_summary(item), description=description, section="kernel",
         depends=(kpatch_dependency(kpatchbuild.__version__),), files=files,
-        scripts={"postinst": _postinst(item), "prerm": _prerm(item)},
+        provides=slots, conflicts=slots, scripts=maintainer_scripts(item),
         changes=(f"{item.module} for {', '.join(r.release for r in item.releases)}.",
                  *(f"{p.name} (sha256 {p.sha256})" for p in item.patches)))
 

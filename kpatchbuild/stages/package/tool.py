@@ -25,7 +25,8 @@ COMMAND = "/usr/sbin/kpatch"
 ENTRY = "kpatchbuild.kpatch"
 DEPENDS = ("python3 (>= 3.11)", "python3-pyelftools (>= 0.29)")
 
-WRAPPER = f"""#!/usr/bin/python3
+# -I: root's kpatch reads no PYTHON* variable, user site directory or working directory.
+WRAPPER = f"""#!/usr/bin/python3 -I
 # kpatch: manage livepatch modules on the running kernel (see kpatch(8)).
 import sys
 
@@ -35,15 +36,21 @@ from kpatchbuild.kpatch.cli import main  # noqa: E402
 sys.exit(main())
 """
 
-# debhelper's dh_installsystemd snippets, in short: enable the unit on configure (it runs
-# only where /sys/kernel/livepatch exists and does nothing without installed patches).
+# debhelper's dh_installsystemd snippets, in short: enable the unit on the first
+# configure (it runs only where /sys/kernel/livepatch exists and does nothing without
+# installed patches), but never again once the admin disabled it: deb-systemd-helper's
+# was-enabled is true on a first installation and afterwards tells what the admin chose.
 POSTINST = """#!/bin/sh
 set -e
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] \\
         || [ "$1" = abort-remove ]; then
     if command -v deb-systemd-helper >/dev/null; then
         deb-systemd-helper unmask kpatch.service >/dev/null || true
-        deb-systemd-helper enable kpatch.service >/dev/null || true
+        if deb-systemd-helper --quiet was-enabled kpatch.service; then
+            deb-systemd-helper enable kpatch.service >/dev/null || true
+        else
+            deb-systemd-helper update-state kpatch.service >/dev/null || true
+        fi
     fi
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true

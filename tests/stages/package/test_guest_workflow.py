@@ -5,8 +5,10 @@ kpatch.enable=0, apt remove and purge.
 The packages are made by ``doit package`` of the default recipe (version 1, then version 2
 with another marker) on Debian's 6.1 cloud kernel, in a cache of the test's own (seeded
 with the project cache's downloads), so the project's records of the default recipe stay
-as they are. The guest (tests/support/debian_guest.py) boots Debian's own kernels and
-initramfs from its disk; it has Debian's 6.1 and 6.12 cloud kernels installed.
+as they are, and signed with a repository key of the test's own: the guest installs that
+key from the repository's disk, as the README tells a user to, and apt verifies the
+repository with it. The guest (tests/support/debian_guest.py) boots Debian's own kernels
+and initramfs from its disk; it has Debian's 6.1 and 6.12 cloud kernels installed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import pytest
 from kpatchbuild.base.store import Store, default_root
 from kpatchbuild.graph.recipe import DebianKernel
 from kpatchbuild.stages.fetch import debian
+from kpatchbuild.stages.package.repository import INSTALLED_KEYRING, KEY_HOME_ENV, KEYRING
 from tests.conftest import PROJECT, run_doit
 from tests.stages.package.test_packages import lintian
-from tests.support.debian_guest import Boot, DebianGuest, guest_root
+from tests.support.debian_guest import REPOSITORY_MOUNT, Boot, DebianGuest, guest_root
 
 pytestmark = pytest.mark.kernel
 
@@ -51,12 +54,28 @@ unit_clean() {
     systemctl is-active kpatch.service &&
         test "$(systemctl show -p Result --value kpatch.service)" = success
 }
+# apt-get update, shown; then whether it succeeded and said nothing of a repository it could
+# not verify (of some apt only warns, and goes on): the offending lines are the failure.
+apt_update() {
+    echo "KPB-RUN: apt-get update"
+    apt-get update > /tmp/apt-update.log 2>&1
+    echo "apt-get update: exit $?" >> /tmp/apt-update.log
+    sed 's/^/  | /' /tmp/apt-update.log
+}
+apt_verified() {
+    unverified='^(W|E):|not signed|insecure|unauthenticated|NO_PUBKEY|EXPKEYSIG|expired'
+    ! grep -Ei "$unverified" /tmp/apt-update.log &&
+        { grep -qx 'apt-get update: exit 0' /tmp/apt-update.log ||
+              { tail -n 3 /tmp/apt-update.log; false; }; }
+}
 """
 
 STEPS = {
-    "install": """
+    "install": f"""
 check unpatched-before sh -c '! grep -q kpatch=1 /proc/cmdline'
-show apt-get update
+check key-installed cp {REPOSITORY_MOUNT}/{KEYRING} {INSTALLED_KEYRING}
+apt_update
+check apt-verified apt_verified
 show apt-get install -y kpatch-patch-cmdline
 check patched-at-once grep -q kpatch=1 /proc/cmdline
 show kpatch list
@@ -70,7 +89,8 @@ check patched-at-boot grep -q kpatch=1 /proc/cmdline
 check unit-clean unit_clean
 show systemctl status kpatch.service --no-pager
 show journalctl -b -u kpatch.service --no-pager -o cat
-show apt-get update
+apt_update
+check apt-verified apt_verified
 show apt-get upgrade -y
 check upgraded-at-once grep -q kpatch=2 /proc/cmdline
 check old-patch-gone test ! -e /sys/kernel/livepatch/livepatch_cmdline
@@ -115,12 +135,13 @@ def seeded_cache(path: Path) -> Path:
     return path
 
 
-def package(cache: Path, recipes: Path) -> None:
+def package(cache: Path, recipes: Path, key_home: Path) -> None:
     env = {"KPATCHBUILD_CACHE": str(cache), "KPATCHBUILD_DOIT_DB": str(cache / "db"),
-           "KPATCHBUILD_RECIPES": str(recipes)}
+           "KPATCHBUILD_RECIPES": str(recipes), KEY_HOME_ENV: str(key_home)}
     done = run_doit("package", "recipe=cmdline", f"kernel={CELL}", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "apt repository:" in done.stdout + done.stderr
+    assert "trusted=yes" not in done.stdout + done.stderr
 
 
 def debs(repository: Path) -> dict[str, Path]:
@@ -131,7 +152,10 @@ def test_apt_install_reboot_upgrade_newer_kernel_remove(tmp_path: Path) -> None:
     cache = seeded_cache(tmp_path / "cache")
     recipes = tmp_path / "recipes"
     shutil.copytree(PROJECT / "recipes" / "cmdline", recipes / "cmdline")
-    package(cache, recipes)
+    # The test's own repository key, not the user's (gpg-agent's socket is made in it: a
+    # short path).
+    key_home = tmp_path / "key"
+    package(cache, recipes, key_home)
     repository = cache / "package"
     first = debs(repository)
     assert {name.split("_")[0] for name in first} == {"kpatch", "kpatch-patch-cmdline"}
@@ -144,12 +168,14 @@ def test_apt_install_reboot_upgrade_newer_kernel_remove(tmp_path: Path) -> None:
     recipe.write_text(recipe.read_text().replace("kpatch=1", "kpatch=2") + "version: 2\n")
     patch_file = recipes / "cmdline" / "cmdline.patch"
     patch_file.write_text(patch_file.read_text().replace("kpatch=1", "kpatch=2"))
-    package(cache, recipes)
+    package(cache, recipes, key_home)
     second = debs(repository)
     new = set(second) - set(first)
     assert [name.split("_")[0] for name in new] == ["kpatch-patch-cmdline"]
     for deb in second.values():
         assert lintian(deb) == [], deb.name
+    # Signed by the same key: the one the guest installed from the first still verifies.
+    assert (repository / KEYRING).read_bytes() == (published_v1 / KEYRING).read_bytes()
 
     store = Store()
     fetched = json.loads((cache / "work/cmdline" / CELL / "fetch.json").read_text())
@@ -173,12 +199,13 @@ def test_apt_install_reboot_upgrade_newer_kernel_remove(tmp_path: Path) -> None:
         assert not done.failures(expected), (done.failures(expected), done.console_log)
 
     guest.publish_repository(published_v1)
-    boot("install", release, ["unpatched-before", "patched-at-once", "listed-loaded",
-                              "listed-installed", "info-names-package"])
+    boot("install", release, ["unpatched-before", "key-installed", "apt-verified",
+                              "patched-at-once", "listed-loaded", "listed-installed",
+                              "info-names-package"])
     guest.publish_repository(repository)
-    boot("reboot-upgrade", release, ["patched-at-boot", "unit-clean", "upgraded-at-once",
-                                     "old-patch-gone", "old-module-gone", "new-patch-loaded",
-                                     "old-file-gone"])
+    boot("reboot-upgrade", release, ["patched-at-boot", "unit-clean", "apt-verified",
+                                     "upgraded-at-once", "old-patch-gone", "old-module-gone",
+                                     "new-patch-loaded", "old-file-gone"])
     boot("newer-kernel", newer.release, ["running-newer", "unit-clean",
                                          "says-nothing-for-this-kernel", "nothing-loaded",
                                          "no-failed-units"])

@@ -1,6 +1,6 @@
 """The package stage on small inputs: the kpatch package and a patch package built with
-dpkg-deb and checked by lintian, the local apt repository read by apt itself, versions that
-only rise, and the refusals that keep an upgrade from going wrong."""
+dpkg-deb and checked by lintian, the local apt repository signed and read by apt itself,
+versions that only rise, and the refusals that keep an upgrade from going wrong."""
 
 from __future__ import annotations
 
@@ -8,15 +8,25 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
+from doit.tools import config_changed
 
-from kpatchbuild.base.errors import RecipeError
+from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.stages.package import patch, tool
-from kpatchbuild.stages.package.repository import SIGNING_KEY_ENV, Repository
+from kpatchbuild.stages.package.repository import (
+    KEY_HOME_ENV,
+    KEYRING,
+    SIGNING_KEY_ENV,
+    VALID_DAYS_ENV,
+    Repository,
+)
 from tests.kpatch.modules import make_module
 
 RELEASES = ("6.1.0-57-cloud-amd64", "6.12.118+deb12-cloud-amd64")
@@ -97,29 +107,34 @@ def test_a_patch_package_carries_every_release_with_its_metadata(tmp_path: Path)
     control = subprocess.run(["dpkg-deb", "-e", str(published.deb), str(tmp_path / "ctl")])
     assert control.returncode == 0
     postinst = (tmp_path / "ctl/postinst").read_text()
-    assert 'kpatch replace "$module"' in postinst and "MODULE=livepatch_cmdline" in postinst
-    assert "kpatch unload $MODULE" in (tmp_path / "ctl/prerm").read_text()
+    assert '/usr/sbin/kpatch replace "$module"' in postinst
+    assert "MODULE=livepatch_cmdline" in postinst and "KPATCH_ROOT:" not in postinst
+    assert '/usr/sbin/kpatch unload "$MODULE"' in (tmp_path / "ctl/prerm").read_text()
     assert subprocess.run(["sh", "-n", str(tmp_path / "ctl/postinst")]).returncode == 0
 
 
-def run_script(tmp_path: Path, text: str, argument: str, *, kpatch_exit: int = 0,
+def run_script(tmp_path: Path, script_name: str, argument: str, *, kpatch_exit: int = 0,
                running: str = RELEASES[0], livepatch: bool = True, installed: bool = True,
-               loaded: bool = False) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """A maintainer script against a fake root (KPATCH_ROOT) and a fake kpatch and uname,
-    which record their calls; returns the run and kpatch's calls."""
+               loaded: bool = False, item: patch.PatchPackage | None = None,
+               ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """A maintainer script rendered for a fake root and a fake kpatch that records its
+    calls (the package's own scripts name / and /usr/sbin/kpatch, and read no variable to
+    change that); returns the run and kpatch's calls. KPATCH_ROOT is set in the script's
+    environment and must not reach kpatch."""
     root, bin_dir = tmp_path / "root", tmp_path / "bin"
     for path in (root, bin_dir):
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir()
     calls = tmp_path / "calls"
     calls.write_text("")
-    for name, body in (("uname", f"echo {running}"),
-                       ("kpatch", f'echo "$*" >> {calls}\n'
-                                  f'[ {kpatch_exit} = 0 ] || echo "kpatch: error: '
-                                  f'livepatch_cmdline: the transition did not finish; rolled '
-                                  f'back" >&2\nexit {kpatch_exit}')):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    kpatch = bin_dir / "kpatch"
+    kpatch.write_text(f'#!/bin/sh\necho "$*${{KPATCH_ROOT:+ KPATCH_ROOT=$KPATCH_ROOT}}" >> '
+                      f'{calls}\n[ {kpatch_exit} = 0 ] || echo "kpatch: error: '
+                      'livepatch_cmdline: the transition did not finish; rolled back" >&2\n'
+                      f"exit {kpatch_exit}\n")
+    kpatch.chmod(0o755)
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    (root / "proc/sys/kernel/osrelease").write_text(running + "\n")
     if livepatch:
         (root / "sys/kernel/livepatch").mkdir(parents=True)
     if loaded:
@@ -128,24 +143,24 @@ def run_script(tmp_path: Path, text: str, argument: str, *, kpatch_exit: int = 0
     if installed:
         (root / "var/lib/kpatch" / RELEASES[0]).mkdir(parents=True)
         (root / "var/lib/kpatch" / RELEASES[0] / "livepatch_cmdline.ko").write_bytes(b"")
+    scripts = patch.maintainer_scripts(item or patch_package(tmp_path),
+                                       patch.ScriptPlaces(root=str(root), kpatch=str(kpatch)))
     script = tmp_path / "script"
-    script.write_text(text)
+    script.write_text(scripts[script_name])
     done = subprocess.run(["sh", str(script), argument], capture_output=True, text=True,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "KPATCH_ROOT": str(root)})
+                          env={"PATH": "/usr/bin:/bin", "KPATCH_ROOT": "/tmp/elsewhere"})
     return done, calls.read_text().splitlines()
 
 
 def test_postinst_replaces_the_running_kernels_patch(tmp_path: Path) -> None:
-    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
-    done, calls = run_script(tmp_path, scripts["postinst"], "configure")
+    done, calls = run_script(tmp_path, "postinst", "configure")
     assert done.returncode == 0, done.stderr
     module = tmp_path / "root/var/lib/kpatch" / RELEASES[0] / "livepatch_cmdline.ko"
     assert calls == [f"replace {module}"]
 
 
 def test_a_failed_load_fails_the_configure_step_with_kpatchs_words(tmp_path: Path) -> None:
-    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
-    done, calls = run_script(tmp_path, scripts["postinst"], "configure", kpatch_exit=4)
+    done, calls = run_script(tmp_path, "postinst", "configure", kpatch_exit=4)
     assert done.returncode == 4
     assert "the transition did not finish; rolled back" in done.stderr
 
@@ -159,16 +174,14 @@ def test_a_failed_load_fails_the_configure_step_with_kpatchs_words(tmp_path: Pat
 ])
 def test_postinst_loads_nothing_when_it_should_not(tmp_path: Path, situation: dict,
                                                    said: str) -> None:
-    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
-    done, calls = run_script(tmp_path, scripts["postinst"], "configure", **situation)
+    done, calls = run_script(tmp_path, "postinst", "configure", **situation)
     assert done.returncode == 0 and calls == []
     assert said in " ".join(done.stdout.split())
 
 
 @pytest.mark.parametrize(("argument", "unloads"), [("remove", True), ("upgrade", False)])
 def test_prerm_unloads_on_removal_only(tmp_path: Path, argument: str, unloads: bool) -> None:
-    scripts = patch.spec(patch_package(tmp_path), "1+1").scripts
-    done, calls = run_script(tmp_path, scripts["prerm"], argument, loaded=True)
+    done, calls = run_script(tmp_path, "prerm", argument, loaded=True)
     assert done.returncode == 0
     assert calls == (["unload livepatch_cmdline"] if unloads else [])
 
@@ -176,7 +189,7 @@ def test_prerm_unloads_on_removal_only(tmp_path: Path, argument: str, unloads: b
 def test_a_stacking_module_is_loaded_not_replaced(tmp_path: Path) -> None:
     item = replace(patch_package(tmp_path), replace=False)
     text = patch.spec(item, "1+1").scripts["postinst"]
-    assert 'kpatch load "$module"' in text and "kpatch replace" not in text
+    assert '/usr/sbin/kpatch load "$module"' in text and "kpatch replace" not in text
 
 
 def test_versions_rise_with_content_and_stay_with_it(tmp_path: Path) -> None:
@@ -216,6 +229,42 @@ def test_a_recipe_name_that_is_no_package_name_is_refused() -> None:
         patch.package_name("My_Fix")
 
 
+def gpg_agents(home: Path) -> list[int]:
+    """The gpg-agents running for ``home``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"gpg-agent") and os.fsencode(home) in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def stop_agent(home: Path) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True)
+
+
+@pytest.fixture
+def key_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """kpatchbuild's own key home, not made yet, and no key named: the default signing.
+
+    Under a short directory of /tmp, not tmp_path: gpg-agent's socket lives in the home, and
+    a unix socket's path may not be longer than 107 bytes."""
+    base = Path(tempfile.mkdtemp(prefix="kpb-key-"))
+    home = base / "key"
+    monkeypatch.setenv(KEY_HOME_ENV, str(home))
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    monkeypatch.delenv(VALID_DAYS_ENV, raising=False)
+    try:
+        yield home
+    finally:
+        stop_agent(home)
+        shutil.rmtree(base)
+
+
 def apt_sees(repo: Path, tmp_path: Path, *, signed_by: Path | None = None) -> str:
     """``apt-cache policy`` of the packages, from a private apt state reading only ``repo``."""
     state = tmp_path / "apt"
@@ -236,42 +285,200 @@ def apt_sees(repo: Path, tmp_path: Path, *, signed_by: Path | None = None) -> st
                           capture_output=True, text=True, check=True).stdout
 
 
-def test_apt_reads_the_repository_and_takes_the_newest(tmp_path: Path) -> None:
+def release_fields(repo: Repository) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in (repo.root / "Release").read_text().splitlines()
+                if ": " in line and not line.startswith(" "))
+
+
+def test_apt_reads_the_repository_and_takes_the_newest(tmp_path: Path, key_home: Path) -> None:
     repo = Repository(tmp_path / "repo")
     publish(repo, patch_package(tmp_path))
     newest = publish(repo, patch_package(tmp_path, name="livepatch_cmdline_v2", marker="2"),
                      base="2")
     repo.publish("kpatch", "0.1.0", ["content"],
                  lambda version, date: replace(tool.spec(version), date=date), now=NOW)
-    written = repo.write_index()
-    assert {p.name for p in written} == {"Packages", "Packages.gz", "Release"}
-    policy = apt_sees(repo.root, tmp_path)
+    index = repo.write_index()
+    assert {p.name for p in index.files} == {"Packages", "Packages.gz", "Release", "InRelease",
+                                             "Release.gpg", KEYRING}
+    policy = apt_sees(repo.root, tmp_path, signed_by=repo.root / KEYRING)
     assert f"Candidate: {newest.version}" in policy
     assert "Candidate: 0.1.0+20261206120000" in policy
 
 
-def test_a_signed_repository_verifies_with_the_key(tmp_path: Path,
+def test_the_repository_is_signed_by_default_with_a_key_of_its_own(
+        tmp_path: Path, key_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The user's own keyring is not touched: an empty one, which must stay empty.
+    user = tmp_path / "user-gnupg"
+    user.mkdir(mode=0o700)
+    monkeypatch.setenv("GNUPGHOME", str(user))
+    repo = Repository(tmp_path / "repo")
+    publish(repo, patch_package(tmp_path))
+    index = repo.write_index()
+    assert index.key is not None and index.key.homedir == key_home
+    assert key_home.stat().st_mode & 0o777 == 0o700
+    secrets = list((key_home / "private-keys-v1.d").glob("*.key"))
+    assert secrets and all(p.stat().st_mode & 0o777 == 0o600 for p in secrets)
+    assert not list(user.iterdir())
+    assert gpg_agents(key_home) == []
+    # What apt's signed-by= takes: a binary keyring (no armour) of that key alone.
+    keyring = repo.root / KEYRING
+    assert index.keyring == keyring and not keyring.read_bytes().startswith(b"-----")
+    shown = subprocess.run(["gpg", "--batch", "--with-colons", "--show-keys", str(keyring)],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"fpr:::::::::{index.key.fingerprint}:" in shown
+    assert "Candidate: 1+20261206120000" in apt_sees(repo.root, tmp_path, signed_by=keyring)
+    # The next run signs with the same key.
+    again = repo.write_index()
+    assert again.key == index.key
+    assert keyring.read_bytes() == (repo.root / KEYRING).read_bytes()
+    assert gpg_agents(key_home) == []
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o755, 0o707])
+def test_a_key_home_open_to_others_is_refused(tmp_path: Path, key_home: Path,
+                                              mode: int) -> None:
+    key_home.mkdir()
+    key_home.chmod(mode)
+    repo = Repository(tmp_path / "repo")
+    publish(repo, patch_package(tmp_path))
+    with pytest.raises(BuildError) as refused:
+        repo.write_index()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{key_home}: the repository key home is open to others "
+                              f"(mode {mode:04o}); chmod 700 it")
+    assert not (repo.root / "Release").exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a directory away")
+def test_a_key_home_of_another_user_is_refused(tmp_path: Path, key_home: Path) -> None:
+    key_home.mkdir(mode=0o700)
+    os.chown(key_home, 65534, 65534)
+    with pytest.raises(BuildError, match=rf"^{key_home}: the repository key home is owned by "
+                                         "uid 65534, not you"):
+        Repository(tmp_path / "repo").write_index()
+
+
+def test_an_unsigned_repository_is_asked_for_and_warned_of(
+        tmp_path: Path, key_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph import packages
+
+    store = Store(tmp_path / "cache")
+    repo = packages.repository(store)
+    publish(repo, patch_package(tmp_path))
+    packages.write_index(store)
+    assert {"InRelease", "Release.gpg", KEYRING} <= {p.name for p in repo.root.iterdir()}
+    signed = capsys.readouterr().err
+    assert f"deb [signed-by=/usr/share/keyrings/{KEYRING}] file:{repo.root} ./" in signed
+    assert f"cp {repo.root / KEYRING} /usr/share/keyrings/{KEYRING}" in signed
+    assert "trusted=yes" not in signed and "warning" not in signed
+    packages.write_index(store, signed=False)
+    said = capsys.readouterr().err
+    for name in ("InRelease", "Release.gpg", KEYRING):
+        assert not (repo.root / name).exists(), name
+    warnings = [line for line in said.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "apt will not verify anything" in warnings[0]
+    assert f"deb [trusted=yes] file:{repo.root} ./" in said
+    assert "Candidate: 1+20261206120000" in apt_sees(repo.root, tmp_path)
+
+
+@pytest.mark.parametrize("days", [None, 30])
+def test_the_release_is_valid_for_a_number_of_days(tmp_path: Path, key_home: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   days: int | None) -> None:
+    if days:
+        monkeypatch.setenv(VALID_DAYS_ENV, str(days))
+    repo = Repository(tmp_path / "repo")
+    publish(repo, patch_package(tmp_path))
+    before = datetime.now(UTC).replace(microsecond=0)
+    index = repo.write_index(signed=False)
+    fields = release_fields(repo)
+    date = parsedate_to_datetime(fields["Date"])
+    valid_until = parsedate_to_datetime(fields["Valid-Until"])
+    assert before <= date <= datetime.now(UTC)
+    assert valid_until - date == timedelta(days=days or 90)
+    assert index.valid_until == valid_until
+
+
+def test_a_bad_validity_is_refused(tmp_path: Path, key_home: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(VALID_DAYS_ENV, "90d")
+    with pytest.raises(BuildError, match=rf"^\${VALID_DAYS_ENV}='90d': expected a whole "):
+        Repository(tmp_path / "repo").write_index()
+
+
+def test_the_index_is_written_again_past_half_its_validity(tmp_path: Path,
+                                                           key_home: Path) -> None:
+    """What keeps a second `doit package` from doing work, unless the Release is getting
+    old: the repository task's uptodate check."""
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph import matrix
+    from kpatchbuild.graph.tasks import generate_tasks, pipelines
+
+    store = Store(tmp_path / "cache")
+    items = matrix.select(pipelines(store, "cmdline"), "debian-6.1-cloud-*")
+    tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
+    task = tasks["package:repository"]
+    fresh = [check for check in task["uptodate"] if not isinstance(check, config_changed)]
+    assert len(fresh) == 1 and fresh[0]() is False  # nothing written yet
+    repo = Repository(tmp_path / "cache/package")
+    assert set(task["targets"]) == {str(p) for p in repo.index_files()}
+    publish(repo, patch_package(tmp_path))
+    repo.write_index()
+    assert fresh[0]() is True
+    now = datetime.now(UTC)
+    assert repo.index_fresh(now=now + timedelta(days=44))
+    assert not repo.index_fresh(now=now + timedelta(days=46))
+    # An unsigned index is not what a signed task wants, nor the other way round.
+    assert not repo.index_fresh(signed=False)
+    unsigned = {t["basename"] + ":" + str(t.get("name")): t
+                for t in generate_tasks(items, unsigned=True)}["package:repository"]
+    assert unsigned["targets"] == [str(repo.root / n) for n in ("Packages", "Packages.gz",
+                                                                "Release")]
+    # A Release from before there was a Valid-Until is written again.
+    release = repo.root / "Release"
+    release.write_text("".join(line for line in release.read_text().splitlines(True)
+                               if not line.startswith("Valid-Until:")))
+    assert fresh[0]() is False
+
+
+def test_a_signed_repository_verifies_with_the_key(tmp_path: Path, key_home: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key of the user's own, named by $KPATCHBUILD_SIGNING_KEY."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     monkeypatch.setenv("GNUPGHOME", str(home))
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
-                    "kpatchbuild test <test@example.org>", "ed25519", "sign", "1d"],
-                   check=True, capture_output=True)
-    key = tmp_path / "key.gpg"
-    key.write_bytes(subprocess.run(["gpg", "--export", "test@example.org"], check=True,
-                                   capture_output=True).stdout)
-    repo = Repository(tmp_path / "repo")
-    publish(repo, patch_package(tmp_path))
-    monkeypatch.setenv(SIGNING_KEY_ENV, "test@example.org")
-    names = {p.name for p in repo.write_index()}
-    assert {"InRelease", "Release.gpg"} <= names
-    assert "Candidate: 1+20261206120000" in apt_sees(repo.root, tmp_path, signed_by=key)
-    # Unsigned again: the old signatures go, or apt would reject the new Release.
-    monkeypatch.delenv(SIGNING_KEY_ENV)
-    repo.write_index()
-    assert not (repo.root / "InRelease").exists()
-    assert not os.path.exists(repo.root / "Release.gpg")
+    try:
+        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+                        "kpatchbuild test <test@example.org>", "ed25519", "sign", "1d"],
+                       check=True, capture_output=True)
+        key = tmp_path / "key.gpg"
+        key.write_bytes(subprocess.run(["gpg", "--export", "test@example.org"], check=True,
+                                       capture_output=True).stdout)
+        repo = Repository(tmp_path / "repo")
+        publish(repo, patch_package(tmp_path))
+        monkeypatch.setenv(SIGNING_KEY_ENV, "test@example.org")
+        index = repo.write_index()
+        assert {"InRelease", "Release.gpg", KEYRING} <= {p.name for p in index.files}
+        assert index.key is not None and index.key.homedir is None
+        assert not key_home.exists()  # kpatchbuild's own key is neither made nor used
+        assert "Candidate: 1+20261206120000" in apt_sees(repo.root, tmp_path, signed_by=key)
+        # The keyring written beside it is that key.
+        shutil.rmtree(tmp_path / "apt")
+        assert "Candidate: 1+20261206120000" in apt_sees(repo.root, tmp_path,
+                                                         signed_by=repo.root / KEYRING)
+        # Unsigned again: the old signatures go, or apt would reject the new Release.
+        repo.write_index(signed=False)
+        assert not (repo.root / "InRelease").exists()
+        assert not os.path.exists(repo.root / "Release.gpg")
+        assert not (repo.root / KEYRING).exists()
+        monkeypatch.setenv(SIGNING_KEY_ENV, "nobody@example.org")
+        with pytest.raises(BuildError, match=r"KPATCHBUILD_SIGNING_KEY='nobody@example.org' "
+                                             "names no secret key in gpg's keyring"):
+            repo.write_index()
+    finally:
+        stop_agent(home)
 
 
 def test_a_patch_package_needs_this_projects_kpatch_not_debians() -> None:
