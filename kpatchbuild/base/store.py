@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import diskcache
 import xxhash
 
 from kpatchbuild.base import locks
+from kpatchbuild.base.errors import BuildError
 
 CACHE_ENV = "KPATCHBUILD_CACHE"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -75,8 +77,7 @@ class Store:
     """The artifact store rooted at ``root`` (``cache/`` unless KPATCHBUILD_CACHE says)."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_directory(Path(root) if root else default_root())
         self.tmp = self.root / "tmp"
         self.logs = self.root / "logs"
         self.tmp.mkdir(exist_ok=True)
@@ -177,6 +178,34 @@ class Store:
 
     def recall(self, name: tuple[str, ...]) -> Any:
         return self.index.get(name)
+
+
+def private_directory(root: Path) -> Path:
+    """``root``, made 0700 if it is not there; refused when someone else could write it.
+
+    The cache is a trust boundary: it holds what gets packaged and shipped to machines that
+    load it as root, build commands replayed through a shell, and a diskcache index that is
+    unpickled; whoever can write it decides all three.
+    """
+    if not root.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(root, 0o700)
+            os.chmod(root, 0o700)  # whatever the umask
+        except FileExistsError:
+            pass  # another process made it meanwhile: checked below like any other
+    status = os.stat(root)
+    fix = f"use a cache of your own (${CACHE_ENV}=DIR)"
+    if status.st_uid != os.geteuid():
+        raise BuildError(f"{root}: the cache is owned by uid {status.st_uid}, not you (uid "
+                         f"{os.geteuid()}): its contents are built into packages and its "
+                         f"recorded commands are run again; {fix}, or chown it")
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BuildError(f"{root}: the cache is writable by group or others (mode "
+                         f"{stat.S_IMODE(status.st_mode):04o}): its contents are built into "
+                         f"packages and its recorded commands are run again; chmod go-w it, "
+                         f"or {fix}")
+    return root
 
 
 def _process_alive(pid: int) -> bool:

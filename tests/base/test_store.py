@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from kpatchbuild.base.errors import BuildError
 from kpatchbuild.base.store import Store, content_key, file_hash
 
 
@@ -93,3 +97,35 @@ def test_two_threads_publishing_one_key_do_not_share_a_temp_dir(tmp_path: Path) 
         thread.join()
     assert len(set(seen)) == 2
     assert (store.path("fetch-kernel", "same") / "file").read_text() == "x"
+
+
+def test_a_new_cache_is_private(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new" / "cache")
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_cache_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(mode)
+    with pytest.raises(BuildError) as refused:
+        Store(root)
+    assert refused.value.message == (
+        f"{root}: the cache is writable by group or others (mode {mode:04o}): its contents "
+        "are built into packages and its recorded commands are run again; chmod go-w it, or "
+        "use a cache of your own ($KPATCHBUILD_CACHE=DIR)")
+    assert not (root / "index").exists() and not (root / "tmp").exists()
+
+
+def test_a_cache_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        root = tmp_path / "cache"
+        root.mkdir()
+        os.chown(root, 65534, 65534)
+    else:
+        root = Path("/")  # root's: another user's for whoever runs this
+    owner = root.stat().st_uid
+    with pytest.raises(BuildError, match=rf"^{re.escape(str(root))}: the cache is owned by "
+                                         rf"uid {owner}, not you \(uid {os.geteuid()}\)"):
+        Store(root)
