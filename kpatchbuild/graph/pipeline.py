@@ -472,7 +472,8 @@ class TargetPipeline:
         linked = self.linked()
         ko = linked.linked()
         result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
-                                    workdir=self.work / "prove", preload=self.patched_modules())
+                                    workdir=self.work / "prove", preload=self.patched_modules(),
+                                    network=self.recipe.network)
         exit_line = f"{vm.module_name(ko)}: exit"
         if exit_line not in result.console_log.read_text(errors="replace"):
             raise KpbError(f"{self.label}: the module unloaded but its exit function never ran "

@@ -138,6 +138,7 @@ class Recipe:
     refused: str | None = None  # the words an expected refusal must contain
     strip: int = 1  # the patches' -p level: path components to drop from their file names
     version: str = "1"  # the patch's own version: its package's, and its module's name after 1
+    network: bool = False  # the proof's guest gets a network card (none by default)
 
     @property
     def directory(self) -> Path:
@@ -300,7 +301,7 @@ def load_recipe(path: Path) -> Recipe:
     top = reader.mapping(
         root, "", required=("targets",),
         optional=("patches", "description", "module", "check", "replace", "sources", "refused",
-                  "strip", "version"),
+                  "strip", "version", "network"),
     )
     module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
     if "module" in top:
@@ -345,6 +346,7 @@ def load_recipe(path: Path) -> Recipe:
         patches=patches,
         check=reader.string(top["check"], "check") if "check" in top else None,
         replace=reader.boolean(top["replace"], "replace") if "replace" in top else True,
+        network=reader.boolean(top["network"], "network") if "network" in top else False,
         sources=tuple(
             reader.existing_file(node, f"sources[{index}]")
             for index, node in enumerate(reader.sequence(top["sources"], "sources"))

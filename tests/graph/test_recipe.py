@@ -280,3 +280,10 @@ def test_a_description_with_a_control_character_is_refused(tmp_path: Path,
     message = error_of(write_recipe(tmp_path, DEBIAN_TARGET + f"description: {description}\n"))
     assert "description: " in message
     assert "is not one line of text without control characters" in message
+
+
+def test_a_proof_has_no_network_unless_the_recipe_asks(tmp_path: Path) -> None:
+    assert load_recipe(write_recipe(tmp_path, DEBIAN_TARGET)).network is False
+    assert load_recipe(write_recipe(tmp_path, DEBIAN_TARGET + "network: true\n")).network
+    message = error_of(write_recipe(tmp_path, DEBIAN_TARGET + "network: user\n"))
+    assert "network: expected true or false" in message

@@ -29,11 +29,16 @@ class GuestRun:
 
 def qemu_command(kernel: Path, initrd: Path, *, accel: str,
                  extra_args: str = "", qemu_args: Sequence[str] = (),
-                 memory_mb: int = MEMORY_MB) -> list[str]:
-    """``extra_args`` go on the kernel's command line, ``qemu_args`` to qemu (devices)."""
+                 memory_mb: int = MEMORY_MB, network: bool = False) -> list[str]:
+    """``extra_args`` go on the kernel's command line, ``qemu_args`` to qemu (devices).
+
+    No network card unless ``network`` (qemu's user-mode network, NAT only): qemu would
+    otherwise give the guest one, and the code under test a way out to the host's network.
+    """
     append = f"{KERNEL_ARGS} {extra_args}".strip()
+    nic = ["-nic", "user,model=virtio-net-pci"] if network else ["-nic", "none"]
     command = [QEMU, "-accel", accel, "-m", str(memory_mb), "-smp", "1",
-               "-nographic", "-no-reboot",
+               "-nographic", "-no-reboot", *nic,
                "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
                *qemu_args]
     # No "-cpu host" under KVM: on these machines qemu 7.2 then aborts setting an MSR.
@@ -42,13 +47,13 @@ def qemu_command(kernel: Path, initrd: Path, *, accel: str,
 
 def run_guest(kernel: Path, initrd: Path, console_log: Path, *, accel: str,
               timeout: float, extra_args: str = "", qemu_args: Sequence[str] = (),
-              memory_mb: int = MEMORY_MB) -> GuestRun:
+              memory_mb: int = MEMORY_MB, network: bool = False) -> GuestRun:
     """Boot ``kernel`` with ``initrd`` and wait, at most ``timeout`` s, for qemu to exit.
 
     The serial console (and qemu's own messages) go to ``console_log``.
     """
     command = qemu_command(kernel, initrd, accel=accel, extra_args=extra_args,
-                           qemu_args=qemu_args, memory_mb=memory_mb)
+                           qemu_args=qemu_args, memory_mb=memory_mb, network=network)
     console_log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with console_log.open("wb") as log:

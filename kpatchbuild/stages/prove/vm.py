@@ -69,7 +69,8 @@ class ProofResult:
 
 def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: Path,
                     patch_name: str | None = None, preload: Sequence[Path] = (),
-                    timeout: float = 120.0, accel: str | None = None) -> ProofResult:
+                    timeout: float = 120.0, accel: str | None = None,
+                    network: bool = False) -> ProofResult:
     """Prove ``module`` live-patches ``kernel``: boot it under qemu and run the steps.
 
     ``check`` is a shell command (run by busybox sh in the guest) that must fail before the
@@ -78,7 +79,7 @@ def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: P
     problem). ``patch_name`` is the /sys/kernel/livepatch name, by default the module's name
     (``-`` -> ``_``). ``preload`` modules are loaded first, in order (for a patch to a
     module). ``workdir`` receives the initramfs and ``console.log``. ``accel`` overrides
-    :func:`choose_accel`.
+    :func:`choose_accel`. The guest has no network card unless ``network``.
 
     Raises :class:`VmProofError` naming the failed step and the console log.
     """
@@ -90,7 +91,7 @@ def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: P
                                    patch_name=name, preload=preload)
     accel = accel or choose_accel(kernel, workdir)
     console_log = workdir / "console.log"
-    run = run_guest(kernel, initrd, console_log, accel=accel, timeout=timeout)
+    run = run_guest(kernel, initrd, console_log, accel=accel, timeout=timeout, network=network)
     report = parse_console(console_log.read_text(errors="replace"))
 
     def failed(step: str, detail: str) -> VmProofError:

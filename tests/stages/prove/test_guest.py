@@ -238,6 +238,11 @@ def test_qemu_command_shape(tmp_path: Path) -> None:
     assert "-no-reboot" in command and "-nographic" in command
     assert command[command.index("-append") + 1] == "console=ttyS0 panic=-1 quiet"
     assert command[command.index("-kernel") + 1] == str(tmp_path / "vmlinuz")
+    # No network card unless asked for: qemu would otherwise add one with user networking.
+    assert command[command.index("-nic") + 1] == "none"
+    networked = qemu.qemu_command(tmp_path / "vmlinuz", tmp_path / "i.gz", accel="tcg",
+                                  network=True)
+    assert networked[networked.index("-nic") + 1] == "user,model=virtio-net-pci"
 
 
 # --- choosing KVM ---
