@@ -322,8 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Manage livepatch modules on the running kernel: load, replace and "
                     "unload them, install them to be loaded at boot, inspect them.",
-        epilog=f"{exit_codes_text()}\n\nenvironment:\n  {ROOT_ENV}  a directory standing for "
-               "/ (sysfs, /proc, /var/lib/kpatch, /etc), for tests and images",
+        epilog=f"{exit_codes_text()}\n\nmodules:\n  an argument with a '/' or ending in .ko is a "
+               "module file; any other is the name\n  of a patch installed for the running "
+               "kernel (or loaded), never a file of the current directory\n\n"
+               f"environment:\n  {ROOT_ENV}  a directory standing for / (sysfs, /proc, "
+               "/var/lib/kpatch, /etc), for\n               install, uninstall, list and info "
+               "on an image; no module is inserted or removed under it",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -339,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                "insert it and wait for its transition; --all loads every module installed "
                "for the running kernel (as kpatch.service does at boot)")
     load.add_argument("module", nargs="?", metavar="MODULE.ko|NAME",
-                      help="a module file, or the name of an installed module")
+                      help="a module file (a path with '/' or ending in .ko), or the name of "
+                           "a module installed for the running kernel")
     load.add_argument("--all", action="store_true", help="every installed module")
     _timeout_options(load)
 

@@ -83,9 +83,17 @@ check listed-loaded test "$(loaded_patches)" = livepatch_cmdline
 check listed-installed test "$(installed_patches)" = livepatch_cmdline
 show kpatch info livepatch_cmdline
 check info-names-package info_says livepatch_cmdline "^package: *kpatch-patch-cmdline 1+"
+check manifest-installed test -s /var/lib/kpatch/$(uname -r)/livepatch_cmdline.manifest
+# The kpatch package's trigger rebuilt only the newest kernel's initramfs: this one's too,
+# so the next boot inserts the patch from the initramfs, through its checks.
+show update-initramfs -u -k "$(uname -r)"
+check initramfs-has-the-checks sh -c 'lsinitramfs /boot/initrd.img-$(uname -r) |
+    grep -q "scripts/init-bottom/kpatch" && lsinitramfs /boot/initrd.img-$(uname -r) |
+    grep -q "usr/bin/sha256sum"'
 """,
     "reboot-upgrade": """
 check patched-at-boot grep -q kpatch=1 /proc/cmdline
+check loaded-by-initramfs unit_says "livepatch_cmdline: already loaded"
 check unit-clean unit_clean
 show systemctl status kpatch.service --no-pager
 show journalctl -b -u kpatch.service --no-pager -o cat
@@ -201,9 +209,11 @@ def test_apt_install_reboot_upgrade_newer_kernel_remove(tmp_path: Path) -> None:
     guest.publish_repository(published_v1)
     boot("install", release, ["unpatched-before", "key-installed", "apt-verified",
                               "patched-at-once", "listed-loaded", "listed-installed",
-                              "info-names-package"])
+                              "info-names-package", "manifest-installed",
+                              "initramfs-has-the-checks"])
     guest.publish_repository(repository)
-    boot("reboot-upgrade", release, ["patched-at-boot", "unit-clean", "apt-verified",
+    boot("reboot-upgrade", release, ["patched-at-boot", "loaded-by-initramfs", "unit-clean",
+                                     "apt-verified",
                                      "upgraded-at-once", "old-patch-gone", "old-module-gone",
                                      "new-patch-loaded", "old-file-gone"])
     boot("newer-kernel", newer.release, ["running-newer", "unit-clean",
