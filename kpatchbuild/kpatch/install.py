@@ -80,8 +80,11 @@ def command_files() -> list[Path]:
     directories it searches, the path files its site directories hold, and every module of
     this command and of pyelftools that this process imported."""
     files = [Path(sys.executable)]
+    # What -I leaves out: $PYTHONPATH, and the script's directory or working directory that
+    # a run without -P puts first (for `python -m`, the working directory: / in a guest).
     ignored = set(os.environ.get("PYTHONPATH", "").split(os.pathsep)) | {"", "."}
-    files += [Path(entry) for entry in sys.path if entry not in ignored and Path(entry).exists()]
+    searched = sys.path if sys.flags.safe_path else sys.path[1:]
+    files += [Path(entry) for entry in searched if entry not in ignored and Path(entry).exists()]
     for directory in site.getsitepackages():
         files += sorted(Path(directory).glob("*.pth"))
     for name, module in sorted(sys.modules.items()):

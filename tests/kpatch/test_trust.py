@@ -312,3 +312,15 @@ def test_an_installed_replace_mode_patch_beside_another_is_not_loaded(machine: M
     assert machine.kernel.inserted == []
     # Loading a build from elsewhere is the user's choice: it replaces what is live.
     assert machine.kpatch("replace", str(second)).code == 0
+
+
+def test_the_working_directory_a_plain_run_searches_is_not_what_the_unit_runs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`python -m` puts the working directory first on sys.path (/ in a guest, mode 1777);
+    the unit's `python -I` does not search it, so it is not held against the unit."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    monkeypatch.setattr(sys, "path", [str(open_dir), *sys.path[1:]])
+    assert not sys.flags.safe_path  # pytest runs without -P, as kpatch install does
+    assert open_dir not in install.command_files()

@@ -186,7 +186,7 @@ def test_list_and_info_show_the_loaded_patch(guest_steps) -> None:
     assert state["kernel"]["release"] == guest_steps.release, where
     assert state["kernel"]["build_id"] and state["kernel"]["livepatch"] is True, where
     assert state["loaded"] == [{"name": "livepatch_cmdline", "patch": True, "enabled": True,
-                                "transition": False}], where
+                                "transition": False, "package": None}], where
     info, where = _step(guest_steps, "info")
     assert "patched functions (from sysfs):" in info.output, where
     assert "vmlinux: cmdline_proc_show,1" in info.output, where
@@ -261,7 +261,8 @@ def test_keep_then_signal_and_force(guest_steps) -> None:
     assert kept.sysfs == ["livepatch_stuck"], where
     listed, where = _step(guest_steps, "stuck-list")
     assert json.loads(listed.output)["loaded"] == [
-        {"name": "livepatch_stuck", "patch": True, "enabled": True, "transition": True}], where
+        {"name": "livepatch_stuck", "patch": True, "enabled": True, "transition": True,
+         "package": None}], where
     signalled, where = _step(guest_steps, "stuck-signal")
     # Linux 6.1 has no signal file: it signals the remaining tasks itself.
     assert signalled.status == 1, where
