@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ def run(
     missing: str | None = None,
     cwd: Path | None = None,
     input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Completed:
     """Run ``argv``; raise ``error`` when it fails (unless ``check`` is off).
 
@@ -57,13 +58,14 @@ def run(
     reads the output for a better reason. ``succeeded`` judges commands whose exit status
     does not say (lz4 complains at the kernel's trailing size word yet decompresses it
     all). A command that is not installed raises ``error(missing)``. Output is text unless
-    ``input`` is bytes.
+    ``input`` is bytes. ``env`` adds to (or overrides) this process's environment.
     """
     command = [os.fspath(a) for a in argv]
     binary = isinstance(input, bytes)
     try:
         result = subprocess.run(command, cwd=cwd, input=input, capture_output=True,
-                                text=not binary)
+                                text=not binary,
+                                env={**os.environ, **env} if env is not None else None)
     except FileNotFoundError:
         raise error(missing or f"'{command[0]}' not found: install it (the README's set-up "
                     "command does)") from None
