@@ -26,7 +26,7 @@ sys.path.insert(0, str(PROJECT))
 
 from kpatchbuild.base.store import default_root  # noqa: E402
 
-TARGET = "debian-6.1-cloud-amd64"
+TARGET = "debian12-6.1-cloud-amd64"
 
 
 def timed_doit(task: str, env: dict[str, str]) -> float:

@@ -9,7 +9,7 @@ stage, module or proof; warm is the same command again, with nothing changed (wh
 with a restored cache does). Each -n value gets a cache of its own. The figures come from
 the runs' own reports (cache/reports/test.json); a run's doit output goes to a log beside
 it. ``--kernel`` takes doit test's patterns (default: the cloud kernels, whose packages
-are the small ones: 'debian-*-cloud-amd64,tiny-6.1').
+are the small ones: 'debian12-*-cloud-amd64,tiny-6.1').
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def print_run(label: str, result: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", default="debian-*-cloud-amd64,tiny-6.1")
+    parser.add_argument("--kernel", default="debian12-*-cloud-amd64,tiny-6.1")
     parser.add_argument("--recipe")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cache", type=Path, help="where the caches go (default: a temp dir)")

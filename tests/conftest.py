@@ -58,7 +58,7 @@ class RecipeStage:
 
 # The cells the suite builds of the example recipes' matrices: Debian's 6.1 cloud kernel
 # (and 6.12 where a test says), not the generic flavour's (a 858 MB -dbg package each).
-CI_KERNEL = "debian-6.1-cloud-amd64"
+CI_KERNEL = "debian12-6.1-cloud-amd64"
 TINY_KERNEL = "tiny-6.1"
 
 
@@ -137,7 +137,7 @@ def debian_kernel_tree(default_recipe_stage: RecipeStage,
                       compact_symbols=files / VMLINUX_SYMBOLS)
 
 
-SERIES_6_12_KERNEL = "debian-6.12-cloud-amd64"
+SERIES_6_12_KERNEL = "debian12-6.12-cloud-amd64"
 SERIES_6_12_TARGET = f"cmdline/{SERIES_6_12_KERNEL}"
 
 

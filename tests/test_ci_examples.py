@@ -36,7 +36,7 @@ def test_the_cells_step_gives_a_matrix_of_runnable_tasks(tmp_path: Path) -> None
     listed = subprocess.run([str(PROJECT / ".venv/bin/python"), "-m", "doit", "list"],
                             cwd=PROJECT, capture_output=True, text=True).stdout.split()
     assert {c["task"] for c in cells} <= set(listed)
-    default = next(c for c in cells if c["cell"] == "cmdline/debian-6.1-cloud-amd64")
+    default = next(c for c in cells if c["cell"] == "cmdline/debian12-6.1-cloud-amd64")
     assert default["release"].startswith("6.1.0-") and default["release"].endswith("-cloud-amd64")
     assert len(default["recipe_hash"]) == 16
     assert {c["release"] for c in cells if c["recipe"] == "cmdline-tiny"} == {"tiny-6.1"}
@@ -44,11 +44,11 @@ def test_the_cells_step_gives_a_matrix_of_runnable_tasks(tmp_path: Path) -> None
 
 def test_the_merge_step_merges_the_downloaded_reports(tmp_path: Path) -> None:
     reports = tmp_path / "downloaded" / "reports"
-    one = CellResult("cmdline", "debian-6.1-cloud-amd64", "passed", release="6.1.0-57")
-    two = CellResult("cmdline", "debian-6.12-cloud-amd64", "failed", reason="boom",
+    one = CellResult("cmdline", "debian12-6.1-cloud-amd64", "passed", release="6.1.0-57")
+    two = CellResult("cmdline", "debian12-6.12-cloud-amd64", "failed", reason="boom",
                      step="prove")
-    MatrixReport((one,), 5.0).write(reports / "cmdline-debian-6.1-cloud-amd64.json")
-    MatrixReport((two,), 7.0).write(reports / "cmdline-debian-6.12-cloud-amd64.json")
+    MatrixReport((one,), 5.0).write(reports / "cmdline-debian12-6.1-cloud-amd64.json")
+    MatrixReport((two,), 7.0).write(reports / "cmdline-debian12-6.12-cloud-amd64.json")
     (tmp_path / ".venv").symlink_to(PROJECT / ".venv")
     result = run_step(step("merge", "merge"), tmp_path, tmp_path / "output")
     assert result.returncode == 1  # a cell failed: the merge job fails the workflow

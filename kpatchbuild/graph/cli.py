@@ -3,7 +3,7 @@
 Each cell is one (recipe, kernel target) pair; ``--json`` prints them as a list of objects
 (``cell``, ``recipe``, ``target``, ``kind``, ``kernel``, ``not_applicable``, ``task``,
 ``recipe_hash`` and, with ``--resolve``, ``release``) that a CI system's matrix reads; each
-matrix job then runs ``doit <task>`` (``doit test:cmdline/debian-6.1-cloud-amd64``).
+matrix job then runs ``doit <task>`` (``doit test:cmdline/debian12-6.1-cloud-amd64``).
 """
 
 from __future__ import annotations

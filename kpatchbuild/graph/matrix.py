@@ -32,7 +32,7 @@ from kpatchbuild.stages.fetch.debian import newest_release_known
 
 def select(items: list[TargetPipeline], kernel: str | None) -> list[TargetPipeline]:
     """The cells whose target name matches ``kernel``: shell patterns, comma-separated
-    (``debian-6.1-*,tiny-6.1``); all cells without one."""
+    (``debian12-6.1-*,tiny-6.1``); all cells without one."""
     if not kernel:
         return items
     patterns = [pattern.strip() for pattern in kernel.split(",") if pattern.strip()]
@@ -40,7 +40,12 @@ def select(items: list[TargetPipeline], kernel: str | None) -> list[TargetPipeli
               if any(fnmatch.fnmatchcase(item.target.name, p) for p in patterns)]
     if not chosen:
         names = ", ".join(sorted({item.target.name for item in items}))
-        raise KpbError(f"kernel={kernel}: no target matches (targets: {names})", exit_code=2)
+        renamed = next((p for p in patterns if p.startswith("debian-")), None)
+        hint = (f"; Debian targets are named after their Debian release now: "
+                f"{renamed.replace('debian-', 'debian12-', 1)} for Debian 12's"
+                if renamed else "")
+        raise KpbError(f"kernel={kernel}: no target matches (targets: {names}){hint}",
+                       exit_code=2)
     return chosen
 
 

@@ -192,8 +192,8 @@ class TargetPipeline:
                 if source.tree_fingerprint(spec.path) != record.source.key:
                     return f"the source tree {spec.path} changed"
             if spec and spec.kind == "debian" and not spec.version:
-                assert spec.package is not None
-                newest = debian.newest_version_known(spec.package, self.store)
+                assert spec.package is not None and spec.release is not None
+                newest = debian.newest_version_known(spec.package, self.store, spec.release)
                 if newest != record.source.origin["version"]:
                     return f"Debian moved on: {spec.package} {newest}"
         except KpbError:

@@ -21,6 +21,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kpatchbuild.base.errors import RecipeError
+from kpatchbuild.stages.fetch.suites import RELEASES as DEBIAN_RELEASES
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -34,6 +35,12 @@ _MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,54}$")
 _ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SERIES = re.compile(r"^\d+\.\d+$")
+# The Debian releases whose archives serve each kernel series (the series a recipe names
+# without a release is taken from the one release that has it; one several have is asked).
+SERIES_RELEASES = {"6.1": ("12",), "6.12": ("12", "13")}
+_DEBIAN_RELEASE = re.compile(r"^(?:\d+|[a-z]+)$")
+# Debian's 6.12 releases say whose they are: 6.12.118+deb13-cloud-amd64.
+_RELEASE_IN_IMAGE = re.compile(r"\+deb(\d+)")
 _FLAVOUR = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+[^\s]*)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -64,17 +71,20 @@ class ConfigOption:
 
 @dataclass(frozen=True)
 class DebianKernel:
-    """A kernel Debian ships: an exact image package, or a series and flavour to resolve."""
+    """A kernel Debian ships: an exact image package, or a series and flavour to resolve,
+    in one Debian release's archive (``12``, ``13``): Debian 12's 6.12 and Debian 13's are
+    different kernels from different compilers."""
 
     image: str | None
     series: str | None
     flavour: str | None
+    release: str = "12"
 
     @property
     def label(self) -> str:
         if self.image:
             return self.image.removeprefix("linux-image-")
-        return f"debian-{self.series}-{self.flavour}"
+        return f"debian{self.release}-{self.series}-{self.flavour}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class SourceSpec:
     version: str | None = None  # pinned Debian version, or None for the newest
     path: Path | None = None  # tarball or tree
     sha256: str | None = None  # tarball only
+    release: str | None = None  # debian only: the Debian release whose archive serves it
 
 
 @dataclass(frozen=True)
@@ -449,9 +460,46 @@ def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
     )]
 
 
+def _debian_releases(reader: _NodeReader, fields: dict[str, Node], key: str) -> list[str]:
+    """The Debian releases a target names (``release: 12``, ``[12, 13]``, or codenames)."""
+    if "release" not in fields:
+        return []
+    names = _one_or_more(reader, fields["release"], f"{key}.release", _DEBIAN_RELEASE,
+                         "a Debian release (12, 13, or bookworm, trixie)")
+    numbers = []
+    for name in names:
+        number = next((r.number for r in DEBIAN_RELEASES.values()
+                       if name in (r.number, r.codename)), None)
+        if number is None:
+            known = ", ".join(f"{r.number} ({r.codename})" for r in DEBIAN_RELEASES.values())
+            raise reader.fail(fields["release"], f"{key}.release",
+                              f"Debian {name} is not a release kpatchbuild knows ({known})")
+        numbers.append(number)
+    return numbers
+
+
+def release_of_series(series: str) -> str | None:
+    """The one Debian release that serves ``series``, or None (several, or none known)."""
+    serving = SERIES_RELEASES.get(series, ())
+    return serving[0] if len(serving) == 1 else None
+
+
+def _ambiguous_series(series: str, spelled: str) -> str:
+    serving = SERIES_RELEASES.get(series, ())
+    if len(serving) > 1:
+        which = " and ".join(f"Debian {r} ({series}.x+deb{r})" for r in serving)
+        return (f"series {series} is in {which}, different kernels: say which with "
+                f"'release: {serving[-1]}' (or a list, [{', '.join(serving)}]){spelled}")
+    known = ", ".join(f"{one} ({'/'.join(rs)})" for one, rs in SERIES_RELEASES.items())
+    return (f"kpatchbuild does not know which Debian release serves series {series} (it "
+            f"knows {known}): say it with 'release: 13' or the like{spelled}")
+
+
 def _read_debian(reader: _NodeReader, node: Node, key: str) -> list[DebianKernel]:
-    """An exact image, or every (series, flavour) pair of the lists given, series first."""
-    fields = reader.mapping(node, key, required=(), optional=("image", "series", "flavour"))
+    """An exact image, or every (release, series, flavour) of the lists given."""
+    fields = reader.mapping(node, key, required=(),
+                            optional=("image", "series", "flavour", "release"))
+    releases = _debian_releases(reader, fields, key)
     if "image" in fields:
         if "series" in fields or "flavour" in fields:
             raise reader.fail(node, key, "give either 'image' or 'series' + 'flavour', not both")
@@ -460,7 +508,19 @@ def _read_debian(reader: _NodeReader, node: Node, key: str) -> list[DebianKernel
         if image.endswith(("-dbg", "-unsigned")):
             raise reader.fail(fields["image"], f"{key}.image",
                               f"'{image}' is not the image itself; name linux-image-<release>")
-        return [DebianKernel(image=image, series=None, flavour=None)]
+        said = _RELEASE_IN_IMAGE.search(image)
+        series = _IMAGE_PACKAGE.match(image).group(1)  # type: ignore[union-attr]
+        implied = said.group(1) if said else release_of_series(
+            ".".join(series.split(".")[:2]))
+        if len(releases) > 1 or (releases and implied and releases[0] != implied):
+            raise reader.fail(fields["release"], f"{key}.release",
+                              f"{image} is Debian {implied}'s; drop 'release' or name that one")
+        release = releases[0] if releases else implied
+        if release is None:
+            raise reader.fail(fields["image"], f"{key}.image",
+                              f"say which Debian release serves {image}: 'release: 13' or "
+                              "the like")
+        return [DebianKernel(image=image, series=None, flavour=None, release=release)]
     if "series" not in fields or "flavour" not in fields:
         raise reader.fail(node, key, "give 'image', or both 'series' (6.1) and 'flavour' "
                                      "(cloud-amd64)")
@@ -468,8 +528,16 @@ def _read_debian(reader: _NodeReader, node: Node, key: str) -> list[DebianKernel
                           "a kernel series such as \"6.1\" (quote it)")
     flavours = _one_or_more(reader, fields["flavour"], f"{key}.flavour", _FLAVOUR,
                             "a Debian kernel flavour such as cloud-amd64")
-    return [DebianKernel(image=None, series=one, flavour=flavour)
-            for one in series for flavour in flavours]
+    kernels = []
+    for one in series:
+        implied = release_of_series(one)
+        if not releases and implied is None:
+            example = SERIES_RELEASES.get(one, ("13",))[-1]
+            raise reader.fail(fields["series"], f"{key}.series", _ambiguous_series(
+                one, f"; targets are named after it, debian{example}-{one}-<flavour>"))
+        kernels += [DebianKernel(image=None, series=one, flavour=flavour, release=release)
+                    for release in (releases or [str(implied)]) for flavour in flavours]
+    return kernels
 
 
 def _one_or_more(reader: _NodeReader, node: Node, key: str, pattern: re.Pattern[str],
@@ -502,7 +570,14 @@ def _read_source(reader: _NodeReader, node: Node, key: str) -> SourceSpec:
                              "linux-source-6.1=6.1.192-2)")
         match = _SOURCE_PACKAGE.match(text)
         assert match is not None
-        return SourceSpec(kind="debian", package=match.group(1), version=match.group(2))
+        series = match.group(1).removeprefix("linux-source-")
+        release = release_of_series(series)
+        if release is None:
+            raise reader.fail(fields["debian"], f"{key}.debian", _ambiguous_series(
+                series, " (a built kernel's Debian source: only Debian 12's series are "
+                        "supported there yet)"))
+        return SourceSpec(kind="debian", package=match.group(1), version=match.group(2),
+                          release=release)
     if kind == "tarball":
         if "sha256" not in fields:
             raise reader.fail(node, key, "a 'tarball' needs its 'sha256' (sha256sum prints it)")

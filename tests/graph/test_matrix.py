@@ -28,8 +28,8 @@ from kpatchbuild.stages.fetch.source import SourceTree
 
 PROJECT = Path(__file__).resolve().parents[2]
 RECIPE = """targets:
-  - debian: {series: ["6.1", "6.12"], flavour: cloud-amd64}
-  - debian: {series: "6.12", flavour: amd64}
+  - debian: {release: 12, series: ["6.1", "6.12"], flavour: cloud-amd64}
+  - debian: {release: 12, series: "6.12", flavour: amd64}
     expect: not-applicable
     reason: moved in 6.12
 patches: [fix.patch]
@@ -58,11 +58,15 @@ def fetched(item: TargetPipeline, release: str, previous: str | None = None) -> 
 def test_kernel_patterns_select_cells(tmp_path: Path) -> None:
     items = cells(tmp_path)
     assert [i.target.name for i in matrix.select(items, "*6.12*")] == [
-        "debian-6.12-cloud-amd64", "debian-6.12-amd64"]
+        "debian12-6.12-cloud-amd64", "debian12-6.12-amd64"]
     assert matrix.select(items, None) == items
     with pytest.raises(KpbError, match=r"kernel=5\.10\*: no target matches \(targets: "
-                                       r"debian-6.1-cloud-amd64, "):
+                                       r"debian12-6.1-cloud-amd64, "):
         matrix.select(items, "5.10*")
+    # Yesterday's names say what they are called now.
+    with pytest.raises(KpbError, match=r"Debian targets are named after their Debian release "
+                                       r"now: debian12-6.1-cloud-amd64 for Debian 12's$"):
+        matrix.select(items, "debian-6.1-cloud-amd64")
 
 
 def test_a_proven_cell_passed_with_its_functions_and_times(tmp_path: Path) -> None:
@@ -82,7 +86,7 @@ def test_a_proven_cell_passed_with_its_functions_and_times(tmp_path: Path) -> No
     assert (result.build_seconds, result.proof_seconds) == (3.5, 3.2)
     assert result.console_log == str(tmp_path / "console.log")
     report_of_run = matrix.matrix_report([item], {item.label: run}, 9.0)
-    assert report_of_run.notes == ("fix/debian-6.1-cloud-amd64 now runs on 6.1.0-57-cloud-amd64 "
+    assert report_of_run.notes == ("fix/debian12-6.1-cloud-amd64 now runs on 6.1.0-57-cloud-amd64 "
                                    "(was 6.1.0-56-cloud-amd64)",)
 
 
@@ -93,13 +97,13 @@ def test_a_failed_cell_names_its_first_failure_and_keeps_the_console(tmp_path: P
     (item.work / "prove" / "console.log").write_text("boot\n")
     run = matrix.CellRun()
     run.failed("prove", "VM proof of m: check-patched: the check failed")
-    run.failed("test", "prove:fix/debian-6.12-cloud-amd64")  # what could not run after it
+    run.failed("test", "prove:fix/debian12-6.12-cloud-amd64")  # what could not run after it
     result = matrix.cell_result(item, run)
     assert (result.status, result.step, result.release) == ("failed", "prove", "6.12.117")
     assert result.reason == "VM proof of m: check-patched: the check failed"
     assert result.console_log == str(item.work / "prove" / "console.log")
     written = matrix.write_reports(matrix.MatrixReport((result,)), tmp_path / "reports")
-    kept = tmp_path / "reports/console/fix--debian-6.12-cloud-amd64.log"
+    kept = tmp_path / "reports/console/fix--debian12-6.12-cloud-amd64.log"
     assert kept.read_text() == "boot\n"
     assert written.splitlines()[-2:] == [
         f"reports: {tmp_path / 'reports'}/test.json, junit.xml, table.txt",
@@ -135,5 +139,5 @@ def test_cells_command_lists_the_matrix_as_json(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert [(c["cell"], c["task"], c["not_applicable"]) for c in listed] == [
-        ("fix/debian-6.12-cloud-amd64", "test:fix/debian-6.12-cloud-amd64", None),
-        ("fix/debian-6.12-amd64", "test:fix/debian-6.12-amd64", "moved in 6.12")]
+        ("fix/debian12-6.12-cloud-amd64", "test:fix/debian12-6.12-cloud-amd64", None),
+        ("fix/debian12-6.12-amd64", "test:fix/debian12-6.12-amd64", "moved in 6.12")]

@@ -22,12 +22,12 @@ from tests.conftest import PROJECT, SERIES_6_12_KERNEL, RecipeStage, run_doit
 
 pytestmark = pytest.mark.kernel
 
-CLOUD = ["debian-6.1-cloud-amd64", SERIES_6_12_KERNEL]
+CLOUD = ["debian12-6.1-cloud-amd64", SERIES_6_12_KERNEL]
 BROKEN = """description: a check that cannot pass, and a cell the patch does not apply to
 module: livepatch_matrix_broken
 targets:
   - debian: {series: "6.1", flavour: cloud-amd64}
-  - debian: {series: "6.12", flavour: cloud-amd64}
+  - debian: {release: 12, series: "6.12", flavour: cloud-amd64}
     patches: [written-for-6.1.patch]
     expect: not-applicable
     reason: the patch is written for 6.1's fs/proc/cmdline.c
@@ -73,9 +73,9 @@ def test_the_run_names_the_failed_cell_and_counts_the_rest(matrix_run) -> None:
         row = rows[f"t-matrix-cmdline/{kernel}"]
         assert row[2] == "passed" and row[3] == "cmdline_proc_show"
         assert row[1].startswith("6.1.0-" if "6.1-" in kernel else "6.12.")
-    assert rows["t-matrix-broken/debian-6.1-cloud-amd64"][2:4] == ["FAILED", "(prove)"]
+    assert rows["t-matrix-broken/debian12-6.1-cloud-amd64"][2:4] == ["FAILED", "(prove)"]
     assert rows[f"t-matrix-broken/{SERIES_6_12_KERNEL}"][2:4] == ["not", "applicable"]
-    kept = default_root() / "reports/console/t-matrix-broken--debian-6.1-cloud-amd64.log"
+    kept = default_root() / "reports/console/t-matrix-broken--debian12-6.1-cloud-amd64.log"
     (failed,) = [line for line in lines if line.startswith("FAILED t-matrix-broken/")]
     assert "check-patched" in failed and failed.endswith(f"console log: {kept}")
     assert "KPB-STEP check-patched fail" in kept.read_text(errors="replace")
@@ -85,7 +85,7 @@ def test_the_reports_are_what_ci_reads(matrix_run, junit_schema: Path) -> None:
     root, _env, _first, _again, _reports = matrix_run
     report = json.loads((root / "first.json").read_text())
     assert {c["cell"]: c["status"] for c in report["cells"]} == {
-        "t-matrix-broken/debian-6.1-cloud-amd64": "failed",
+        "t-matrix-broken/debian12-6.1-cloud-amd64": "failed",
         f"t-matrix-broken/{SERIES_6_12_KERNEL}": "not-applicable",
         **{f"t-matrix-cmdline/{kernel}": "passed" for kernel in CLOUD}}
     assert report["summary"] == "2 passed, 1 failed, 1 not applicable"
@@ -100,7 +100,7 @@ def test_a_second_run_does_not_prove_again_what_passed(matrix_run) -> None:
             if line.startswith("t-matrix-")}
     for kernel in CLOUD:
         assert rows[f"t-matrix-cmdline/{kernel}"][-1] == "cached"
-    assert rows["t-matrix-broken/debian-6.1-cloud-amd64"][2] == "FAILED"
+    assert rows["t-matrix-broken/debian12-6.1-cloud-amd64"][2] == "FAILED"
     assert ".  prove:t-matrix-cmdline" not in again.stdout
 
 

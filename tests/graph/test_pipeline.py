@@ -73,7 +73,7 @@ def test_second_build_does_no_work(default_recipe_stage: RecipeStage,
     ran = [line for line in result.stdout.splitlines() if line.startswith(".  ")]
     skipped = [line for line in result.stdout.splitlines() if line.startswith("-- ")]
     assert ran == []
-    assert "-- original:cmdline/debian-6.1-cloud-amd64" in skipped
+    assert "-- original:cmdline/debian12-6.1-cloud-amd64" in skipped
     assert "-- original:cmdline-tiny/tiny-6.1" in skipped
 
 
@@ -205,7 +205,7 @@ def test_interrupted_prepare_is_redone(tmp_path: Path, default_recipe_stage: Rec
 
     rerun = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert ".  original:cmdline/debian-6.1-cloud-amd64" in rerun.stdout
+    assert ".  original:cmdline/debian12-6.1-cloud-amd64" in rerun.stdout
     (stage,) = (cache / "original").iterdir()
     assert (stage / "manifest.json").is_file()
     assert stage.name == default_recipe_stage.original["key"]

@@ -50,7 +50,7 @@ def test_defaults(tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe(tmp_path, DEBIAN_TARGET, name="my-fix"))
     assert recipe.module == "livepatch_my_fix"
     assert recipe.replace is True
-    assert recipe.targets[0].name == "debian-6.1-cloud-amd64"
+    assert recipe.targets[0].name == "debian12-6.1-cloud-amd64"
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_inline_options_and_fragments_keep_their_places(tmp_path: Path) -> None:
 def test_duplicate_target_names(tmp_path: Path) -> None:
     text = DEBIAN_TARGET.replace("targets:\n", "targets:\n  - debian: {series: \"6.1\", "
                                  "flavour: cloud-amd64}\n")
-    assert "target name 'debian-6.1-cloud-amd64' is used twice" in error_of(
+    assert "target name 'debian12-6.1-cloud-amd64' is used twice" in error_of(
         write_recipe(tmp_path, text))
 
 
@@ -180,6 +180,7 @@ patches: [fix.patch]
 
 MATRIX = """targets:
   - debian:
+      release: 12
       series: ["6.1", "6.12"]
       flavour: [cloud-amd64, amd64]
   - debian: {series: "6.1", flavour: rt-amd64}
@@ -197,8 +198,8 @@ def test_series_and_flavour_lists_are_a_matrix(tmp_path: Path) -> None:
     (directory / "backport.patch").write_text("--- a/x.c\n+++ b/x.c\n")
     recipe = load_recipe(directory)
     assert [t.name for t in recipe.targets] == [
-        "debian-6.1-cloud-amd64", "debian-6.1-amd64", "debian-6.12-cloud-amd64",
-        "debian-6.12-amd64", "debian-6.1-rt-amd64", "6.1.0-57-amd64"]
+        "debian12-6.1-cloud-amd64", "debian12-6.1-amd64", "debian12-6.12-cloud-amd64",
+        "debian12-6.12-amd64", "debian12-6.1-rt-amd64", "6.1.0-57-amd64"]
     assert {t.place.line for t in recipe.targets[:4]} == {2}
     fix, backport = (directory / "fix.patch").resolve(), (directory / "backport.patch").resolve()
     assert [recipe.patches_for(t) for t in recipe.targets] == [(fix,)] * 4 + [(backport,)] \
@@ -209,18 +210,18 @@ def test_series_and_flavour_lists_are_a_matrix(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("edit", "message"), [
     (("    reason: the code is not in this release\n", ""),
-     "recipe.yaml:7: targets[2]: 'expect: not-applicable' needs a 'reason'"),
+     "recipe.yaml:8: targets[2]: 'expect: not-applicable' needs a 'reason'"),
     (("expect: not-applicable", "expect: failure"),
-     "recipe.yaml:8: targets[2].expect: 'failure' is not an expectation"),
+     "recipe.yaml:9: targets[2].expect: 'failure' is not an expectation"),
     (("    expect: not-applicable\n", ""),
-     "recipe.yaml:8: targets[2].reason: a reason goes with 'expect: not-applicable'"),
+     "recipe.yaml:9: targets[2].reason: a reason goes with 'expect: not-applicable'"),
     (("      flavour: [cloud-amd64, amd64]\n",
       "      flavour: [cloud-amd64, amd64]\n    name: mine\n"),
-     "recipe.yaml:5: targets[0].name: the targets of a series or flavour list are named by"),
+     "recipe.yaml:6: targets[0].name: the targets of a series or flavour list are named by"),
     (("[cloud-amd64, amd64]", "[amd64, amd64]"),
-     "recipe.yaml:4: targets[0].debian.flavour[1]: 'amd64' is listed twice"),
+     "recipe.yaml:5: targets[0].debian.flavour[1]: 'amd64' is listed twice"),
     (('["6.1", "6.12"]', '["6.1", 6.12a]'),
-     "recipe.yaml:3: targets[0].debian.series[1]: '6.12a' is not a kernel series"),
+     "recipe.yaml:4: targets[0].debian.series[1]: '6.12a' is not a kernel series"),
     (("patches:\n  - fix.patch\n", ""),
      "recipe.yaml:2: targets[0]: no patches for this target: give 'patches' at the top"),
 ])
@@ -260,7 +261,8 @@ def test_a_bad_version_is_refused(tmp_path: Path, text: str, said: str) -> None:
 
 
 def test_a_target_may_expect_its_own_refusal(tmp_path: Path) -> None:
-    text = DEBIAN_TARGET.replace("patches:", """  - debian: {series: "6.12", flavour: cloud-amd64}
+    target = '{release: 12, series: "6.12", flavour: cloud-amd64}'
+    text = DEBIAN_TARGET.replace("patches:", f"""  - debian: {target}
     refused: boot-time constant
 patches:""")
     recipe = load_recipe(write_recipe(tmp_path, text))
@@ -287,3 +289,40 @@ def test_a_proof_has_no_network_unless_the_recipe_asks(tmp_path: Path) -> None:
     assert load_recipe(write_recipe(tmp_path, DEBIAN_TARGET + "network: true\n")).network
     message = error_of(write_recipe(tmp_path, DEBIAN_TARGET + "network: user\n"))
     assert "network: expected true or false" in message
+
+
+def test_a_debian_target_belongs_to_one_debian_release(tmp_path: Path) -> None:
+    """Debian 12's 6.12 and Debian 13's are different kernels: different targets."""
+    text = """targets:
+  - debian: {series: "6.1", flavour: cloud-amd64}
+  - debian: {release: [12, trixie], series: "6.12", flavour: cloud-amd64}
+  - debian: {image: linux-image-6.12.118+deb13-amd64}
+  - debian: {image: linux-image-6.1.0-57-amd64}
+patches: [fix.patch]
+"""
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert [(t.name, t.debian.release) for t in recipe.targets] == [
+        ("debian12-6.1-cloud-amd64", "12"), ("debian12-6.12-cloud-amd64", "12"),
+        ("debian13-6.12-cloud-amd64", "13"), ("6.12.118+deb13-amd64", "13"),
+        ("6.1.0-57-amd64", "12")]
+
+
+@pytest.mark.parametrize(("target", "said"), [
+    ('{series: "6.12", flavour: cloud-amd64}',
+     "targets[0].debian.series: series 6.12 is in Debian 12 (6.12.x+deb12) and Debian 13 "
+     "(6.12.x+deb13), different kernels: say which with 'release: 13' (or a list, [12, 13]); "
+     "targets are named after it, debian13-6.12-<flavour>"),
+    ('{release: 11, series: "6.1", flavour: cloud-amd64}',
+     "targets[0].debian.release: Debian 11 is not a release kpatchbuild knows "
+     "(12 (bookworm), 13 (trixie))"),
+    ('{release: 12, image: linux-image-6.12.118+deb13-amd64}',
+     "targets[0].debian.release: linux-image-6.12.118+deb13-amd64 is Debian 13's; drop "
+     "'release' or name that one"),
+    ('{series: "6.16", flavour: cloud-amd64}',
+     "kpatchbuild does not know which Debian release serves series 6.16"),
+])
+def test_a_debian_release_that_is_not_clear_is_one_line(tmp_path: Path, target: str,
+                                                        said: str) -> None:
+    message = error_of(write_recipe(tmp_path, f"targets:\n  - debian: {target}\n"
+                                              "patches: [fix.patch]\n"))
+    assert said in message

@@ -77,12 +77,12 @@ def test_force_proves_again_and_a_not_applicable_cell_ends_at_its_patches(
     from kpatchbuild.graph.tasks import generate_tasks, pipelines
 
     items = pipelines(Store(tmp_path / "cache"), "cmdline")
-    assert [i.target.name for i in items] == ["debian-6.1-cloud-amd64", "debian-6.1-amd64",
-                                              "debian-6.12-cloud-amd64", "debian-6.12-amd64"]
+    assert [i.target.name for i in items] == ["debian12-6.1-cloud-amd64", "debian12-6.1-amd64",
+                                              "debian12-6.12-cloud-amd64", "debian12-6.12-amd64"]
     normal = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
     forced = {t["basename"] + ":" + str(t.get("name")): t
               for t in generate_tasks(items, force_proof=True)}
-    label = "cmdline/debian-6.1-cloud-amd64"
+    label = "cmdline/debian12-6.1-cloud-amd64"
     assert False not in normal[f"prove:{label}"]["uptodate"]
     assert False in forced[f"prove:{label}"]["uptodate"]
     assert False not in forced[f"module:{label}"]["uptodate"]
@@ -100,7 +100,7 @@ def test_a_recipes_package_waits_for_the_proof_of_each_selected_cell(tmp_path: P
     from kpatchbuild.graph.tasks import generate_tasks, pipelines
 
     store = Store(tmp_path / "cache")
-    items = matrix.select(pipelines(store, "cmdline"), "debian-6.1-*")
+    items = matrix.select(pipelines(store, "cmdline"), "debian12-6.1-*")
     tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
     recipe = tasks["package:cmdline"]
     assert {str(i.prove_record) for i in items} <= set(recipe["file_dep"])
@@ -181,4 +181,4 @@ def test_a_second_doit_run_on_one_database_waits_for_the_first(tmp_path: Path) -
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     assert f"kpatchbuild: waiting for another doit run on {tmp_path} to finish" in err
-    assert "test:cmdline/debian-6.1-cloud-amd64" in out
+    assert "test:cmdline/debian12-6.1-cloud-amd64" in out

@@ -22,20 +22,20 @@ def sample(tmp_path: Path) -> MatrixReport:
     console = tmp_path / "console.log"
     console.write_text("[    0.000] Linux version 6.1\x1b[0m\x07\nKPB-STEP check-patched fail\n")
     return MatrixReport((
-        CellResult("cmdline", "debian-6.1-cloud-amd64", "passed", release="6.1.0-57-cloud-amd64",
+        CellResult("cmdline", "debian12-6.1-cloud-amd64", "passed", release="6.1.0-57-cloud-amd64",
                    changed_functions=("cmdline_proc_show",), build_seconds=12.3,
                    proof_seconds=3.2, console_log=str(console)),
-        CellResult("cmdline", "debian-6.12-cloud-amd64", "not-applicable",
+        CellResult("cmdline", "debian12-6.12-cloud-amd64", "not-applicable",
                    reason="the 6.12 file moved", release="6.12.117+deb12-cloud-amd64"),
-        CellResult("broken", "debian-6.1-cloud-amd64", "failed",
+        CellResult("broken", "debian12-6.1-cloud-amd64", "failed",
                    reason="VM proof of livepatch_broken: check-patched: the check failed",
                    step="prove", release="6.1.0-57-cloud-amd64",
                    previous_release="6.1.0-56-cloud-amd64", build_seconds=1.0,
                    proof_seconds=2.5, console_log=str(console)),
-        CellResult("refused-data", "debian-6.1-cloud-amd64", "refused",
+        CellResult("refused-data", "debian12-6.1-cloud-amd64", "refused",
                    reason="data layout changed", release="6.1.0-57-cloud-amd64"),
         CellResult("cmdline", "tiny-6.1", "passed", release="6.1.192", build_seconds=0.4),
-    ), seconds=20.0, notes=("broken/debian-6.1-cloud-amd64 now runs on 6.1.0-57-cloud-amd64 "
+    ), seconds=20.0, notes=("broken/debian12-6.1-cloud-amd64 now runs on 6.1.0-57-cloud-amd64 "
                             "(was 6.1.0-56-cloud-amd64)",))
 
 
@@ -43,7 +43,7 @@ def test_the_summary_counts_what_passed_failed_and_did_not_apply(tmp_path: Path)
     report = sample(tmp_path)
     assert report.summary() == ("3 passed, 1 failed, 1 of the passed refused as expected, "
                                 "1 not applicable")
-    assert [c.cell for c in report.failed] == ["broken/debian-6.1-cloud-amd64"]
+    assert [c.cell for c in report.failed] == ["broken/debian12-6.1-cloud-amd64"]
 
 
 def test_the_table_names_each_cell_and_ends_with_the_summary(tmp_path: Path) -> None:
@@ -51,15 +51,15 @@ def test_the_table_names_each_cell_and_ends_with_the_summary(tmp_path: Path) -> 
     lines = text.splitlines()
     assert lines[0].split() == ["cell", "kernel", "release", "result", "changed", "functions",
                                 "build", "s", "proof", "s"]
-    row = next(line for line in lines if line.startswith("cmdline/debian-6.1-cloud-amd64"))
-    assert row.split() == ["cmdline/debian-6.1-cloud-amd64", "6.1.0-57-cloud-amd64", "passed",
+    row = next(line for line in lines if line.startswith("cmdline/debian12-6.1-cloud-amd64"))
+    assert row.split() == ["cmdline/debian12-6.1-cloud-amd64", "6.1.0-57-cloud-amd64", "passed",
                            "cmdline_proc_show", "12.3", "3.2"]
     tiny = next(line for line in lines if line.startswith("cmdline/tiny-6.1"))
     assert tiny.split()[-1] == "cached"
-    assert any(line.startswith("FAILED broken/debian-6.1-cloud-amd64 at prove: VM proof")
+    assert any(line.startswith("FAILED broken/debian12-6.1-cloud-amd64 at prove: VM proof")
                and line.endswith(f"console log: {tmp_path / 'console.log'}") for line in lines)
-    assert "not applicable: cmdline/debian-6.12-cloud-amd64: the 6.12 file moved" in lines
-    assert lines[-2].startswith("broken/debian-6.1-cloud-amd64 now runs on")
+    assert "not applicable: cmdline/debian12-6.12-cloud-amd64: the 6.12 file moved" in lines
+    assert lines[-2].startswith("broken/debian12-6.1-cloud-amd64 now runs on")
     assert lines[-1] == sample(tmp_path).summary()
 
 
@@ -86,7 +86,7 @@ def test_junit_validates_against_the_published_schema(tmp_path: Path,
     assert suite is not None
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "1", "1")
     cases = {(c.get("classname"), c.get("name")): c for c in suite.iter("testcase")}
-    failed = cases[("broken", "debian-6.1-cloud-amd64")]
+    failed = cases[("broken", "debian12-6.1-cloud-amd64")]
     failure = failed.find("failure")
     assert failure is not None and failure.get("type") == "prove"
     assert failure.get("message") == \
@@ -94,15 +94,15 @@ def test_junit_validates_against_the_published_schema(tmp_path: Path,
     out = failed.findtext("system-out") or ""
     assert "KPB-STEP check-patched fail" in out and "previous release: 6.1.0-56" in out
     assert "\x1b" not in out  # the console's escape characters have no place in XML
-    skipped = cases[("cmdline", "debian-6.12-cloud-amd64")].find("skipped")
+    skipped = cases[("cmdline", "debian12-6.12-cloud-amd64")].find("skipped")
     assert skipped is not None and skipped.get("message") == "the 6.12 file moved"
-    assert cases[("cmdline", "debian-6.1-cloud-amd64")].get("time") == "15.500"
+    assert cases[("cmdline", "debian12-6.1-cloud-amd64")].get("time") == "15.500"
 
 
 def test_merge_keeps_every_cell_and_the_later_result(tmp_path: Path) -> None:
     report = sample(tmp_path)
     first = MatrixReport(report.cells[:3], 10.0)
-    rerun = CellResult("broken", "debian-6.1-cloud-amd64", "passed", release="6.1.0-57")
+    rerun = CellResult("broken", "debian12-6.1-cloud-amd64", "passed", release="6.1.0-57")
     second = MatrixReport((*report.cells[3:], rerun), 12.0, report.notes)
     merged = merge([first, second])
     assert [c.cell for c in merged.cells] == sorted(c.cell for c in report.cells)

@@ -8,12 +8,15 @@ For a release REL (``6.1.0-56-cloud-amd64``) at Debian version V (``6.1.192-2``)
   without unpacking the rest;
 - ``linux-headers-REL``: ``Module.symvers`` (Debian builds with modversions);
 - ``linux-source-X.Y`` at exactly V: the code the image was built from.
-Everything is fetched with ``apt-get download`` (no root, nothing installed), verified
-against the sha256 Debian's index gives, and stored by that hash.
+Everything is resolved in, and fetched from, the index of the target's own Debian release
+(:mod:`suites`: apt with a private state, never the host's lists), with ``apt-get
+download`` (no root, nothing installed), verified against the sha256 that index gives, and
+stored by that hash.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -28,12 +31,12 @@ from kpatchbuild.base.store import (
     Artifact,
     Store,
     content_key,
-    default_root,
     file_hash,
     sha256_file,
 )
 from kpatchbuild.differ.symbols import load_symbol_table, write_compact_table
 from kpatchbuild.graph.recipe import DebianKernel
+from kpatchbuild.stages.fetch.suites import SuiteIndex, debian_release
 
 ROLES = ("image", "dbg", "headers", "source")
 # Store kinds of the fetch stage: packages by sha256, the kernel files taken out of them, and
@@ -42,6 +45,7 @@ DEB_KIND = "fetch-deb"
 KERNEL_FILES_KIND = "fetch-kernel"
 DEBIAN_SOURCE_KIND = "fetch-debian-source"
 VMLINUX_SYMBOLS = "vmlinux.symbols"
+REFRESH_ENV = "KPATCHBUILD_REFRESH_INDEX"
 T = TypeVar("T")
 
 
@@ -51,6 +55,7 @@ class DebianPackage:
     version: str
     sha256: str
     filename: str  # the .deb's file name as apt-get download writes it
+    release: str = "12"  # the Debian release whose index serves it (records before: 12)
 
     @property
     def spec(self) -> str:
@@ -145,32 +150,28 @@ def newest(versions: list[str]) -> str:
     return best
 
 
-# --- Debian's index, through apt-cache ---
+# --- Debian's index: the target's own release's, through apt-cache ---
 
-def _apt_cache(*args: str) -> str:
-    """apt-cache with a binary cache of its own.
-
-    Container images of Debian turn apt's package cache off (``Dir::Cache::pkgcache ""``
-    in apt.conf.d/docker-clean), so each apt-cache call re-reads the whole index: a second
-    each, seven of them to resolve one kernel. apt remakes the cache file by itself when the
-    index changes, so one kept in the project's cache is always current: 0.2 s a call.
-    """
-    cache = default_root() / "apt"
-    cache.mkdir(parents=True, exist_ok=True)
-    # Its status is not read: a name Debian does not know is an empty answer.
-    return process.run(
-        ["apt-cache", "-o", f"Dir::Cache::pkgcache={cache / 'pkgcache.bin'}",
-         "-o", f"Dir::Cache::srcpkgcache={cache / 'srcpkgcache.bin'}", *args],
-        error=FetchError, check=False,
-        missing="apt-cache not found: Debian kernels need a Debian host").stdout
+_ENSURED: dict[tuple[Path, str], SuiteIndex] = {}
 
 
-def available_versions(names: list[str]) -> dict[str, list[str]]:
-    """Binary package name -> versions Debian's index serves (madison, one call for all)."""
+def index_for(store: Store, release: str) -> SuiteIndex:
+    """The index of Debian ``release`` in ``store``, made or refreshed once per process when
+    stale (or when ``$KPATCHBUILD_REFRESH_INDEX`` asks)."""
+    key = (store.root, release)
+    if key not in _ENSURED:
+        index = SuiteIndex.in_cache(store.root, debian_release(release, "Debian target"))
+        index.ensure(refresh=os.environ.get(REFRESH_ENV, "") not in ("", "0"))
+        _ENSURED[key] = index
+    return _ENSURED[key]
+
+
+def available_versions(index: SuiteIndex, names: list[str]) -> dict[str, list[str]]:
+    """Binary package name -> versions the index serves (madison, one call for all)."""
     found: dict[str, list[str]] = {name: [] for name in names}
     if not names:
         return found
-    for line in _apt_cache("madison", *names).splitlines():
+    for line in index.apt_cache("madison", *names).splitlines():
         parts = [p.strip() for p in line.split("|")]
         if len(parts) >= 3 and parts[0] in found and not parts[2].endswith("Sources"):
             if parts[1] not in found[parts[0]]:
@@ -178,16 +179,17 @@ def available_versions(names: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def package_record(name: str, version: str) -> DebianPackage:
+def package_record(index: SuiteIndex, name: str, version: str) -> DebianPackage:
     """The index's record of one package version: its sha256 and file name."""
-    text = _apt_cache("show", "--no-all-versions", f"{name}={version}")
+    text = index.apt_cache("show", "--no-all-versions", f"{name}={version}")
     fields = dict(re.findall(r"^(SHA256|Filename|Architecture): (\S+)$", text, re.MULTILINE))
     if "SHA256" not in fields:
-        raise FetchError(f"Debian's index has no {name} {version}; run apt-get update, "
-                         "or pin a version it serves")
+        raise FetchError(f"{index.release.label}'s index has no {name} {version}; pin a "
+                         f"version it serves (set {REFRESH_ENV}=1 to read it again now)")
     arch = fields.get("Architecture", "amd64")
     epochless = version.split(":", 1)[-1].replace(":", "%3a")
-    return DebianPackage(name, version, fields["SHA256"], f"{name}_{epochless}_{arch}.deb")
+    return DebianPackage(name, version, fields["SHA256"], f"{name}_{epochless}_{arch}.deb",
+                         index.release.number)
 
 
 def resolve_release(spec: DebianKernel, store: Store) -> KernelRelease:
@@ -198,9 +200,10 @@ def resolve_release(spec: DebianKernel, store: Store) -> KernelRelease:
     serves still works if an earlier run fetched it.
     """
     memory_key = ("resolved", spec.label)
+    index = index_for(store, spec.release)
     if spec.image:
         release = spec.image.removeprefix("linux-image-")
-        versions = available_versions([spec.image])[spec.image]
+        versions = available_versions(index, [spec.image])[spec.image]
         if not versions:
             remembered = store.recall(memory_key)
             if remembered and all(_deb_path(store, KernelRelease.from_json(remembered)
@@ -209,14 +212,14 @@ def resolve_release(spec: DebianKernel, store: Store) -> KernelRelease:
                     "fetched earlier")
                 return KernelRelease.from_json(remembered)
             raise FetchError(
-                f"unknown Debian package {spec.image}: not in Debian's index "
-                f"({_known_images_hint(release)}); run apt-get update, or name a release "
-                "Debian serves, or use series + flavour"
+                f"unknown Debian package {spec.image}: not in {index.release.label}'s index "
+                f"({_known_images_hint(index, release)}); name a release Debian serves, or "
+                "use series + flavour"
             )
         version = newest(versions)
     else:
-        release, version = newest_release(spec)
-    resolved = KernelRelease(release, version, _packages_for(release, version))
+        release, version = newest_release(spec, index)
+    resolved = KernelRelease(release, version, _packages_for(index, release, version))
     previous = store.remember(memory_key, resolved.to_json())
     if previous and previous["release"] != release and not spec.image:
         say(f"note: Debian moved on: {spec.label} was {previous['release']} "
@@ -224,21 +227,13 @@ def resolve_release(spec: DebianKernel, store: Store) -> KernelRelease:
     return resolved
 
 
-APT_LISTS = Path("/var/lib/apt/lists")
-
-
-def _while_index_unchanged(store: Store, memory: tuple[str, ...], compute: Callable[[], T]) -> T:
-    """``compute()``, answered from the store while Debian's index is unchanged.
-
-    apt-cache takes most of a second; the index only changes when apt-get update renames
-    new lists into place, which changes the directory's mtime, so that mtime keys the answer.
-    """
-    try:
-        stamp = APT_LISTS.stat().st_mtime_ns
-    except OSError:
-        stamp = None
+def _while_index_unchanged(index: SuiteIndex, store: Store, memory: tuple[str, ...],
+                           compute: Callable[[], T]) -> T:
+    """``compute()``, answered from the store while the index is unchanged (apt-cache takes
+    most of a second; a no-op build asks on every run whether Debian moved on)."""
+    stamp = index.stamp
     known = store.recall(memory)
-    if stamp is not None and known and known[0] == stamp:
+    if known and known[0] == stamp:
         return known[1]
     value = compute()
     store.remember(memory, (stamp, value))
@@ -246,22 +241,25 @@ def _while_index_unchanged(store: Store, memory: tuple[str, ...], compute: Calla
 
 
 def newest_release_known(spec: DebianKernel, store: Store) -> tuple[str, str]:
-    """newest_release, from the store while Debian's index is unchanged."""
-    release, version = _while_index_unchanged(store, ("newest-release", spec.label),
-                                              lambda: newest_release(spec))
+    """newest_release, from the store while the release's index is unchanged."""
+    index = index_for(store, spec.release)
+    release, version = _while_index_unchanged(index, store, ("newest-release", spec.label),
+                                              lambda: newest_release(spec, index))
     return release, version
 
 
-def newest_version_known(package: str, store: Store) -> str:
-    """The newest version of ``package`` Debian serves, from the store while the index is
-    unchanged (a no-op build asks on every run whether an unpinned source moved on)."""
+def newest_version_known(package: str, store: Store, release: str) -> str:
+    """The newest version of ``package`` Debian ``release`` serves, from the store while its
+    index is unchanged (a no-op build asks on every run whether an unpinned source moved)."""
+    index = index_for(store, release)
+
     def ask() -> str:
-        versions = available_versions([package])[package]
+        versions = available_versions(index, [package])[package]
         if not versions:
-            raise FetchError(f"Debian's index has no {package}; run apt-get update")
+            raise FetchError(f"{index.release.label}'s index has no {package}")
         return newest(versions)
 
-    return _while_index_unchanged(store, ("newest-version", package), ask)
+    return _while_index_unchanged(index, store, ("newest-version", release, package), ask)
 
 
 # A release is ``<series>.<patch>[-<abi>]-<flavour>`` (``6.1.0-57-amd64``,
@@ -281,37 +279,37 @@ def image_pattern(series: str, flavour: str) -> re.Pattern[str]:
     return re.compile(rf"^linux-image-({series}{_AFTER_SERIES}{flavour})$")
 
 
-def newest_release(spec: DebianKernel) -> tuple[str, str]:
+def newest_release(spec: DebianKernel, index: SuiteIndex) -> tuple[str, str]:
     prefix = f"linux-image-{spec.series}."
     pattern = image_pattern(spec.series or "", spec.flavour or "")
-    names = [n for n in _apt_cache("pkgnames", prefix).split() if pattern.match(n)]
+    names = [n for n in index.apt_cache("pkgnames", prefix).split() if pattern.match(n)]
     if not names:
         raise FetchError(
-            f"Debian's index has no kernel image for series {spec.series} and flavour "
-            f"{spec.flavour} (no {prefix}*-{spec.flavour}); run apt-get update, or check the "
-            "series and flavour (e.g. 6.1 / cloud-amd64)"
+            f"{index.release.label}'s index has no kernel image for series {spec.series} and "
+            f"flavour {spec.flavour} (no {prefix}*-{spec.flavour}); check the release, series "
+            "and flavour (e.g. 12 / 6.1 / cloud-amd64)"
         )
     best_name, best_version = "", ""
-    for name, versions in available_versions(names).items():
+    for name, versions in available_versions(index, names).items():
         for version in versions:
             if not best_version or compare_versions(version, best_version) > 0:
                 best_name, best_version = name, version
     return best_name.removeprefix("linux-image-"), best_version
 
 
-def _known_images_hint(release: str) -> str:
+def _known_images_hint(index: SuiteIndex, release: str) -> str:
     parts = _RELEASE.match(release)
     if not parts:
         return "it serves none of this series"
     series, flavour = parts.groups()
     pattern = image_pattern(series, flavour)
     names = sorted(found.group(1)
-                   for n in _apt_cache("pkgnames", f"linux-image-{series}.").split()
+                   for n in index.apt_cache("pkgnames", f"linux-image-{series}.").split()
                    if (found := pattern.match(n)))
     return f"it serves {', '.join(names)}" if names else "it serves none of this series"
 
 
-def _packages_for(release: str, version: str) -> dict[str, DebianPackage]:
+def _packages_for(index: SuiteIndex, release: str, version: str) -> dict[str, DebianPackage]:
     series = ".".join(version.split(".")[:2])
     names = {
         "image": f"linux-image-{release}",
@@ -319,17 +317,17 @@ def _packages_for(release: str, version: str) -> dict[str, DebianPackage]:
         "headers": f"linux-headers-{release}",
         "source": f"linux-source-{series}",
     }
-    served = available_versions(list(names.values()))
+    served = available_versions(index, list(names.values()))
     packages = {}
     for role, name in names.items():
         if version not in served[name]:
             found = ", ".join(served[name]) or "none"
             raise FetchError(
-                f"{name} {version} (the image's version) is not in Debian's index; "
-                f"versions found: {found}. The source must match the image exactly: "
-                "pick an image release whose version these packages share"
+                f"{name} {version} (the image's version) is not in {index.release.label}'s "
+                f"index; versions found: {found}. The source, headers and symbols must match "
+                "the image exactly: pick an image release whose version these packages share"
             )
-        packages[role] = package_record(name, version)
+        packages[role] = package_record(index, name, version)
     return packages
 
 
@@ -345,14 +343,14 @@ def fetch_package(store: Store, package: DebianPackage) -> Path:
 
     def download(work: Path) -> None:
         say(f"  fetching {package.name} {package.version}")
-        process.run(["apt-get", "download", package.spec], cwd=work, error=FetchError)
+        index_for(store, package.release).download(package.spec, work)
         deb = work / package.filename
         if not deb.is_file():
             raise FetchError(f"apt-get download {package.spec} failed: no file written")
         actual = sha256_file(deb)
         if actual != package.sha256:
             raise FetchError(f"{package.filename}: sha256 {actual} does not match Debian's "
-                             f"index ({package.sha256}); run apt-get update and retry")
+                             f"index ({package.sha256}); retry with {REFRESH_ENV}=1")
         manifest["xxh3"] = file_hash(deb)
 
     return store.make(DEB_KIND, package.sha256, manifest, download).path / package.filename
@@ -442,14 +440,17 @@ def source_tarball(store: Store, package: DebianPackage) -> Path:
     return artifact.path / "source.tar.xz"
 
 
-def source_package(spec_package: str, pinned: str | None) -> DebianPackage:
-    """A ``linux-source-X.Y`` package: the pinned version, or the newest Debian serves."""
-    versions = available_versions([spec_package])[spec_package]
+def source_package(store: Store, spec_package: str, pinned: str | None,
+                   release: str) -> DebianPackage:
+    """A ``linux-source-X.Y`` package of Debian ``release``: the pinned version, or the
+    newest it serves."""
+    index = index_for(store, release)
+    versions = available_versions(index, [spec_package])[spec_package]
     if not versions:
-        raise FetchError(f"unknown Debian package {spec_package}: not in Debian's index; "
-                         "run apt-get update, or check the name (linux-source-6.1)")
+        raise FetchError(f"unknown Debian package {spec_package}: not in "
+                         f"{index.release.label}'s index; check the name (linux-source-6.1)")
     if pinned and pinned not in versions:
-        raise FetchError(f"{spec_package} {pinned} is no longer in Debian's index (it serves "
-                         f"{', '.join(versions)}); pin one of those, or drop the version to "
-                         "take the newest")
-    return package_record(spec_package, pinned or newest(versions))
+        raise FetchError(f"{spec_package} {pinned} is no longer in {index.release.label}'s "
+                         f"index (it serves {', '.join(versions)}); pin one of those, or drop "
+                         "the version to take the newest")
+    return package_record(index, spec_package, pinned or newest(versions))

@@ -86,8 +86,9 @@ def debian_source_tree(store: Store, package: debian.DebianPackage) -> SourceTre
 def obtain_source(store: Store, spec: SourceSpec, where: str) -> SourceTree:
     """The pristine tree for ``spec``; ``where`` names the recipe key for error messages."""
     if spec.kind == "debian":
-        assert spec.package is not None
-        return debian_source_tree(store, debian.source_package(spec.package, spec.version))
+        assert spec.package is not None and spec.release is not None
+        return debian_source_tree(store, debian.source_package(store, spec.package,
+                                                               spec.version, spec.release))
     if spec.kind == "tarball":
         assert spec.path is not None and spec.sha256 is not None
         actual = sha256_file(spec.path)

@@ -31,7 +31,7 @@ from tests.support.debian_guest import REPOSITORY_MOUNT, Boot, DebianGuest, gues
 
 pytestmark = pytest.mark.kernel
 
-CELL = "debian-6.1-cloud-amd64"
+CELL = "debian12-6.1-cloud-amd64"
 SEEDED_KINDS = ("fetch-deb", "fetch-kernel", "fetch-source", "apt")
 
 # Read the kpatch command's JSON in the guest: the names of the enabled patches, and of

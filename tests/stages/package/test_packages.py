@@ -417,7 +417,7 @@ def test_the_index_is_written_again_past_half_its_validity(tmp_path: Path,
     from kpatchbuild.graph.tasks import generate_tasks, pipelines
 
     store = Store(tmp_path / "cache")
-    items = matrix.select(pipelines(store, "cmdline"), "debian-6.1-cloud-*")
+    items = matrix.select(pipelines(store, "cmdline"), "debian12-6.1-cloud-*")
     tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
     task = tasks["package:repository"]
     fresh = [check for check in task["uptodate"] if not isinstance(check, config_changed)]

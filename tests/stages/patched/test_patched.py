@@ -92,7 +92,7 @@ def test_patch_edits_recompile_only_the_patched_side_and_reverts_hit_the_cache(
     recipes = tmp_path / "recipes"
     shutil.copytree(PROJECT / "recipes/cmdline", recipes / "t-edit")
     env = {"KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
-    work = default_root() / "work/t-edit/debian-6.1-cloud-amd64"
+    work = default_root() / "work/t-edit/debian12-6.1-cloud-amd64"
     patch = recipes / "t-edit/cmdline.patch"
     try:
         def build() -> dict[str, str]:
@@ -121,7 +121,7 @@ def test_each_changed_object_has_its_own_diff_task(default_recipe_stage: RecipeS
     recipes = tmp_path / "recipes"
     shutil.copytree(PROJECT / "recipes/two-patches", recipes / "t-two")
     env = {"KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
-    label = "t-two/debian-6.1-cloud-amd64"
+    label = "t-two/debian12-6.1-cloud-amd64"
     patch = recipes / "t-two/version.patch"
     try:
         def diff_tasks_run() -> set[str]:
