@@ -5,8 +5,9 @@ is diffed against that module's own symbol table (livepatch resolves its relocat
 module, counting sympos there), and the proof in a VM loads the module, and the modules it
 depends on, before the patch. The ``.ko`` comes from where the kernel came from:
 - a Debian kernel: its image package, which holds every module under
-  ``lib/modules/<release>/kernel/`` (compressed ``.ko.xz``/``.ko.zst`` on newer series);
-  each one is extracted once and kept in the store, decompressed;
+  ``lib/modules/<release>/kernel/`` (Debian 12: plain ``.ko``) or
+  ``usr/lib/modules/<release>/kernel/`` (Debian 13, merged /usr: ``.ko.xz``), or compressed
+  with zstd; each one is extracted once and kept in the store, decompressed;
 - a kernel built here: the build tree, found through ``modules.order``.
 Dependencies come from the ``depends=`` field of each module's ``.modinfo``, as modprobe
 would read them from modules.dep (which Debian generates at install time, not in the package).
@@ -109,12 +110,14 @@ class DebianModules:
                 deb = fetch_package(self.store, self.image)
                 result = process.run(["dpkg-deb", "-c", deb], error=FetchError,
                                      what=f"listing {deb.name} with dpkg-deb")
-                prefix = f"./lib/modules/{self.release}/"
+                # Debian 13 ships them under /usr (merged /usr), Debian 12 under /lib.
+                prefixes = tuple(f"./{root}lib/modules/{self.release}/"
+                                 for root in ("", "usr/"))
                 listing = {}
                 for line in result.stdout.splitlines():
                     member = line.split()[-1]
                     stem = _module_stem(member)
-                    if stem and member.startswith(prefix):
+                    if stem and member.startswith(prefixes):
                         listing[stem] = member
                 self.store.remember(("image-modules", self.image.sha256), listing)
             self._members = listing
@@ -134,7 +137,7 @@ class DebianModules:
                                                               "member": member}) as work:
                 extract_members(deb, [member], work)
                 _decompress(work / member, work / f"{module_key(name)}.ko")
-                shutil.rmtree(work / "lib")
+                shutil.rmtree(work / Path(member).parts[0])  # lib or usr
             artifact = self.store.lookup("fetch-module", key)
             assert artifact is not None
         return artifact.path / f"{module_key(name)}.ko"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.base.errors import BuildError
+from kpatchbuild.base.errors import BuildError, FetchError
 from kpatchbuild.stages.fetch import target_modules
 
 
@@ -64,3 +64,52 @@ def test_compressed_modules_are_unpacked(tmp_path: Path) -> None:
     target_modules._decompress(packed, out)
     assert out.read_bytes() == ko.read_bytes()
     assert target_modules._module_stem("./lib/modules/r/kernel/fs/x-y.ko.zst") == "x_y"
+
+
+@pytest.mark.parametrize(("root", "suffix", "pack"), [
+    ("lib", ".ko", lambda data: data),                    # Debian 12
+    ("usr/lib", ".ko.xz", lzma.compress),                 # Debian 13: merged /usr, xz
+])
+def test_an_image_packages_modules_are_found_where_its_release_puts_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str, suffix: str,
+        pack) -> None:
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.stages.fetch.debian import DebianPackage
+
+    release = "6.12.118+deb13-cloud-amd64"
+    staged = tmp_path / "staged"
+    ko = fake_module(tmp_path / "binfmt_misc.ko", {"name": "binfmt_misc", "depends": ""})
+    member = staged / root / "modules" / release / "kernel/fs" / f"binfmt_misc{suffix}"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(pack(ko.read_bytes()))
+    (staged / "DEBIAN").mkdir()
+    (staged / "DEBIAN/control").write_text(
+        "Package: linux-image-test\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@t>\n"
+        "Description: test\n")
+    deb = tmp_path / "image.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(staged), str(deb)],
+                   check=True, capture_output=True)
+    monkeypatch.setattr(target_modules, "fetch_package", lambda store, package: deb)
+    image = DebianPackage("linux-image-test", "1", ("a" if root == "lib" else "b") * 64,
+                          "image.deb")
+    modules = target_modules.DebianModules(Store(tmp_path / "cache"), image, release)
+    assert modules.find("binfmt_misc").read_bytes() == ko.read_bytes()
+    with pytest.raises(FetchError, match="has no module named cifs"):
+        modules.find("cifs")
+
+
+@pytest.mark.kernel
+def test_debian_13s_compressed_modules_come_out_whole(tmp_path: Path) -> None:
+    """Debian 13's image ships /usr/lib/modules/<release>/**/*.ko.xz."""
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph.recipe import DebianKernel
+    from kpatchbuild.stages.fetch import debian
+
+    store = Store()
+    kernel = debian.resolve_release(DebianKernel(None, "6.12", "cloud-amd64", "13"), store)
+    assert "+deb13" in kernel.release
+    modules = target_modules.DebianModules(store, kernel.packages["image"], kernel.release)
+    assert modules.members()["cifs"].startswith(f"./usr/lib/modules/{kernel.release}/")
+    chain = target_modules.with_dependencies("cifs", modules.find)
+    assert chain[-1].name == "cifs.ko" and "netfs.ko" in [p.name for p in chain]
+    assert target_modules.modinfo(chain[-1])["vermagic"].startswith(kernel.release + " ")
