@@ -1,7 +1,7 @@
 """The house's layering, read from the source: who may import what.
 
-Data flows one way (fetch -> config -> original -> patches -> patched -> diff -> module ->
-prove), the graph wires the stages, and the rooms that stand apart (the ELF model, the
+Data flows one way (fetch -> buildroot -> config -> original -> patches -> patched -> diff ->
+module -> prove), the graph wires the stages, and the rooms that stand apart (the ELF model, the
 differ, the ``kpatch`` command) import nothing of the build side. A third-party library
 lives in the one room that needs it, so that swapping it touches one place.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kpatchbuild"
-STAGES = ("fetch", "config", "original", "patches", "patched", "diff", "module", "prove",
-          "package")
+STAGES = ("fetch", "buildroot", "config", "original", "patches", "patched", "diff", "module",
+          "prove", "package")
 
 # Third-party library -> the modules allowed to import it.
 LIBRARY_ROOMS = {

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from kpatchbuild.base.errors import BuildError
 
@@ -34,6 +35,29 @@ def format_elapsed(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+class Runner(Protocol):
+    """Where a target's build commands run: on the host, or inside a build root that holds
+    the exact compiler of the target's kernel. ``command`` turns a command and its working
+    directory into what the host starts; the paths stay the same either way."""
+
+    @property
+    def name(self) -> str: ...
+
+    def command(self, argv: Sequence[str | os.PathLike[str]], cwd: Path | None) -> list[str]: ...
+
+
+class HostRunner:
+    """Commands run as they are, on the host."""
+
+    name = "the host"
+
+    def command(self, argv: Sequence[str | os.PathLike[str]], cwd: Path | None) -> list[str]:
+        return [os.fspath(a) for a in argv]
+
+
+HOST = HostRunner()
+
+
 def run_step(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -44,6 +68,7 @@ def run_step(
     input_text: str | None = None,
     failure_hint: str = "",
     check: bool = True,
+    runner: Runner = HOST,
 ) -> int:
     """Run ``argv`` appending all output to ``log``; raise BuildError naming the log on failure.
 
@@ -51,18 +76,22 @@ def run_step(
     failures are expected): it is returned, and nothing is printed.
 
     Every PROGRESS_INTERVAL seconds a line tells the step, elapsed time and, for builds, how
-    many compile/link lines kbuild printed so far.
+    many compile/link lines kbuild printed so far. ``runner`` says where it runs (a build
+    root does not see ``env``: kbuild's settings go on make's command line).
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tail: deque[bytes] = deque(maxlen=15)
     counted = 0
     with open(log, "ab") as sink:
-        sink.write(f"\n$ (cd {cwd or os.getcwd()} && {' '.join(map(str, argv))})\n".encode())
+        where = "" if runner is HOST else f" [in {runner.name}]"
+        sink.write(f"\n$ (cd {cwd or os.getcwd()} && {' '.join(map(str, argv))}){where}\n"
+                   .encode())
         sink.flush()
         try:
             process = subprocess.Popen(
-                [str(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
+                runner.command(argv, cwd), cwd=cwd,
+                env=dict(env) if env is not None else None,
                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             )

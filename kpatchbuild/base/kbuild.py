@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild.base import process
-from kpatchbuild.base.commands import run_step
+from kpatchbuild.base.commands import HOST, Runner, run_step
 from kpatchbuild.base.errors import ToolchainError
 
 # The differ correlates functions and data by section, so every object is built with one
@@ -33,8 +33,8 @@ def make_command(tree: Path, *targets: str, parallel: bool = True) -> list[str]:
     return [*command, *targets]
 
 
-def make(tree: Path, *targets: str, step: str, log: Path) -> None:
-    run_step(make_command(tree, *targets), step=step, log=log)
+def make(tree: Path, *targets: str, step: str, log: Path, runner: Runner = HOST) -> None:
+    run_step(make_command(tree, *targets), step=step, log=log, runner=runner)
 
 
 def pin_release(tree: Path, release: str) -> None:
@@ -59,8 +59,9 @@ def pin_release(tree: Path, release: str) -> None:
     )
 
 
-def kernelrelease(tree: Path) -> str:
-    return process.run(["make", "-s", "-C", str(tree), "kernelrelease"]).stdout.strip()
+def kernelrelease(tree: Path, runner: Runner = HOST) -> str:
+    return str(process.run(runner.command(["make", "-s", "-C", str(tree), "kernelrelease"],
+                                          None)).stdout).strip()
 
 
 # --- the compiler ---
@@ -105,27 +106,6 @@ def host_compiler(cc: str = "gcc") -> CompilerVersion:
                          missing=f"compiler '{cc}' not found; install gcc "
                          "(the README's set-up command does)").stdout
     return parse_compiler_text(output.splitlines()[0] if output else "")
-
-
-def check_compiler(config_text: str, where: str) -> CompilerVersion:
-    """Refuse when the host's gcc is not the compiler that built the target kernel.
-
-    Objects from another compiler differ from the running kernel's in inlining, register
-    use and section layout: a patch built from them would be wrong.
-    """
-    found = re.search(r"^CONFIG_CC_VERSION_TEXT=(.*)$", config_text, re.MULTILINE)
-    if not found:
-        raise ToolchainError(f"{where}: the kernel's config has no CONFIG_CC_VERSION_TEXT; "
-                             "cannot tell which compiler built it")
-    wanted = parse_compiler_text(found.group(1))
-    host = host_compiler()
-    if not wanted.matches(host):
-        raise ToolchainError(
-            f"{where}: the kernel was built with '{wanted.text}' but the host's gcc is "
-            f"'{host.text}'; objects from another compiler do not match the running kernel: "
-            f"build on a host with gcc {wanted.package or wanted.version}"
-        )
-    return host
 
 
 # --- kbuild's records of how each object was made ---

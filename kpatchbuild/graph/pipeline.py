@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base import kbuild
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import BuildError, KpbError, RecipeError, about
 from kpatchbuild.base.store import (
@@ -47,11 +46,13 @@ from kpatchbuild.graph.records import (
     read_record,
     write_record,
 )
+from kpatchbuild.stages.buildroot import buildroot
 from kpatchbuild.stages.config import kconfig
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.diff.objdiff import SymbolFiles
 from kpatchbuild.stages.fetch import debian, source, target_modules
 from kpatchbuild.stages.fetch.source import SourceTree
+from kpatchbuild.stages.fetch.suites import debian_release
 from kpatchbuild.stages.fetch.target_modules import BuiltModules, DebianModules
 from kpatchbuild.stages.module import buildid, module
 from kpatchbuild.stages.original import original
@@ -207,7 +208,8 @@ class TargetPipeline:
         if record.kind == "debian":
             text = (record.debian_files() / "config").read_text()
             original.check_livepatch_config(text, self.label)
-            kbuild.check_compiler(text, f"{self.label} (Debian's config)")
+            # The kernel's exact compiler: the host's, or a build root made now if needed.
+            self.toolchain(text)
         else:
             assert self.target.config is not None
             log = self.store.log_path(f"config-{self.recipe.name}-{self.target.name}")
@@ -228,6 +230,24 @@ class TargetPipeline:
                 deps.append(str(self.target.config.base_path))
         return deps
 
+    def toolchain(self, config_text: str | None = None) -> buildroot.Toolchain:
+        """Where this target compiles: a Debian kernel with its exact compiler (the host's
+        gcc when it is that one, else its release's build root, seeing the store, the
+        project and the recipe); a kernel built here with the host's."""
+        if self.target.debian is None:
+            return buildroot.host_toolchain()
+        text = config_text if config_text is not None else self.config_file.read_text()
+        return buildroot.toolchain_for(
+            self.store, text, debian_release(self.target.debian.release, self.label),
+            where=self.label,
+            binds=(self.store.root, PROJECT_ROOT, self.recipe.directory, self.work))
+
+    def workspace(self) -> patched.Workspace:
+        """The original stage's compile workspace, compiling with the target's toolchain
+        (a tree prepared by one compiler must never meet another: kbuild would reconfigure
+        it over and over)."""
+        return patched.Workspace(self.store, self.stage(), self.toolchain().runner)
+
     # --- original stage ---
 
     def original(self) -> None:
@@ -240,6 +260,7 @@ class TargetPipeline:
             stage = original.prepare_debian_tree(
                 self.store, tree, config_text, record.kernel.release,
                 files / "Module.symvers", label=self.label.replace("/", "-"),
+                toolchain=self.toolchain(config_text),
             )
         else:
             stage = original.build_kernel(self.store, tree, config_text,
@@ -303,6 +324,7 @@ class TargetPipeline:
         self.patched_log.unlink(missing_ok=True)
         with about(str(self.recipe.path)):
             pairs = patched.build_object_pairs(self.store, self.stage(), self.patch_files,
+                                               runner=self.toolchain().runner,
                                                log=self.patched_log,
                                                header_index=self.target.header_index,
                                                strip=self.recipe.strip)
@@ -344,8 +366,7 @@ class TargetPipeline:
 
     def diff_object(self, pair: ObjectPair) -> None:
         """Diff one object; a refusal the recipe expects is recorded, any other one fails."""
-        workspace = patched.Workspace(self.store, self.stage())
-        sizes = objdiff.measured_entry_sizes(self.store, workspace)
+        sizes = objdiff.measured_entry_sizes(self.store, self.workspace())
         try:
             provided = objdiff.provided_by_others(pair, self.changed_pairs())
             diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes,
@@ -414,7 +435,7 @@ class TargetPipeline:
         name = f"{self.recipe.module}.ko"
         if not self.store.lookup("module", key):
             log.unlink(missing_ok=True)
-            workspace = patched.Workspace(self.store, stage)
+            workspace = self.workspace()
             with self.store.publishing("module", key, {"module": name,
                                                        "stage": stage.key}) as work:
                 with workspace.locked(), source.no_write_through(
@@ -424,7 +445,7 @@ class TargetPipeline:
                         workspace.tree, self.recipe.module, diffs, self.work / "module",
                         release=stage.release, log=log, replace=self.recipe.replace,
                         build_id=self.kernel_build_id(), sources=self.recipe.sources,
-                        description=self.recipe.description,
+                        description=self.recipe.description, runner=workspace.runner,
                     )
                 shutil.copyfile(ko, work / name)
         final = self.work / name

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base.commands import run_step
+from kpatchbuild.base.commands import HOST, Runner, run_step
 from kpatchbuild.base.errors import BuildError, about
 from kpatchbuild.base.store import PROJECT_ROOT
 from kpatchbuild.differ.diff import DiffResult, FunctionChange
@@ -187,8 +187,10 @@ def link_module(
     build_id: str | None = None,
     sources: Sequence[Path] = (),
     description: str = "",
+    runner: Runner = HOST,
 ) -> Path:
-    """Build the livepatch module ``<workdir>/<name>.ko`` and return its path.
+    """Build the livepatch module ``<workdir>/<name>.ko`` and return its path (kbuild runs
+    through ``runner``: the host, or the target's build root).
 
     ``tree``: a prepared or built kernel tree whose make speaks of ``release`` (its
     GNUmakefile pins it) and holding the target's Module.symvers. ``name``: the module name
@@ -257,7 +259,7 @@ def link_module(
         # Linked anew every time: the livepatch relocations are rewritten into the fresh .ko.
         (workdir / f"{name}.ko").unlink(missing_ok=True)
         run_step(["make", "-C", str(tree), f"M={workdir}", "modules"], step=f"link {name}.ko",
-                 log=log)
+                 log=log, runner=runner)
         module = workdir / f"{name}.ko"
         if not module.is_file():
             raise ModuleLinkError(f"kbuild made no {module.name}")

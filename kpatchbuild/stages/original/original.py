@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from kpatchbuild.base import kbuild
-from kpatchbuild.base.commands import format_elapsed, run_step, say
+from kpatchbuild.base.commands import Runner, format_elapsed, run_step, say
 from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.base.store import Artifact, Store, content_key, file_hash
+from kpatchbuild.stages.buildroot.buildroot import Toolchain
 from kpatchbuild.stages.config import kconfig
 from kpatchbuild.stages.fetch.source import SourceTree, no_write_through, private_tree
 
@@ -66,9 +67,12 @@ def prepared_key(source: SourceTree, config_text: str, release: str,
 
 
 def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, release: str,
-                        module_symvers: Path, *, label: str) -> OriginalStage:
-    """Debian's source, configured and prepared as Debian built ``release``; no kernel build."""
-    compiler = kbuild.check_compiler(config_text, label)
+                        module_symvers: Path, *, label: str,
+                        toolchain: Toolchain) -> OriginalStage:
+    """Debian's source, configured and prepared as Debian built ``release`` (with its
+    compiler: ``toolchain``, the host's or a build root's); no kernel build."""
+    compiler = toolchain.compiler
+    runner = toolchain.runner
     key = prepared_key(source, config_text, release, compiler, file_hash(module_symvers))
     artifact = store.lookup(STORE_KIND, key)
     if artifact:
@@ -86,13 +90,15 @@ def prepare_debian_tree(store: Store, source: SourceTree, config_text: str, rele
         (tree / ".config").write_text(config_text)
         kbuild.pin_release(tree, release)
         with _source_kept(store, source, label):
-            kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
+            kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log,
+                        runner=runner)
             manifest["config_changes"] = config_changes(config_text,
                                                          (tree / ".config").read_text())
             check_config_kept(manifest["config_changes"], label, log)
-            kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log)
+            kbuild.make(tree, "modules_prepare", step=f"{label}: make modules_prepare", log=log,
+                        runner=runner)
         shutil.copyfile(module_symvers, tree / "Module.symvers")
-        _check_release(tree, release, log)
+        _check_release(tree, release, log, runner)
     return OriginalStage.from_artifact(store.lookup(STORE_KIND, key))  # type: ignore[arg-type]
 
 
@@ -167,8 +173,8 @@ def link_function_sections_as_text(tree: Path) -> None:
                                    _SECTION_MACROS_CONDITION + " || defined(LINKER_SCRIPT)", 1))
 
 
-def _check_release(tree: Path, release: str, log: Path) -> None:
-    reported = kbuild.kernelrelease(tree)
+def _check_release(tree: Path, release: str, log: Path, runner: Runner) -> None:
+    reported = kbuild.kernelrelease(tree, runner)
     uts = (tree / "include/generated/utsrelease.h").read_text()
     if reported != release or f'"{release}"' not in uts:
         raise BuildError(f"prepared tree reports release '{reported}', not '{release}'; "

@@ -27,7 +27,7 @@ from pathlib import Path
 import xxhash
 
 from kpatchbuild.base import kbuild, locks
-from kpatchbuild.base.commands import run_step, say
+from kpatchbuild.base.commands import HOST, Runner, run_step, say
 from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.base.store import PROJECT_ROOT, Store, content_key, write_atomically
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
@@ -63,9 +63,10 @@ class Workspace:
     generated copied (see :func:`kpatchbuild.stages.fetch.source.link_tree`).
     """
 
-    def __init__(self, store: Store, stage: OriginalStage) -> None:
+    def __init__(self, store: Store, stage: OriginalStage, runner: Runner = HOST) -> None:
         self.store = store
         self.stage = stage
+        self.runner = runner  # where its compiles run: the host, or the target's build root
         self.root = store.root / "patched-workspace" / stage.key
         self.tree = self.root / "tree"
         self._index: HeaderIndex | None = None
@@ -157,11 +158,12 @@ class Workspace:
         recorded = self.recorded(obj)
         if recorded is not None:
             command = _unescape_make(recorded.command)
-            run_step(["sh", "-c", command], step=f"compile {obj}", log=log, cwd=self.tree)
+            run_step(["sh", "-c", command], step=f"compile {obj}", log=log, cwd=self.tree,
+                     runner=self.runner)
         else:
             with no_write_through(self.tree, what=f"make {obj}", on_damage=self.discard):
                 run_step(kbuild.make_command(self.tree, obj, parallel=False),
-                         step=f"make {obj}", log=log)
+                         step=f"make {obj}", log=log, runner=self.runner)
         if not output.is_file():
             raise BuildError(f"compiling {obj} produced no object; log: {log}")
         return output
@@ -318,6 +320,12 @@ def compiled_object(store: Store, workspace: Workspace, obj: str,
     key = object_key(workspace.stage, obj, contents)
     artifact = store.lookup("patched", key)
     if artifact:
+        with workspace.locked():
+            if workspace.recorded(obj) is None:
+                # A workspace made anew since: one compile leaves kbuild's record of the
+                # object (what it links into), which the cached copy does not carry.
+                workspace.set_contents(contents)
+                workspace.compile(obj, log)
         return artifact.path / Path(obj).name
     with store.publishing("patched", key, {"object": obj, "stage": workspace.stage.key,
                                           "files": sorted(contents)}) as work:
@@ -330,17 +338,22 @@ def compiled_object(store: Store, workspace: Workspace, obj: str,
 
 def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, ...],
                        *, log: Path, header_index: bool = False,
-                       strip: int = 1) -> list[ObjectPair]:
+                       strip: int = 1, runner: Runner = HOST) -> list[ObjectPair]:
     """Compile every object the patches change, before and after; say which really differ.
 
     ``header_index`` lets a Debian stage index which objects include its headers (see
-    :func:`objects_to_rebuild`).
+    :func:`objects_to_rebuild`). ``runner`` is where the compiles run (the stage's own
+    toolchain).
     """
+    if header_index and runner is not HOST:
+        raise BuildError(f"{stage.release}: the header index does not run in a build root "
+                         f"yet ({runner.name}); patch .c files only on this kernel, or build "
+                         "on a host whose gcc is its compiler")
     before, after = patched_contents(patches, stage.tree, strip)
     changed = [rel for rel in after if after[rel] != before[rel]]
     if not changed:
         raise RecipeError("the patches change no file")
-    workspace = Workspace(store, stage)
+    workspace = Workspace(store, stage, runner)
     workspace.ensure()
     objects = objects_to_rebuild(stage, workspace, changed, header_index)
     # An object is keyed by the changed files it is built from, not by all the patches

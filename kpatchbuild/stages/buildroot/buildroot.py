@@ -1,0 +1,228 @@
+"""Build roots: every compile and link for a target runs with the exact compiler that
+built its kernel, whatever the host has.
+
+A target's kernel names its compiler (``CONFIG_CC_VERSION_TEXT``: ``x86_64-linux-gnu-gcc-14
+(Debian 14.2.0-19) 14.2.0``). When the host's own ``gcc`` is exactly that one, the host
+serves. Otherwise the commands run in a **build root**: a ``debootstrap --variant=minbase``
+of the target's Debian release with that compiler (its ``gcc`` package, so ``gcc`` is the
+release's gcc and kbuild's recorded commands replay unchanged), binutils and libelf of the
+same release, pahole (Debian's configs generate BTF for modules) and the few tools kbuild's
+prepare steps run. It is an artifact of the store (kind ``buildroot``), keyed by the release,
+its mirror, its package list and the compiler version wanted, made once (about a minute and
+650 MB) and shared by every target and recipe that needs it; built in a temp dir and
+published by rename like any other artifact. The exact versions it holds are in its
+manifest. Before one is made, the release's index must still serve that exact compiler:
+otherwise the target is refused, naming both versions (Debian moved its gcc on after the
+kernel was built; an older one is not to be had from its mirror).
+
+A command enters the root through ``unshare --mount``: in that private mount namespace
+/proc, /dev, a tmpfs /tmp and the host directories the build works in (the store, the
+project, the recipe) are mounted at the same paths inside, and ``chroot`` runs it there.
+Those mounts live only as long as the namespace: they vanish with the command, even when
+it is killed with SIGKILL, and none is ever left inside the store. Making and entering a
+build root needs root (debootstrap, mounts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kpatchbuild.base import kbuild, process
+from kpatchbuild.base.commands import HOST, Runner, run_step, say
+from kpatchbuild.base.errors import ToolchainError
+from kpatchbuild.base.store import Store, content_key
+from kpatchbuild.stages.fetch.suites import DebianRelease, Mirrors, SuiteIndex
+
+KIND = "buildroot"
+FORMAT = 1
+# What kbuild's olddefconfig, modules_prepare, single-object and module builds run, besides
+# gcc: pahole keeps Debian's BTF options (they shape struct module) and builds modules' BTF,
+# and 6.x's modules_prepare builds resolve_btfids, whose libbpf headers want python3.
+PACKAGES = ("gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves",
+            "python3-minimal", "kmod", "xz-utils", "zstd")
+# Whose versions the manifest records (the toolchain that decides the objects).
+RECORDED = ("gcc", "binutils", "libelf-dev", "dwarves", "make")
+
+# Runs inside `unshare --mount`: mounts what the command needs, runs it chrooted in its
+# working directory with a clean environment. The mounts end with the namespace.
+# Arguments: ROOT CWD NETWORK [HOST_DIR...] -- COMMAND...
+ENTER = r"""
+set -e
+root=$1 cwd=$2 network=$3; shift 3
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs tmpfs "$root/tmp"
+if [ "$network" = 1 ]; then mount --bind /etc/resolv.conf "$root/etc/resolv.conf"; fi
+while [ "$1" != -- ]; do
+    mkdir -p "$root$1"; mount --rbind "$1" "$root$1"; shift
+done
+shift
+exec chroot "$root" /usr/bin/env -i -C "$cwd" PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+"""
+
+
+def entering_command(root: Path, argv: Sequence[str | os.PathLike[str]], *,
+                     cwd: Path | None, binds: Iterable[Path] = (),
+                     network: bool = False) -> list[str]:
+    """What the host runs to run ``argv`` in ``root``, in ``cwd``, with ``binds`` (host
+    directories) at the same paths inside."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", ENTER,
+            "kpb-buildroot", str(root), str(cwd or "/"), "1" if network else "0",
+            *(str(b) for b in outermost(binds)), "--", *(os.fspath(a) for a in argv)]
+
+
+def outermost(paths: Iterable[Path]) -> list[Path]:
+    """The resolved ``paths`` without those inside another one (one bind covers them)."""
+    resolved = sorted({Path(p).resolve() for p in paths}, key=lambda p: (len(p.parts), p))
+    kept: list[Path] = []
+    for path in resolved:
+        if not any(path.is_relative_to(parent) for parent in kept):
+            kept.append(path)
+    return sorted(kept)
+
+
+@dataclass(frozen=True)
+class BuildRoot:
+    """A debootstrapped Debian release holding a target's exact compiler."""
+
+    release: DebianRelease
+    root: Path
+    compiler: kbuild.CompilerVersion
+    binds: tuple[Path, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"the {self.release.label} build root ({self.compiler.text})"
+
+    def command(self, argv: Sequence[str | os.PathLike[str]], cwd: Path | None) -> list[str]:
+        return entering_command(self.root, argv, cwd=cwd, binds=self.binds)
+
+    def seeing(self, binds: Iterable[Path]) -> BuildRoot:
+        """This root with ``binds`` visible inside."""
+        return replace(self, binds=tuple(outermost(binds)))
+
+    def run(self, argv: Sequence[str], *, network: bool = False) -> str:
+        """A short command in the root; its output, or a one-line failure."""
+        result = process.run(entering_command(self.root, argv, cwd=None, binds=self.binds,
+                                              network=network),
+                             error=ToolchainError, what=f"{self.name}: `{' '.join(argv)}`")
+        return str(result.stdout)
+
+
+def config_compiler(config_text: str, where: str) -> kbuild.CompilerVersion:
+    """The compiler a kernel's config says built it."""
+    found = re.search(r"^CONFIG_CC_VERSION_TEXT=(.*)$", config_text, re.MULTILINE)
+    if not found:
+        raise ToolchainError(f"{where}: the kernel's config has no CONFIG_CC_VERSION_TEXT; "
+                             "cannot tell which compiler built it")
+    return kbuild.parse_compiler_text(found.group(1))
+
+
+def compiler_package(wanted: kbuild.CompilerVersion) -> str:
+    """Debian's package of a gcc release: ``gcc-14`` for 14.2.0."""
+    return f"gcc-{wanted.version.split('.')[0]}"
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Where a target's commands run, and the compiler they meet there."""
+
+    runner: Runner
+    compiler: kbuild.CompilerVersion
+
+
+def host_toolchain() -> Toolchain:
+    return Toolchain(HOST, kbuild.host_compiler())
+
+
+def toolchain_for(store: Store, config_text: str, release: DebianRelease, *, where: str,
+                  binds: Iterable[Path]) -> Toolchain:
+    """Where the target of ``config_text`` compiles: the host when its gcc is exactly the
+    kernel's, else the build root of ``release`` holding that compiler (made if needed),
+    seeing ``binds``."""
+    wanted = config_compiler(config_text, where)
+    try:
+        host = kbuild.host_compiler()
+    except ToolchainError:
+        host = None
+    if host is not None and host.matches(wanted):
+        return Toolchain(HOST, host)
+    root = build_root(store, release, wanted, where=where).seeing(binds)
+    return Toolchain(root, root.compiler)
+
+
+def build_root(store: Store, release: DebianRelease, wanted: kbuild.CompilerVersion, *,
+               where: str) -> BuildRoot:
+    """The store's build root of ``release`` with the compiler ``wanted``, made if needed."""
+    mirrors = Mirrors.from_host()
+    key = content_key(KIND, FORMAT, release.codename, mirrors.debian, PACKAGES,
+                      wanted.package, wanted.version)
+    artifact = store.lookup(KIND, key)
+    if artifact is None:
+        _check_served(store, release, wanted, where)
+        if os.geteuid() != 0:
+            raise ToolchainError(f"{where}: its kernel was built with '{wanted.text}', which "
+                                 f"only a {release.label} build root has, and making one "
+                                 "needs root (debootstrap, mounts): run this once as root")
+        if shutil.which("debootstrap") is None:
+            raise ToolchainError(f"{where}: a {release.label} build root needs debootstrap: "
+                                 "install it (./run does)")
+        manifest: dict[str, Any] = {"release": release.number, "codename": release.codename,
+                                    "mirror": mirrors.debian, "packages": list(PACKAGES)}
+        artifact = store.make(KIND, key, manifest, lambda work: _make(
+            store, work, release, mirrors, wanted, where, manifest))
+    found = kbuild.parse_compiler_text(artifact.manifest["compiler"])
+    return BuildRoot(release, artifact.path / "root", found)
+
+
+def _check_served(store: Store, release: DebianRelease, wanted: kbuild.CompilerVersion,
+                  where: str) -> None:
+    index = SuiteIndex.in_cache(store.root, release)
+    index.ensure()
+    package = compiler_package(wanted)
+    madison = index.apt_cache("madison", package)
+    served = sorted({line.split("|")[1].strip() for line in madison.splitlines()
+                     if line.count("|") >= 2})
+    if wanted.package not in served:
+        raise ToolchainError(
+            f"{where}: its kernel was built with '{wanted.text}', but {release.label} now "
+            f"serves {package} {', '.join(served) or 'in no version'}: objects from another "
+            "compiler would not match the running kernel; no build root can be made for it")
+
+
+def _make(store: Store, work: Path, release: DebianRelease, mirrors: Mirrors,
+          wanted: kbuild.CompilerVersion, where: str, manifest: dict[str, Any]) -> None:
+    log = store.log_path(f"buildroot-{release.codename}-{wanted.package}")
+    say(f"  making the {release.label} build root for '{wanted.text}' (debootstrap, about a "
+        f"minute); log: {log}")
+    root = work / "root"
+    log.unlink(missing_ok=True)
+    # In a namespace of its own: the /proc and /sys debootstrap mounts in the new root go
+    # away with it, also when it is killed.
+    status = run_step(["unshare", "--mount", "--propagation", "private", "--", "debootstrap",
+                       "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                       "--components=main", release.codename, root, mirrors.debian],
+                      step=f"debootstrap {release.codename}", log=log, check=False)
+    if status != 0:
+        raise ToolchainError(f"{where}: debootstrap of {release.codename} from "
+                             f"{mirrors.debian} failed (exit {status}); log: {log}")
+    for cached in (root / "var/cache/apt/archives").glob("*.deb"):
+        cached.unlink()
+    made_root = BuildRoot(release, root, wanted)
+    first = made_root.run(["gcc", "--version"]).splitlines()[0]
+    found = kbuild.parse_compiler_text(first)
+    if not found.matches(wanted):
+        raise ToolchainError(f"{where}: the {release.label} build root's gcc is "
+                             f"'{found.text}', not the kernel's '{wanted.text}'")
+    versions = made_root.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n",
+                              *RECORDED])
+    manifest["compiler"] = first
+    manifest["versions"] = dict(line.split(" ", 1) for line in versions.splitlines()
+                                if " " in line)
