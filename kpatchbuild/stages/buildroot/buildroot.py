@@ -15,12 +15,13 @@ manifest. Before one is made, the release's index must still serve that exact co
 otherwise the target is refused, naming both versions (Debian moved its gcc on after the
 kernel was built; an older one is not to be had from its mirror).
 
-A command enters the root through ``unshare --mount``: in that private mount namespace
-/proc, /dev, a tmpfs /tmp and the host directories the build works in (the store, the
-project, the recipe) are mounted at the same paths inside, and ``chroot`` runs it there.
-Those mounts live only as long as the namespace: they vanish with the command, even when
-it is killed with SIGKILL, and none is ever left inside the store. Making and entering a
-build root needs root (debootstrap, mounts).
+A command enters the root through ``unshare --mount``: in that private mount namespace the
+root is seen through an overlay (its upper layer a tmpfs, so nothing a command does changes
+the published root), /proc, /dev, a tmpfs /tmp and the host directories the build works in
+(the store, the project, the recipe) are mounted at the same paths inside, and ``chroot``
+runs it there. Those mounts live only as long as the namespace: they vanish with the
+command, even when it is killed with SIGKILL, and none is ever left inside the store.
+Making and entering a build root needs root (debootstrap, mounts).
 """
 
 from __future__ import annotations
@@ -49,21 +50,30 @@ PACKAGES = ("gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "d
 # Whose versions the manifest records (the toolchain that decides the objects).
 RECORDED = ("gcc", "binutils", "libelf-dev", "dwarves", "make")
 
-# Runs inside `unshare --mount`: mounts what the command needs, runs it chrooted in its
-# working directory with a clean environment. The mounts end with the namespace.
+# Runs inside `unshare --mount`. The root is seen through an overlay whose upper layer is a
+# tmpfs of the namespace: whatever a command writes or creates there (the mount points of
+# its binds included) is gone with it, so a published root stays as it was made, and two
+# commands at once never see each other's changes. Then it mounts what the command needs
+# and runs it chrooted in its working directory with a clean environment.
 # Arguments: ROOT CWD NETWORK [HOST_DIR...] -- COMMAND...
 ENTER = r"""
 set -e
 root=$1 cwd=$2 network=$3; shift 3
-mount -t proc proc "$root/proc"
-mount --rbind /dev "$root/dev"
-mount -t tmpfs tmpfs "$root/tmp"
-if [ "$network" = 1 ]; then mount --bind /etc/resolv.conf "$root/etc/resolv.conf"; fi
+layer=$root/tmp
+mount -t tmpfs tmpfs "$layer"
+mkdir "$layer/upper" "$layer/work" "$layer/merged"
+mount -t overlay overlay -o "lowerdir=$root,upperdir=$layer/upper,workdir=$layer/work" \
+    "$layer/merged"
+new=$layer/merged
+mount -t proc proc "$new/proc"
+mount --rbind /dev "$new/dev"
+mount -t tmpfs tmpfs "$new/tmp"
+if [ "$network" = 1 ]; then mount --bind /etc/resolv.conf "$new/etc/resolv.conf"; fi
 while [ "$1" != -- ]; do
-    mkdir -p "$root$1"; mount --rbind "$1" "$root$1"; shift
+    mkdir -p "$new$1"; mount --rbind "$1" "$new$1"; shift
 done
 shift
-exec chroot "$root" /usr/bin/env -i -C "$cwd" PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+exec chroot "$new" /usr/bin/env -i -C "$cwd" PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
 """
 

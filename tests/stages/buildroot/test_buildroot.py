@@ -81,3 +81,24 @@ def test_the_default_recipe_is_built_and_proven_on_debian_13() -> None:
     assert "GCC: (Debian 14.2.0-19) 14.2.0" in comment and "12.2.0" not in comment
     proof = json.loads((stage.work / "prove.json").read_text())
     assert {"insmod", "check-patched", "rmmod", "check-after"} <= set(proof["steps"])
+
+
+@pytest.mark.kernel
+def test_a_command_changes_nothing_in_the_published_root(tmp_path: Path) -> None:
+    """Writes inside the root, and the mount points of its binds, go to the command's own
+    overlay: the root stays as it was made, for every other command sharing it."""
+    root = buildroot.build_root(Store(), RELEASES["13"], TRIXIE_GCC, where="test")
+    bound = Store().tmp / f"buildroot-test-{os.getpid()}"
+    bound.mkdir()
+    try:
+        before = sorted(p.name for p in root.root.iterdir())
+        root.seeing([bound]).run(["sh", "-c", f"touch /etc/kpb-scratch && echo made > "
+                                              f"{bound}/out"])
+        assert (bound / "out").read_text() == "made\n"
+        assert not (root.root / "etc/kpb-scratch").exists()
+        assert not (root.root / str(bound).lstrip("/")).exists()
+        assert sorted(p.name for p in root.root.iterdir()) == before
+        assert list((root.root / "tmp").iterdir()) == []
+    finally:
+        bound.joinpath("out").unlink(missing_ok=True)
+        bound.rmdir()
