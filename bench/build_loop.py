@@ -67,7 +67,7 @@ def main() -> None:
         patch.write_text(base_patch)
         figures["(d) edit reverted"] = timed_doit(task, env)
         if not args.skip_empty_cache:
-            figures.update(empty_cache(scratch, recipes, recipe, task))
+            figures.update(empty_cache(scratch, recipes, recipe, args.kernel, task))
     finally:
         shutil.rmtree(default_root() / "work" / recipe, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -75,12 +75,13 @@ def main() -> None:
         print(f"{name:58s} {seconds:7.2f} s")
 
 
-def empty_cache(scratch: Path, recipes: Path, recipe: str, task: str) -> dict[str, float]:
+def empty_cache(scratch: Path, recipes: Path, recipe: str, kernel: str,
+                task: str) -> dict[str, float]:
     """(e): a new cache; Debian's .debs are fetched apart (timed) so the figure is the work."""
     cache = scratch / "cache"
     env = {**os.environ, "KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_CACHE": str(cache),
            "KPATCHBUILD_DOIT_DB": str(scratch / "db-empty")}
-    download = timed_doit(f"fetch:{recipe}/{args.kernel}", env)
+    download = timed_doit(f"fetch:{recipe}/{kernel}", env)
     shutil.rmtree(cache / "debian-kernel")
     shutil.rmtree(cache / "debian-source")
     shutil.rmtree(cache / "source")
