@@ -145,3 +145,21 @@ def test_an_index_whose_signature_does_not_verify_is_refused(
     assert "apt-get update of Debian 12 (bookworm)'s index" in refused.value.message
     assert "NO_PUBKEY" in refused.value.message or "not signed" in refused.value.message
     assert item.updated_at() is None
+
+
+def test_the_private_state_goes_on_every_apt_command_line(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """apt reads the host's apt.conf.d after APT_CONFIG (a container's `Dir::Cache::pkgcache
+    ""` would win there), nothing after its command line; paths are absolute, as apt reads
+    relative ones against /etc/apt."""
+    monkeypatch.chdir(tmp_path)
+    item = SuiteIndex(Path("relative") / "bookworm", BOOKWORM, MIRRORS,
+                      Path("/usr/share/keyrings/debian-archive-keyring.gpg"))
+    argv = item.apt("apt-cache", "show", "x")
+    assert argv[0] == "apt-cache" and argv[-2:] == ["show", "x"]
+    options = dict(a[2:].split("=", 1) for a in argv[1:-2])
+    assert options["Dir::Cache::pkgcache"] == str(tmp_path / "relative/bookworm/cache/pkgcache.bin")
+    assert options["Dir::State::lists"] == str(tmp_path / "relative/bookworm/lists")
+    assert options["APT::Architectures::"] == "amd64"
+    assert 'APT::Architectures { "amd64"; };' in item.config_text()
