@@ -22,7 +22,9 @@ from tests.conftest import PROJECT, SERIES_6_12_KERNEL, RecipeStage, run_doit
 
 pytestmark = pytest.mark.kernel
 
-CLOUD = ["debian12-6.1-cloud-amd64", SERIES_6_12_KERNEL]
+# The default recipe's cloud cells: Debian 12's 6.1 and 6.12, and Debian 13's 6.12 (compiled
+# in its build root).
+CLOUD = ["debian12-6.1-cloud-amd64", SERIES_6_12_KERNEL, "debian13-6.12-cloud-amd64"]
 BROKEN = """description: a check that cannot pass, and a cell the patch does not apply to
 module: livepatch_matrix_broken
 targets:
@@ -67,7 +69,7 @@ def test_the_run_names_the_failed_cell_and_counts_the_rest(matrix_run) -> None:
     root, _env, first, _again, _reports = matrix_run
     assert first.returncode != 0
     lines = first.stdout.splitlines()
-    assert lines[-1] == "2 passed, 1 failed, 1 not applicable", first.stdout[-3000:]
+    assert lines[-1] == "3 passed, 1 failed, 1 not applicable", first.stdout[-3000:]
     rows = {line.split()[0]: line.split() for line in lines if line.startswith("t-matrix-")}
     for kernel in CLOUD:
         row = rows[f"t-matrix-cmdline/{kernel}"]
@@ -88,7 +90,7 @@ def test_the_reports_are_what_ci_reads(matrix_run, junit_schema: Path) -> None:
         "t-matrix-broken/debian12-6.1-cloud-amd64": "failed",
         f"t-matrix-broken/{SERIES_6_12_KERNEL}": "not-applicable",
         **{f"t-matrix-cmdline/{kernel}": "passed" for kernel in CLOUD}}
-    assert report["summary"] == "2 passed, 1 failed, 1 not applicable"
+    assert report["summary"] == "3 passed, 1 failed, 1 not applicable"
     assert (root / "junit.xml").is_file()
     xmlschema.XMLSchema(str(junit_schema)).validate(str(root / "junit.xml"))
     assert "<failure" in (root / "junit.xml").read_text()
@@ -114,4 +116,4 @@ def test_one_cell_per_run_and_the_reports_merged(matrix_run) -> None:
                              "-o", str(root / "merged")], capture_output=True, text=True,
                             cwd=PROJECT)
     assert merged.returncode == 0, merged.stderr
-    assert merged.stdout.splitlines()[-1] == "2 passed, 0 failed"
+    assert merged.stdout.splitlines()[-1] == "3 passed, 0 failed"
