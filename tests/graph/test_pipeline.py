@@ -168,13 +168,15 @@ def test_option_that_does_not_stick_fails_the_config_step(built_recipe_stage: Re
 def test_bad_recipe_is_one_line_through_doit(private_recipes) -> None:
     recipes, env = private_recipes
     recipe = copy_recipe("cmdline", recipes, "t-broken")
-    (recipe / "recipe.yaml").write_text((recipe / "recipe.yaml").read_text()
-                                        .replace("flavour:", "flavor:"))
+    text = (recipe / "recipe.yaml").read_text().replace("flavour:", "flavor:")
+    (recipe / "recipe.yaml").write_text(text)
+    line = text.splitlines().index(next(ln for ln in text.splitlines() if "flavor:" in ln)) + 1
     result = run_doit("build", env=env)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
-    assert "t-broken/recipe.yaml:10: targets[0].debian.flavor: unknown key" in result.stderr
+    assert f"t-broken/recipe.yaml:{line}: targets[0].debian.flavor: unknown key" in \
+        result.stderr
 
 
 def test_interrupted_prepare_is_redone(tmp_path: Path, default_recipe_stage: RecipeStage) -> None:
