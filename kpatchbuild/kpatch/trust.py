@@ -78,7 +78,8 @@ def untrusted_path(path: Path, trusted_owners: Iterable[int]) -> str | None:
     is checked in turn.
     """
     owners = frozenset(trusted_owners)
-    pending = list(Path(os.path.abspath(path)).parts[1:])
+    # Not normalised (os.path.abspath would drop a ".." after a link): walked as given.
+    pending = list((path if path.is_absolute() else Path.cwd() / path).parts[1:])
     current = Path("/")
     links = 0
     while True:
@@ -93,8 +94,10 @@ def untrusted_path(path: Path, trusted_owners: Iterable[int]) -> str | None:
             links += 1
             if links > MAX_LINKS:
                 return f"{current}: too many levels of symbolic links"
+            # Not normalised: a ".." is walked as the kernel walks it, after the links
+            # before it are followed.
             target = current.parent / os.readlink(current)
-            pending = list(Path(os.path.normpath(target)).parts[1:]) + pending
+            pending = list(target.parts[1:]) + pending
             current = Path("/")
             continue
         reason = untrusted_reason(status, owners)

@@ -324,3 +324,18 @@ def test_the_working_directory_a_plain_run_searches_is_not_what_the_unit_runs(
     monkeypatch.setattr(sys, "path", [str(open_dir), *sys.path[1:]])
     assert not sys.flags.safe_path  # pytest runs without -P, as kpatch install does
     assert open_dir not in install.command_files()
+
+
+def test_a_dot_dot_after_a_link_is_walked_where_the_link_leads(tmp_path: Path) -> None:
+    """``safe/link/../file`` names open/file when link points into open/: checked there."""
+    me = frozenset({0, os.geteuid()})
+    safe, open_dir = tmp_path / "safe", tmp_path / "open"
+    (open_dir / "inner").mkdir(parents=True)
+    safe.mkdir()
+    (open_dir / "file").write_text("")
+    (safe / "file").write_text("")
+    open_dir.chmod(0o777)
+    (safe / "link").symlink_to(open_dir / "inner")
+    assert untrusted_path(safe / "file", me) is None
+    reason = untrusted_path(Path(f"{safe}/link/../file"), me)
+    assert reason is not None and "writable by group or others (mode 0777)" in reason
