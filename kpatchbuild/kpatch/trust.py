@@ -50,11 +50,6 @@ def kernel_release(text: str, what: str) -> str:
     return text
 
 
-def describe(status: os.stat_result) -> str:
-    """``owner uid N, mode 0644``: how a refusal shows a file's ownership."""
-    return f"owner uid {status.st_uid}, mode {stat.S_IMODE(status.st_mode):04o}"
-
-
 def untrusted_reason(status: os.stat_result, trusted_owners: Iterable[int]) -> str | None:
     """Why a file with ``status`` can be changed by someone not trusted, or None."""
     if status.st_uid not in set(trusted_owners):
