@@ -535,9 +535,26 @@ def _read_debian(reader: _NodeReader, node: Node, key: str) -> list[DebianKernel
             example = SERIES_RELEASES.get(one, ("13",))[-1]
             raise reader.fail(fields["series"], f"{key}.series", _ambiguous_series(
                 one, f"; targets are named after it, debian{example}-{one}-<flavour>"))
+        serving = _releases_serving(reader, fields, key, one, releases or [str(implied)])
         kernels += [DebianKernel(image=None, series=one, flavour=flavour, release=release)
-                    for release in (releases or [str(implied)]) for flavour in flavours]
+                    for release in serving for flavour in flavours]
     return kernels
+
+
+def _releases_serving(reader: _NodeReader, fields: dict[str, Node], key: str, series: str,
+                      releases: list[str]) -> list[str]:
+    """Of the releases a target names, those whose archive serves ``series``: with
+    ``release: [12, 13]`` and ``series: ["6.1", "6.12"]``, Debian 12's 6.1 and both 6.12s."""
+    known = SERIES_RELEASES.get(series)
+    if known is None:
+        return releases
+    serving = [release for release in releases if release in known]
+    if not serving:
+        named = ", ".join(f"Debian {release}" for release in releases)
+        raise reader.fail(fields["release"], f"{key}.release",
+                          f"{named} does not serve series {series} (Debian "
+                          f"{' and '.join(known)} does): drop that series or name its release")
+    return serving
 
 
 def _one_or_more(reader: _NodeReader, node: Node, key: str, pattern: re.Pattern[str],

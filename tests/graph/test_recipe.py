@@ -307,7 +307,21 @@ patches: [fix.patch]
         ("6.1.0-57-amd64", "12")]
 
 
+def test_releases_and_series_cross_only_where_a_release_serves_the_series(
+        tmp_path: Path) -> None:
+    text = """targets:
+  - debian: {release: [12, 13], series: ["6.1", "6.12"], flavour: cloud-amd64}
+patches: [fix.patch]
+"""
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert [t.name for t in recipe.targets] == [
+        "debian12-6.1-cloud-amd64", "debian12-6.12-cloud-amd64", "debian13-6.12-cloud-amd64"]
+
+
 @pytest.mark.parametrize(("target", "said"), [
+    ('{release: 13, series: "6.1", flavour: cloud-amd64}',
+     "targets[0].debian.release: Debian 13 does not serve series 6.1 (Debian 12 does): drop "
+     "that series or name its release"),
     ('{series: "6.12", flavour: cloud-amd64}',
      "targets[0].debian.series: series 6.12 is in Debian 12 (6.12.x+deb12) and Debian 13 "
      "(6.12.x+deb13), different kernels: say which with 'release: 13' (or a list, [12, 13]); "

@@ -10,7 +10,8 @@ preprocessor read is what the compiler would have read, conditionals and compute
 included, so no includer is missed; the records also hold the exact command of each
 object, so a first compile of it is a replay rather than a 4 s ``make path/file.o``.
 
-How: a ``gcc`` first on PATH passes every command through to the real compiler except
+How: a ``gcc`` first on PATH (on the host or in the target's build root, whichever holds its
+compiler) passes every command through to the real compiler except
 kernel compiles (``-D__KERNEL__ ... -c ... file.c``), which it preprocesses, then gives an
 empty object compiled with the same flags, so objtool and everything after a compile run as
 usual; the records still say ``gcc``, as a real build's do. The final links fail (modpost
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatchbuild.base import kbuild
-from kpatchbuild.base.commands import format_elapsed, run_step, say
+from kpatchbuild.base.commands import HOST, Runner, format_elapsed, run_step, say
 from kpatchbuild.base.errors import BuildError
 from kpatchbuild.base.store import Store, content_key
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
@@ -49,7 +50,12 @@ _PREPROCESSING_GCC = r"""#!/bin/sh
 # directives only (every #if and #include as the compiler sees them, no macro expansion of
 # the text), writing kbuild's -Wp,-MMD dependency file as usual; its object is an empty one
 # made with the same flags, which objtool, nm and the linkers after it accept.
-real={gcc}
+# The real gcc: the next one on PATH after this script's own directory.
+real=$(here=${0%/*}; IFS=:
+       for dir in $PATH; do
+           [ "$dir" != "$here" ] && [ -x "$dir/gcc" ] && { echo "$dir/gcc"; break; }
+       done)
+[ -n "$real" ] || { echo "header index: no gcc on PATH after ${0%/*}" >&2; exit 127; }
 for last; do :; done
 case " $* " in *" -D__KERNEL__ "*) ;; *) exec "$real" "$@" ;; esac
 case " $* " in *" -c "*) ;; *) exec "$real" "$@" ;; esac
@@ -107,9 +113,11 @@ def load_index(store: Store, stage: OriginalStage) -> HeaderIndex | None:
                         for obj, entry in data["objects"].items()})
 
 
-def build_index(store: Store, stage: OriginalStage, *, label: str) -> HeaderIndex:
+def build_index(store: Store, stage: OriginalStage, *, label: str,
+                runner: Runner = HOST) -> HeaderIndex:
     """The stage's index, made once (a preprocessing pass over every object the config
-    builds: minutes, with progress) and then read from the store."""
+    builds: minutes, with progress) and then read from the store. ``runner`` is where the
+    stage's compiler is (the host, or its build root)."""
     found = load_index(store, stage)
     if found is not None:
         return found
@@ -125,7 +133,8 @@ def build_index(store: Store, stage: OriginalStage, *, label: str) -> HeaderInde
         # A full-tree make in a tree of links to the stage: it must not write through.
         with no_write_through(tree, what=f"{label}: the header index pass",
                               on_damage=lambda: store.discard(STORE_KIND, stage.key)):
-            records, seconds = _preprocess_everything(tree, work / "bin", label=label, log=log)
+            records, seconds = _preprocess_everything(tree, work / "bin", label=label, log=log,
+                                                      runner=runner)
         write_records(work / RECORDS, records)
         shutil.rmtree(tree)
         shutil.rmtree(work / "bin")
@@ -135,15 +144,16 @@ def build_index(store: Store, stage: OriginalStage, *, label: str) -> HeaderInde
     return index
 
 
-def _preprocess_everything(tree: Path, bin_dir: Path, *, label: str,
-                           log: Path) -> tuple[dict[str, kbuild.ObjectRecord], float]:
-    install_preprocessing_gcc(bin_dir, label=label)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+def _preprocess_everything(tree: Path, bin_dir: Path, *, label: str, log: Path,
+                           runner: Runner) -> tuple[dict[str, kbuild.ObjectRecord], float]:
+    install_preprocessing_gcc(bin_dir)
     started = time.monotonic()
     # The links fail by design (check=False): which targets failed is read from the log below.
-    run_step(kbuild.make_command(tree, "-k", "vmlinux", "modules"),
-             step=f"{label}: header index (make -k, preprocessing only)", log=log, env=env,
-             check=False)
+    # PATH is set by the command itself: a build root starts its commands with a clean one.
+    run_step(["env", f"PATH={searched_path(bin_dir, runner)}",
+              *kbuild.make_command(tree, "-k", "vmlinux", "modules")],
+             step=f"{label}: header index (make -k, preprocessing only)", log=log,
+             check=False, runner=runner)
     seconds = time.monotonic() - started
     output = log.read_text(errors="replace")  # this pass's alone: build_index starts it anew
     unexpected = unexpected_failures(failed_targets(output), tree)
@@ -174,13 +184,21 @@ def unexpected_failures(failed: list[str], tree: Path) -> list[str]:
                     or target.startswith(_LINKED_APART) or _FINAL_LINKS.match(target))]
 
 
-def install_preprocessing_gcc(bin_dir: Path, *, label: str) -> None:
-    """Put the preprocessing ``gcc`` in ``bin_dir``, in front of the real one."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise BuildError(f"{label}: gcc is not on PATH; the header index needs the compiler")
+# A build root's commands see only its own system directories.
+_BUILD_ROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def searched_path(bin_dir: Path, runner: Runner) -> str:
+    """PATH for the pass: the preprocessing ``gcc`` first, then where ``runner``'s real
+    compiler is."""
+    rest = os.environ.get("PATH", _BUILD_ROOT_PATH) if runner is HOST else _BUILD_ROOT_PATH
+    return f"{bin_dir}{os.pathsep}{rest}"
+
+
+def install_preprocessing_gcc(bin_dir: Path) -> None:
+    """Put the preprocessing ``gcc`` in ``bin_dir``; it runs the next ``gcc`` on PATH."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    _write_executable(bin_dir / "gcc", _PREPROCESSING_GCC.replace("{gcc}", gcc))
+    _write_executable(bin_dir / "gcc", _PREPROCESSING_GCC)
 
 
 def write_records(path: Path, records: dict[str, kbuild.ObjectRecord]) -> None:

@@ -75,7 +75,8 @@ class Workspace:
         """A Debian stage's header index (made now with ``build``), read once when needed:
         it knows each object's includes and command (a 25 MB file for Debian's 6.1)."""
         if self._index is None and self.stage.kind == "prepared":
-            self._index = (build_index(self.store, self.stage, label=self.stage.release)
+            self._index = (build_index(self.store, self.stage, label=self.stage.release,
+                                       runner=self.runner)
                            if build else load_index(self.store, self.stage))
         return self._index
 
@@ -345,10 +346,6 @@ def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, 
     :func:`objects_to_rebuild`). ``runner`` is where the compiles run (the stage's own
     toolchain).
     """
-    if header_index and runner is not HOST:
-        raise BuildError(f"{stage.release}: the header index does not run in a build root "
-                         f"yet ({runner.name}); patch .c files only on this kernel, or build "
-                         "on a host whose gcc is its compiler")
     before, after = patched_contents(patches, stage.tree, strip)
     changed = [rel for rel in after if after[rel] != before[rel]]
     if not changed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from kpatchbuild.stages.patched.header_index import (
     index_key,
     install_preprocessing_gcc,
     load_index,
+    searched_path,
     unexpected_failures,
     write_records,
 )
@@ -30,7 +32,7 @@ SOURCE = '#include "answer.h"\nint answer(void) { return ANSWER; }\n'
 
 @pytest.fixture
 def preprocessing_gcc(tmp_path: Path) -> dict[str, str]:
-    install_preprocessing_gcc(tmp_path / "bin", label="test")
+    install_preprocessing_gcc(tmp_path / "bin")
     (tmp_path / "answer.h").write_text(HEADER)
     (tmp_path / "answer.c").write_text(SOURCE)
     return {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
@@ -47,6 +49,38 @@ def test_a_kernel_compile_is_preprocessed_into_an_empty_object(
     assert "answer" not in _symbols(tmp_path / "answer.o")  # empty, yet a relocatable ELF
     dependencies = (tmp_path / ".answer.o.d").read_text()
     assert "answer.c" in dependencies and "answer.h" in dependencies
+
+
+class CleanEnvironment:
+    """A runner like a build root's: its commands start with an environment of their own."""
+
+    name = "a clean environment"
+
+    def command(self, argv: Sequence[str | os.PathLike[str]], cwd: Path | None) -> list[str]:
+        return ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *map(os.fspath, argv)]
+
+
+def test_in_a_build_root_the_pass_finds_the_roots_gcc_behind_its_own(tmp_path: Path) -> None:
+    """A build root's commands get a clean PATH: the pass sets its own, the preprocessing
+    gcc first, and that script runs the next gcc on it (the root's), not itself again."""
+    install_preprocessing_gcc(tmp_path / "bin")
+    (tmp_path / "answer.h").write_text(HEADER)
+    (tmp_path / "answer.c").write_text(SOURCE)
+    runner = CleanEnvironment()
+    path = searched_path(tmp_path / "bin", runner)
+    assert path.split(os.pathsep)[0] == str(tmp_path / "bin")
+    argv = ["env", f"PATH={path}", "gcc", "-Wp,-MMD,.answer.o.d", "-D__KERNEL__", "-c", "-o",
+            "answer.o", "answer.c"]
+    subprocess.run(runner.command(argv, tmp_path), cwd=tmp_path, check=True, timeout=60)
+    assert "answer" not in _symbols(tmp_path / "answer.o")
+    assert "answer.h" in (tmp_path / ".answer.o.d").read_text()
+
+
+def test_the_preprocessing_gcc_without_a_real_one_behind_it_says_so(tmp_path: Path) -> None:
+    install_preprocessing_gcc(tmp_path / "bin")
+    failed = subprocess.run([str(tmp_path / "bin" / "gcc"), "--version"], capture_output=True,
+                            text=True, env={"PATH": str(tmp_path / "bin")})
+    assert failed.returncode == 127 and "no gcc on PATH after" in failed.stderr
 
 
 def test_other_compiles_pass_through(tmp_path: Path, preprocessing_gcc: dict[str, str]) -> None:
