@@ -21,6 +21,7 @@ from kpatchbuild.graph.pipeline import TargetPipeline
 from kpatchbuild.graph.records import (
     DiffRecord,
     FetchRecord,
+    OriginalRecord,
     PatchesRecord,
     ProveRecord,
     read_record,
@@ -121,10 +122,13 @@ def cell_result(item: TargetPipeline, run: CellRun) -> CellResult:
     """The cell's result from what ran now and what its records hold."""
     fetched: FetchRecord | None = _record(item.fetch_record, FetchRecord)
     release = fetched.kernel.release if fetched and fetched.kernel else None
-    if release is None and item.original_record.is_file():
-        release = item.original_made().release
+    made: OriginalRecord | None = _record(item.original_record, OriginalRecord)
+    if release is None and made is not None:
+        release = made.release
     base = CellResult(
         item.recipe.name, item.target.name, "failed", release=release,
+        compiler=(made.compiler or None) if made else None,
+        compiler_override=made.compiler_override if made else None,
         previous_release=fetched.previous_release if fetched else None,
         build_seconds=sum(s for step, s in run.seconds.items() if step != "prove"),
         proof_seconds=run.seconds.get("prove"))
@@ -156,6 +160,8 @@ def matrix_report(items: list[TargetPipeline], runs: dict[str, CellRun],
     cells = [cell_result(item, runs.get(item.label, CellRun())) for item in items]
     notes = tuple(f"{cell.cell} now runs on {cell.release} (was {cell.previous_release})"
                   for cell in cells if cell.previous_release)
+    notes += tuple(f"compiler override: {cell.cell}: {cell.compiler_override}"
+                   for cell in cells if cell.compiler_override)
     return MatrixReport(tuple(cells), seconds, notes)
 
 

@@ -52,7 +52,7 @@ from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.diff.objdiff import SymbolFiles
 from kpatchbuild.stages.fetch import debian, source, target_modules
 from kpatchbuild.stages.fetch.source import SourceTree
-from kpatchbuild.stages.fetch.suites import debian_release
+from kpatchbuild.stages.fetch.suites import DebianRelease, debian_release
 from kpatchbuild.stages.fetch.target_modules import BuiltModules, DebianModules
 from kpatchbuild.stages.module import buildid, module
 from kpatchbuild.stages.original import original
@@ -209,18 +209,27 @@ class TargetPipeline:
             text = (record.debian_files() / "config").read_text()
             original.check_livepatch_config(text, self.label)
             # The kernel's exact compiler: the host's, or a build root made now if needed.
-            self.toolchain(text)
+            self.say_toolchain(self.toolchain(text))
         else:
             assert self.target.config is not None
             log = self.store.log_path(f"config-{self.recipe.name}-{self.target.name}")
             log.unlink(missing_ok=True)
             scratch = self.store.tmp / f"config-{os.getpid()}"
+            # kconfig records the compiler that will build the kernel: its toolchain's.
+            toolchain = buildroot.suite_toolchain(self.store, self.toolchain_release(),
+                                                  where=self.label, binds=self.binds())
+            self.say_toolchain(toolchain)
             try:
                 text = kconfig.make_config(self.source_tree().path, self.target.config,
-                                           scratch, log)
+                                           scratch, log, runner=toolchain.runner)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         write_atomically(self.config_file, text)
+
+    def say_toolchain(self, toolchain: buildroot.Toolchain) -> None:
+        say(f"  {self.label}: compiled with '{toolchain.compiler.text}' in {toolchain.runner.name}")
+        if toolchain.override:
+            say(f"  {self.label}: NOTE {toolchain.override}")
 
     def config_deps(self) -> list[str]:
         deps = [str(self.recipe.path), str(self.fetch_record)]
@@ -231,16 +240,24 @@ class TargetPipeline:
         return deps
 
     def toolchain(self, config_text: str | None = None) -> buildroot.Toolchain:
-        """Where this target compiles: a Debian kernel with its exact compiler (the host's
-        gcc when it is that one, else its release's build root, seeing the store, the
-        project and the recipe); a kernel built here with the host's."""
-        if self.target.debian is None:
-            return buildroot.host_toolchain()
+        """Where this target compiles, with the exact compiler its config names (the
+        host's gcc when it is that one, else its release's build root, seeing the store,
+        the project and the recipe): a Debian kernel's own, or for a kernel built here the
+        gcc of its toolchain's release that configured it."""
         text = config_text if config_text is not None else self.config_file.read_text()
-        return buildroot.toolchain_for(
-            self.store, text, debian_release(self.target.debian.release, self.label),
-            where=self.label,
-            binds=(self.store.root, PROJECT_ROOT, self.recipe.directory, self.work))
+        return buildroot.toolchain_for(self.store, text, self.toolchain_release(),
+                                       where=self.label, binds=self.binds(),
+                                       accept=self.target.accept_compiler)
+
+    def toolchain_release(self) -> DebianRelease:
+        """The Debian release whose gcc compiles this target."""
+        number = self.target.debian.release if self.target.debian else self.target.toolchain
+        assert number is not None
+        return debian_release(number, self.label)
+
+    def binds(self) -> tuple[Path, ...]:
+        """What a build root must see: the store, the project and the recipe, the cell."""
+        return (self.store.root, PROJECT_ROOT, self.recipe.directory, self.work)
 
     def workspace(self) -> patched.Workspace:
         """The original stage's compile workspace, compiling with the target's toolchain
@@ -254,19 +271,22 @@ class TargetPipeline:
         record = self.fetched()
         config_text = self.config_file.read_text()
         tree = record.source
+        toolchain = self.toolchain(config_text)
         if record.kind == "debian":
             assert record.kernel is not None
             files = record.debian_files()
             stage = original.prepare_debian_tree(
                 self.store, tree, config_text, record.kernel.release,
                 files / "Module.symvers", label=self.label.replace("/", "-"),
-                toolchain=self.toolchain(config_text),
+                toolchain=toolchain,
             )
         else:
             stage = original.build_kernel(self.store, tree, config_text,
-                                          label=self.label.replace("/", "-"))
+                                          label=self.label.replace("/", "-"),
+                                          toolchain=toolchain)
         write_record(self.original_record,
-                     OriginalRecord(stage.kind, stage.key, stage.path, stage.release))
+                     OriginalRecord(stage.kind, stage.key, stage.path, stage.release,
+                                    toolchain.compiler.text, toolchain.override))
         say(f"  {self.label}: original stage {stage.release} at {stage.tree}")
 
     def original_gone(self) -> str | None:

@@ -46,6 +46,10 @@ _IMAGE_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+[^\s]*)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SOURCE_PACKAGE = re.compile(r"^(linux-source-\d+\.\d+)(?:=(\S+))?$")
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DEBIAN_GCC_VERSION = re.compile(r"^\d+\.\d+(?:\.\d+)?-[0-9A-Za-z.+~]+$")
+# Whose gcc builds a kernel configured and built here, unless its target's 'toolchain' or
+# its Debian source's release says otherwise: Debian 12's gcc-12.
+DEFAULT_TOOLCHAIN = "12"
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,13 @@ class KernelTarget:
     # The words of the refusal expected on this kernel only (``refused:`` on the target):
     # where the change is safe on one kernel but not on another.
     refused: str | None = None
+    # A Debian kernel whose exact gcc its release no longer serves: the Debian version of
+    # the build of that gcc to use instead (``accept_compiler: 14.2.0-20``), which every
+    # report of the cell then names. None: the kernel's own compiler or a refusal.
+    accept_compiler: str | None = None
+    # A kernel built here: the Debian release whose gcc configures and builds it (in that
+    # release's build root unless the host's gcc is exactly that one). None for Debian's.
+    toolchain: str | None = None
 
     @property
     def kind(self) -> Literal["debian", "built"]:
@@ -386,7 +397,8 @@ def _read_target(reader: _NodeReader, node: Node, key: str) -> list[KernelTarget
     """One target entry; a Debian entry with lists of series or flavours is one per pair."""
     fields = reader.mapping(node, key, required=(),
                             optional=("name", "debian", "source", "config", "header_index",
-                                      "patches", "expect", "reason", "refused"))
+                                      "patches", "expect", "reason", "refused",
+                                      "accept_compiler", "toolchain"))
     patches = _read_patches(reader, fields["patches"], f"{key}.patches") \
         if "patches" in fields else None
     not_applicable = _read_expectation(reader, node, fields, key)
@@ -427,9 +439,16 @@ def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
                 "a target is either 'debian' (Debian's own kernel) or 'source' + 'config' "
                 "(a kernel to build), not both",
             )
+        if "toolchain" in fields:
+            raise reader.fail(fields["toolchain"], f"{key}.toolchain",
+                              "a Debian kernel is compiled by its own gcc, from its release "
+                              "(or 'accept_compiler'); 'toolchain' is for kernels built here")
         kernels = _read_debian(reader, fields["debian"], f"{key}.debian")
         header_index = ("header_index" in fields
                         and reader.boolean(fields["header_index"], f"{key}.header_index"))
+        accept = reader.string(fields["accept_compiler"], f"{key}.accept_compiler",
+                               _DEBIAN_GCC_VERSION, "a Debian gcc version such as 14.2.0-20") \
+            if "accept_compiler" in fields else None
         if "name" in fields:
             if len(kernels) > 1:
                 raise reader.fail(fields["name"], f"{key}.name",
@@ -437,13 +456,18 @@ def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
                                   "kernels; drop 'name' or list one kernel")
             name = reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name")
             return [KernelTarget(name=name, place=place, debian=kernels[0],
-                                 header_index=header_index)]
+                                 header_index=header_index, accept_compiler=accept)]
         return [KernelTarget(name=debian.label, place=place, debian=debian,
-                             header_index=header_index) for debian in kernels]
+                             header_index=header_index, accept_compiler=accept)
+                for debian in kernels]
     if "header_index" in fields:
         raise reader.fail(fields["header_index"], f"{key}.header_index",
                           "only a 'debian' target needs a header index: a built kernel "
                           "knows which objects include each header from its build")
+    if "accept_compiler" in fields:
+        raise reader.fail(fields["accept_compiler"], f"{key}.accept_compiler",
+                          "a kernel built here is compiled by its toolchain's gcc, so there "
+                          "is no other compiler to accept; drop it (or set 'toolchain')")
     if "source" not in fields or "config" not in fields:
         raise reader.fail(
             node, key,
@@ -452,11 +476,17 @@ def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
         )
     if "name" not in fields:
         raise reader.fail(node, key, "a built kernel target needs a 'name'")
+    source = _read_source(reader, fields["source"], f"{key}.source")
+    if "toolchain" in fields:
+        toolchain = _one_release(reader, fields["toolchain"], f"{key}.toolchain")
+    else:
+        toolchain = source.release or DEFAULT_TOOLCHAIN
     return [KernelTarget(
         name=reader.string(fields["name"], f"{key}.name", _TARGET_NAME, "a target name"),
         place=place,
-        source=_read_source(reader, fields["source"], f"{key}.source"),
+        source=source,
         config=_read_config(reader, fields["config"], f"{key}.config"),
+        toolchain=toolchain,
     )]
 
 
@@ -466,16 +496,23 @@ def _debian_releases(reader: _NodeReader, fields: dict[str, Node], key: str) -> 
         return []
     names = _one_or_more(reader, fields["release"], f"{key}.release", _DEBIAN_RELEASE,
                          "a Debian release (12, 13, or bookworm, trixie)")
-    numbers = []
-    for name in names:
-        number = next((r.number for r in DEBIAN_RELEASES.values()
-                       if name in (r.number, r.codename)), None)
-        if number is None:
-            known = ", ".join(f"{r.number} ({r.codename})" for r in DEBIAN_RELEASES.values())
-            raise reader.fail(fields["release"], f"{key}.release",
-                              f"Debian {name} is not a release kpatchbuild knows ({known})")
-        numbers.append(number)
-    return numbers
+    return [_release_number(reader, fields["release"], f"{key}.release", name)
+            for name in names]
+
+
+def _one_release(reader: _NodeReader, node: Node, key: str) -> str:
+    name = reader.string(node, key, _DEBIAN_RELEASE, "a Debian release (12, 13, or bookworm, "
+                                                     "trixie)")
+    return _release_number(reader, node, key, name)
+
+
+def _release_number(reader: _NodeReader, node: Node, key: str, name: str) -> str:
+    number = next((r.number for r in DEBIAN_RELEASES.values()
+                   if name in (r.number, r.codename)), None)
+    if number is None:
+        known = ", ".join(f"{r.number} ({r.codename})" for r in DEBIAN_RELEASES.values())
+        raise reader.fail(node, key, f"Debian {name} is not a release kpatchbuild knows ({known})")
+    return number
 
 
 def release_of_series(series: str) -> str | None:
@@ -573,7 +610,7 @@ def _one_or_more(reader: _NodeReader, node: Node, key: str, pattern: re.Pattern[
 
 def _read_source(reader: _NodeReader, node: Node, key: str) -> SourceSpec:
     fields = reader.mapping(node, key, required=(),
-                            optional=("debian", "tarball", "sha256", "tree"))
+                            optional=("debian", "release", "tarball", "sha256", "tree"))
     kinds = [kind for kind in ("debian", "tarball", "tree") if kind in fields]
     if len(kinds) != 1:
         raise reader.fail(node, key, "give exactly one of 'debian' (linux-source-6.1), "
@@ -581,6 +618,9 @@ def _read_source(reader: _NodeReader, node: Node, key: str) -> SourceSpec:
     kind = kinds[0]
     if "sha256" in fields and kind != "tarball":
         raise reader.fail(fields["sha256"], f"{key}.sha256", "only a 'tarball' has a sha256")
+    if "release" in fields and kind != "debian":
+        raise reader.fail(fields["release"], f"{key}.release", "only a 'debian' source comes "
+                          "from a Debian release")
     if kind == "debian":
         text = reader.string(fields["debian"], f"{key}.debian", _SOURCE_PACKAGE,
                              "a Debian source package (linux-source-6.1 or "
@@ -588,11 +628,14 @@ def _read_source(reader: _NodeReader, node: Node, key: str) -> SourceSpec:
         match = _SOURCE_PACKAGE.match(text)
         assert match is not None
         series = match.group(1).removeprefix("linux-source-")
-        release = release_of_series(series)
+        if "release" in fields:
+            release: str | None = _one_release(reader, fields["release"], f"{key}.release")
+            _releases_serving(reader, fields, key, series, [str(release)])
+        else:
+            release = release_of_series(series)
         if release is None:
             raise reader.fail(fields["debian"], f"{key}.debian", _ambiguous_series(
-                series, " (a built kernel's Debian source: only Debian 12's series are "
-                        "supported there yet)"))
+                series, " (a built kernel's Debian source: say 'release' beside 'debian')"))
         return SourceSpec(kind="debian", package=match.group(1), version=match.group(2),
                           release=release)
     if kind == "tarball":

@@ -123,14 +123,19 @@ class OriginalRecord:
     key: str
     path: Path
     release: str
+    compiler: str = ""  # what compiles the target's objects (gcc --version's first line)
+    compiler_override: str | None = None  # the recipe's accept_compiler, in words
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "path": str(self.path),
-                "release": self.release}
+                "release": self.release, "compiler": self.compiler,
+                "compiler_override": self.compiler_override}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OriginalRecord:
-        return cls(data["kind"], data["key"], Path(data["path"]), data["release"])
+        # Records written before the compiler was recorded read as not saying it.
+        return cls(data["kind"], data["key"], Path(data["path"]), data["release"],
+                   data.get("compiler", ""), data.get("compiler_override"))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ def _testcase(cell: CellResult) -> ET.Element:
     elif cell.status == "not-applicable":
         ET.SubElement(case, "skipped", type="not-applicable", message=_clean(cell.reason))
     details = [f"kernel release: {cell.release or 'unknown'}"]
+    if cell.compiler:
+        details.append(f"compiler: {cell.compiler}")
+    if cell.compiler_override:
+        details.append(f"compiler override: {cell.compiler_override}")
     if cell.previous_release:
         details.append(f"previous release: {cell.previous_release}")
     if cell.changed_functions:

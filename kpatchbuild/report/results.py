@@ -36,6 +36,8 @@ class CellResult:
     build_seconds: float = 0.0
     proof_seconds: float | None = None
     console_log: str | None = None
+    compiler: str | None = None  # what compiled the cell's objects
+    compiler_override: str | None = None  # set when the recipe accepted another gcc
 
     @property
     def cell(self) -> str:
@@ -53,14 +55,16 @@ class CellResult:
                 "build_seconds": round(self.build_seconds, 3),
                 "proof_seconds": None if self.proof_seconds is None
                 else round(self.proof_seconds, 3),
-                "console_log": self.console_log}
+                "console_log": self.console_log, "compiler": self.compiler,
+                "compiler_override": self.compiler_override}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellResult:
         return cls(data["recipe"], data["target"], data["status"], data["reason"],
                    data["step"], data["release"], data["previous_release"],
                    tuple(data["changed_functions"]), data["build_seconds"],
-                   data["proof_seconds"], data["console_log"])
+                   data["proof_seconds"], data["console_log"], data.get("compiler"),
+                   data.get("compiler_override"))
 
 
 @dataclass(frozen=True)

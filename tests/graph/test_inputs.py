@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.base import kbuild
-from kpatchbuild.base.commands import HOST, run_step
-from kpatchbuild.base.errors import BuildError, FetchError, RecipeError, ToolchainError
+from kpatchbuild.base.commands import run_step
+from kpatchbuild.base.errors import BuildError, FetchError, RecipeError
 from kpatchbuild.base.store import Store, sha256_file
 from kpatchbuild.graph.recipe import ConfigOption, DebianKernel, Place, SourceSpec
-from kpatchbuild.stages.buildroot import buildroot
 from kpatchbuild.stages.config import kconfig
 from kpatchbuild.stages.fetch import debian, source, suites
 from kpatchbuild.stages.original import original
@@ -149,46 +148,6 @@ def test_compiler_text(text: str, package: str | None, version: str) -> None:
     assert parsed.version == version
     if package:
         assert parsed.package == package
-
-
-class ServedCompilers:
-    """A release's index as the build-root check reads it: madison lines of gcc-N."""
-
-    def __init__(self, versions: list[str]) -> None:
-        self.versions = versions
-
-    def ensure(self) -> None:
-        pass
-
-    def apt_cache(self, command: str, *args: str) -> str:
-        assert command == "madison"
-        return "".join(f"{args[0]} | {v} | http://deb.debian.org/debian trixie/main amd64 "
-                       "Packages\n" for v in self.versions)
-
-
-def test_a_compiler_the_release_no_longer_serves_is_refused_naming_both(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(buildroot.SuiteIndex, "in_cache",
-                        classmethod(lambda cls, root, release: ServedCompilers(["14.2.0-21"])))
-    config = 'CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0"\n'
-    with pytest.raises(ToolchainError) as caught:
-        buildroot.toolchain_for(Store(tmp_path), config, suites.RELEASES["13"],
-                                where="cmdline/debian13-6.12-cloud-amd64", binds=())
-    assert caught.value.message == (
-        "cmdline/debian13-6.12-cloud-amd64: its kernel was built with 'x86_64-linux-gnu-gcc-14 "
-        "(Debian 14.2.0-19) 14.2.0', but Debian 13 (trixie) now serves gcc-14 14.2.0-21: "
-        "objects from another compiler would not match the running kernel; no build root can "
-        "be made for it")
-    assert not (tmp_path / buildroot.KIND).exists()
-
-
-def test_the_hosts_gcc_serves_when_it_is_the_kernels_under_another_name(
-        tmp_path: Path) -> None:
-    host = kbuild.host_compiler()
-    config = f'CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-99 ({host.text.split("(")[1]}"\n'
-    toolchain = buildroot.toolchain_for(Store(tmp_path), config, suites.RELEASES["12"],
-                                        where="t", binds=())
-    assert toolchain.runner is HOST and toolchain.compiler.version == host.version
 
 
 def make_tree(tmp_path: Path) -> Path:

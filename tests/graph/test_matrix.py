@@ -22,6 +22,7 @@ from kpatchbuild.graph.records import (
     ProveRecord,
     write_record,
 )
+from kpatchbuild.report.results import read_report
 from kpatchbuild.stages.diff.objdiff import DiffFiles
 from kpatchbuild.stages.fetch.debian import KernelRelease
 from kpatchbuild.stages.fetch.source import SourceTree
@@ -88,6 +89,28 @@ def test_a_proven_cell_passed_with_its_functions_and_times(tmp_path: Path) -> No
     report_of_run = matrix.matrix_report([item], {item.label: run}, 9.0)
     assert report_of_run.notes == ("fix/debian12-6.1-cloud-amd64 now runs on 6.1.0-57-cloud-amd64 "
                                    "(was 6.1.0-56-cloud-amd64)",)
+
+
+def test_a_compiler_override_is_in_every_report_of_the_cell(tmp_path: Path) -> None:
+    item = cells(tmp_path)[1]
+    override = ("built with gcc 12.2.0-15, not the kernel's own 'gcc-12 (Debian "
+                "12.2.0-14+deb12u1) 12.2.0' (the recipe's accept_compiler)")
+    write_record(item.original_record, OriginalRecord(
+        "prepared", "k", tmp_path, "6.12.117", "gcc (Debian 12.2.0-15) 12.2.0", override))
+    result = matrix.cell_result(item, matrix.CellRun())
+    assert (result.compiler, result.compiler_override) == ("gcc (Debian 12.2.0-15) 12.2.0",
+                                                           override)
+    report = matrix.matrix_report([item], {}, 1.0)
+    assert f"compiler override: fix/debian12-6.12-cloud-amd64: {override}" in report.notes
+    matrix.write_reports(report, tmp_path / "reports")
+    table = (tmp_path / "reports/table.txt").read_text()
+    assert f"compiler override: fix/debian12-6.12-cloud-amd64: {override}" in table
+    junit = (tmp_path / "reports/junit.xml").read_text()
+    assert "compiler override: built with gcc 12.2.0-15" in junit
+    data = json.loads((tmp_path / "reports/test.json").read_text())
+    assert data["cells"][0]["compiler_override"] == override
+    assert read_report(tmp_path / "reports/test.json").cells[0].compiler_override \
+        == override
 
 
 def test_a_failed_cell_names_its_first_failure_and_keeps_the_console(tmp_path: Path) -> None:

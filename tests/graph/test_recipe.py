@@ -178,6 +178,53 @@ patches: [fix.patch]
                               "a 'debian' target needs a header index")
 
 
+def test_a_built_kernel_names_the_release_of_its_toolchain(tmp_path: Path) -> None:
+    text = """targets:
+  - name: default
+    source: {debian: linux-source-6.1}
+    config: {base: tinyconfig}
+  - name: trixie-gcc
+    source: {debian: linux-source-6.1}
+    config: {base: tinyconfig}
+    toolchain: trixie
+  - name: from-13
+    source: {debian: linux-source-6.12, release: 13}
+    config: {base: tinyconfig}
+patches: [fix.patch]
+"""
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert [(t.name, t.toolchain) for t in recipe.targets] == [
+        ("default", "12"), ("trixie-gcc", "13"), ("from-13", "13")]
+
+
+@pytest.mark.parametrize(("target", "said"), [
+    ('  - debian: {series: "6.1", flavour: cloud-amd64}\n    toolchain: 13\n',
+     "targets[0].toolchain: a Debian kernel is compiled by its own gcc, from its release"),
+    ("  - name: k\n    source: {debian: linux-source-6.1}\n    config: {base: tinyconfig}\n"
+     "    toolchain: 11\n",
+     "targets[0].toolchain: Debian 11 is not a release kpatchbuild knows"),
+    ("  - name: k\n    source: {debian: linux-source-6.1}\n    config: {base: tinyconfig}\n"
+     "    accept_compiler: 12.2.0-15\n",
+     "targets[0].accept_compiler: a kernel built here is compiled by its toolchain's gcc"),
+    ('  - debian: {series: "6.1", flavour: cloud-amd64}\n    accept_compiler: newest\n',
+     "targets[0].accept_compiler: 'newest' is not a Debian gcc version such as 14.2.0-20"),
+])
+def test_toolchain_and_accept_compiler_where_they_do_not_belong(tmp_path: Path, target: str,
+                                                                said: str) -> None:
+    message = error_of(write_recipe(tmp_path, f"targets:\n{target}patches: [fix.patch]\n"))
+    assert said in message
+
+
+def test_accept_compiler_is_kept_on_each_kernel_of_the_entry(tmp_path: Path) -> None:
+    text = """targets:
+  - debian: {release: 13, series: "6.12", flavour: [cloud-amd64, amd64]}
+    accept_compiler: 14.2.0-20
+patches: [fix.patch]
+"""
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    assert [t.accept_compiler for t in recipe.targets] == ["14.2.0-20", "14.2.0-20"]
+
+
 MATRIX = """targets:
   - debian:
       release: 12

@@ -142,30 +142,84 @@ def compiler_package(wanted: kbuild.CompilerVersion) -> str:
 
 @dataclass(frozen=True)
 class Toolchain:
-    """Where a target's commands run, and the compiler they meet there."""
+    """Where a target's commands run, and the compiler they meet there. ``override`` says,
+    in the words every report repeats, that a recipe accepted another gcc than the
+    kernel's (None when the compiler is the kernel's own)."""
 
     runner: Runner
     compiler: kbuild.CompilerVersion
+    override: str | None = None
 
 
 def host_toolchain() -> Toolchain:
     return Toolchain(HOST, kbuild.host_compiler())
 
 
+def accepted_compiler(kernel: kbuild.CompilerVersion, accepted: str, *,
+                      where: str) -> kbuild.CompilerVersion:
+    """The gcc a recipe's ``accept_compiler`` (a Debian package version such as
+    ``14.2.0-20``) names in place of the kernel's; only a build of the same gcc major."""
+    upstream = accepted.split("-", 1)[0]
+    major = upstream.split(".", 1)[0]
+    if major != kernel.version.split(".", 1)[0]:
+        raise ToolchainError(f"{where}: accept_compiler {accepted} is gcc {major}, but the "
+                             f"kernel was built with '{kernel.text}': another gcc major "
+                             "generates other code; name a build of gcc "
+                             f"{kernel.version.split('.', 1)[0]}")
+    return kbuild.CompilerVersion(f"gcc-{major} (Debian {accepted}) {upstream}", accepted,
+                                  upstream)
+
+
 def toolchain_for(store: Store, config_text: str, release: DebianRelease, *, where: str,
-                  binds: Iterable[Path]) -> Toolchain:
+                  binds: Iterable[Path], accept: str | None = None) -> Toolchain:
     """Where the target of ``config_text`` compiles: the host when its gcc is exactly the
     kernel's, else the build root of ``release`` holding that compiler (made if needed),
-    seeing ``binds``."""
-    wanted = config_compiler(config_text, where)
+    seeing ``binds``. ``accept`` (the recipe's ``accept_compiler``) names another build of
+    that gcc to use instead, when the release no longer serves the kernel's."""
+    kernel = config_compiler(config_text, where)
+    wanted, override = kernel, None
+    if accept is not None:
+        wanted = accepted_compiler(kernel, accept, where=where)
+        if not wanted.matches(kernel):
+            override = (f"built with gcc {accept}, not the kernel's own '{kernel.text}' "
+                        "(the recipe's accept_compiler)")
+    return _serving(store, release, wanted, where=where, binds=binds, override=override)
+
+
+def suite_compiler(store: Store, release: DebianRelease, *, where: str) -> kbuild.CompilerVersion:
+    """The gcc ``release`` builds kernels with today (its default gcc package's current
+    version): what a kernel configured and built here for that release is compiled by."""
+    index = SuiteIndex.in_cache(store.root, release)
+    index.ensure()
+    policy = index.apt_cache("policy", release.compiler)
+    found = re.search(r"^\s*Candidate:\s*(\S+)", policy, re.MULTILINE)
+    if found is None or found.group(1) == "(none)":
+        raise ToolchainError(f"{where}: {release.label} serves no {release.compiler}; its "
+                             f"kernels cannot be built here (index: {index.root})")
+    version = found.group(1)
+    upstream = version.split("-", 1)[0]
+    return kbuild.CompilerVersion(f"{release.compiler} (Debian {version}) {upstream}",
+                                  version, upstream)
+
+
+def suite_toolchain(store: Store, release: DebianRelease, *, where: str,
+                    binds: Iterable[Path]) -> Toolchain:
+    """Where a kernel built here for ``release`` is configured and built: with that
+    release's gcc, the host's when it is exactly that one, else in its build root."""
+    return _serving(store, release, suite_compiler(store, release, where=where), where=where,
+                    binds=binds, override=None)
+
+
+def _serving(store: Store, release: DebianRelease, wanted: kbuild.CompilerVersion, *,
+             where: str, binds: Iterable[Path], override: str | None) -> Toolchain:
     try:
         host = kbuild.host_compiler()
     except ToolchainError:
         host = None
     if host is not None and host.matches(wanted):
-        return Toolchain(HOST, host)
+        return Toolchain(HOST, host, override)
     root = build_root(store, release, wanted, where=where).seeing(binds)
-    return Toolchain(root, root.compiler)
+    return Toolchain(root, root.compiler, override)
 
 
 def build_root(store: Store, release: DebianRelease, wanted: kbuild.CompilerVersion, *,
@@ -198,13 +252,17 @@ def _check_served(store: Store, release: DebianRelease, wanted: kbuild.CompilerV
     index.ensure()
     package = compiler_package(wanted)
     madison = index.apt_cache("madison", package)
-    served = sorted({line.split("|")[1].strip() for line in madison.splitlines()
-                     if line.count("|") >= 2})
+    # madison lists the newest first
+    served = list(dict.fromkeys(line.split("|")[1].strip() for line in madison.splitlines()
+                                if line.count("|") >= 2))
     if wanted.package not in served:
+        newest = served[0] if served else None
+        remedy = (f"; to build with {package} {newest} anyway, set 'accept_compiler: "
+                  f"{newest}' on the target (every report then says so)") if newest else ""
         raise ToolchainError(
-            f"{where}: its kernel was built with '{wanted.text}', but {release.label} now "
-            f"serves {package} {', '.join(served) or 'in no version'}: objects from another "
-            "compiler would not match the running kernel; no build root can be made for it")
+            f"{where}: its kernel needs gcc '{wanted.text}', but {release.label} now serves "
+            f"{package} {', '.join(served) or 'in no version'}: objects from another build of "
+            f"gcc may not match the running kernel, so no build root is made{remedy}")
 
 
 def _make(store: Store, work: Path, release: DebianRelease, mirrors: Mirrors,

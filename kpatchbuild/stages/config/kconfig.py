@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base.commands import run_step
+from kpatchbuild.base.commands import HOST, Runner, run_step
 from kpatchbuild.base.errors import RecipeError
 from kpatchbuild.graph.recipe import ConfigOption, ConfigSpec, Place, parse_config_line
 
@@ -56,19 +56,21 @@ def merge_options(base_text: str, options: list[ConfigOption]) -> str:
     return "\n".join(kept) + "\n"
 
 
-def make_config(srctree: Path, spec: ConfigSpec, scratch: Path, log: Path) -> str:
-    """Run kconfig for ``spec`` in ``scratch`` (``O=``), verify the result, return its text."""
+def make_config(srctree: Path, spec: ConfigSpec, scratch: Path, log: Path,
+                runner: Runner = HOST) -> str:
+    """Run kconfig for ``spec`` in ``scratch`` (``O=``), verify the result, return its text.
+    ``runner`` holds the compiler that will build the kernel: kconfig records it."""
     scratch.mkdir(parents=True, exist_ok=True)
     make: list[str | Path] = ["make", "-C", srctree, f"O={scratch}"]
     if spec.base == "file":
         assert spec.base_path is not None
         (scratch / ".config").write_text(spec.base_path.read_text())
     else:
-        run_step([*make, spec.base], step=f"make {spec.base}", log=log)
+        run_step([*make, spec.base], step=f"make {spec.base}", log=log, runner=runner)
     requested = [*spec.options, *LIVEPATCH_REQUIREMENTS]
     base_text = (scratch / ".config").read_text()
     (scratch / ".config").write_text(merge_options(base_text, requested))
-    run_step([*make, "olddefconfig"], step="make olddefconfig", log=log)
+    run_step([*make, "olddefconfig"], step="make olddefconfig", log=log, runner=runner)
     final_text = (scratch / ".config").read_text()
     verify_options(srctree, final_text, requested)
     return final_text

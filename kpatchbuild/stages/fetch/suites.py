@@ -51,6 +51,7 @@ class DebianRelease:
 
     number: str
     codename: str
+    compiler: str  # its default gcc's package: what kernels built here by default use
 
     @property
     def suites(self) -> tuple[str, str]:
@@ -66,8 +67,8 @@ class DebianRelease:
         return f"Debian {self.number} ({self.codename})"
 
 
-RELEASES = {release.number: release for release in (DebianRelease("12", "bookworm"),
-                                                    DebianRelease("13", "trixie"))}
+RELEASES = {release.number: release for release in (DebianRelease("12", "bookworm", "gcc-12"),
+                                                    DebianRelease("13", "trixie", "gcc-14"))}
 
 
 def debian_release(number: str, what: str) -> DebianRelease:

@@ -108,9 +108,11 @@ def built_key(source: SourceTree, config_text: str, compiler: kbuild.CompilerVer
 
 
 def build_kernel(store: Store, source: SourceTree, config_text: str, *,
-                 label: str) -> OriginalStage:
-    """Build the kernel of ``config_text`` in full, keeping every ``.cmd`` record."""
-    compiler = kbuild.host_compiler()
+                 label: str, toolchain: Toolchain) -> OriginalStage:
+    """Build the kernel of ``config_text`` in full, keeping every ``.cmd`` record, with the
+    compiler that configured it (``toolchain``: the host's or its release's build root)."""
+    compiler = toolchain.compiler
+    runner = toolchain.runner
     key = built_key(source, config_text, compiler)
     artifact = store.lookup(STORE_KIND, key)
     if artifact:
@@ -129,14 +131,16 @@ def build_kernel(store: Store, source: SourceTree, config_text: str, *,
         (tree / ".config").write_text(config_text)
         started = time.monotonic()
         with _source_kept(store, source, label):
-            kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log)
+            kbuild.make(tree, "olddefconfig", step=f"{label}: make olddefconfig", log=log,
+                        runner=runner)
             changed = significant_config_changes(
                 config_changes(config_text, (tree / ".config").read_text()))
             if changed:
                 raise BuildError(f"{label}: olddefconfig changed the resolved config "
                                  f"({', '.join(changed)}): the host's tools changed since it "
                                  f"was made; run the build again to remake it; log: {log}")
-            run_step(kbuild.make_command(tree, "all"), step=f"{label}: make all", log=log)
+            run_step(kbuild.make_command(tree, "all"), step=f"{label}: make all", log=log,
+                     runner=runner)
         missing = [name for name in BUILT_OUTPUTS if not (tree / name).is_file()]
         if missing:
             raise BuildError(f"{label}: the build did not produce {', '.join(missing)}; "

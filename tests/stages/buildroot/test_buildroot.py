@@ -10,11 +10,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kpatchbuild.base import kbuild
+from kpatchbuild.base.commands import HOST
+from kpatchbuild.base.errors import ToolchainError
 from kpatchbuild.base.store import Store
 from kpatchbuild.stages.buildroot import buildroot
 from kpatchbuild.stages.fetch.suites import RELEASES
@@ -102,3 +105,112 @@ def test_a_command_changes_nothing_in_the_published_root(tmp_path: Path) -> None
     finally:
         bound.joinpath("out").unlink(missing_ok=True)
         bound.rmdir()
+
+
+# --- which compiler, and where (no debootstrap: the release's index is a table) ---
+
+class ServedCompilers:
+    """A release's index as the build-root checks read it: madison lines and the policy of
+    gcc-N."""
+
+    def __init__(self, versions: list[str]) -> None:
+        self.versions = versions  # newest first, as madison lists them
+        self.root = Path("/nonexistent/index")
+
+    def ensure(self) -> None:
+        pass
+
+    def apt_cache(self, command: str, *args: str) -> str:
+        if command == "policy":
+            candidate = self.versions[0] if self.versions else "(none)"
+            return f"{args[0]}:\n  Installed: (none)\n  Candidate: {candidate}\n"
+        assert command == "madison"
+        return "".join(f"{args[0]} | {v} | http://deb.debian.org/debian trixie/main amd64 "
+                       "Packages\n" for v in self.versions)
+
+
+@pytest.fixture
+def trixie_serves(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
+    def serve(versions: list[str]) -> None:
+        monkeypatch.setattr(buildroot.SuiteIndex, "in_cache", classmethod(
+            lambda cls, root, release: ServedCompilers(versions)))
+    return serve
+
+
+KERNEL_GCC_14 = 'CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0"\n'
+
+
+def test_a_compiler_the_release_no_longer_serves_is_refused_naming_both_and_the_override(
+        tmp_path: Path, trixie_serves: Callable[[list[str]], None]) -> None:
+    trixie_serves(["14.2.0-21", "14.2.0-20"])
+    with pytest.raises(ToolchainError) as caught:
+        buildroot.toolchain_for(Store(tmp_path), KERNEL_GCC_14, RELEASES["13"],
+                                where="cmdline/debian13-6.12-cloud-amd64", binds=())
+    assert caught.value.message == (
+        "cmdline/debian13-6.12-cloud-amd64: its kernel needs gcc 'x86_64-linux-gnu-gcc-14 "
+        "(Debian 14.2.0-19) 14.2.0', but Debian 13 (trixie) now serves gcc-14 14.2.0-21, "
+        "14.2.0-20: objects from another build of gcc may not match the running kernel, so no "
+        "build root is made; to build with gcc-14 14.2.0-21 anyway, set 'accept_compiler: "
+        "14.2.0-21' on the target (every report then says so)")
+    assert not (tmp_path / buildroot.KIND).exists()
+
+
+def test_accept_compiler_asks_for_that_build_and_says_so(
+        tmp_path: Path, trixie_serves: Callable[[list[str]], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    trixie_serves(["14.2.0-21"])
+    asked: list[kbuild.CompilerVersion] = []
+
+    def made(store: Store, release: object, wanted: kbuild.CompilerVersion, *,
+             where: str) -> buildroot.BuildRoot:
+        buildroot._check_served(store, RELEASES["13"], wanted, where)
+        asked.append(wanted)
+        return buildroot.BuildRoot(RELEASES["13"], tmp_path / "root", wanted)
+
+    monkeypatch.setattr(buildroot, "build_root", made)
+    toolchain = buildroot.toolchain_for(Store(tmp_path), KERNEL_GCC_14, RELEASES["13"],
+                                        where="t", binds=(), accept="14.2.0-21")
+    assert [(w.package, w.version) for w in asked] == [("14.2.0-21", "14.2.0")]
+    assert toolchain.override == ("built with gcc 14.2.0-21, not the kernel's own "
+                                  "'x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0' (the "
+                                  "recipe's accept_compiler)")
+    same = buildroot.toolchain_for(Store(tmp_path), KERNEL_GCC_14.replace("-19", "-21"),
+                                   RELEASES["13"], where="t", binds=(), accept="14.2.0-21")
+    assert same.override is None  # naming the kernel's own compiler overrides nothing
+
+
+def test_accept_compiler_of_another_gcc_major_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ToolchainError) as caught:
+        buildroot.toolchain_for(Store(tmp_path), KERNEL_GCC_14, RELEASES["13"], where="t",
+                                binds=(), accept="15.1.0-1")
+    assert "accept_compiler 15.1.0-1 is gcc 15, but the kernel was built with" in \
+        caught.value.message
+    assert "name a build of gcc 14" in caught.value.message
+
+
+def test_the_hosts_gcc_serves_when_it_is_the_kernels_under_another_name(
+        tmp_path: Path) -> None:
+    host = kbuild.host_compiler()
+    config = f'CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-99 ({host.text.split("(")[1]}"\n'
+    toolchain = buildroot.toolchain_for(Store(tmp_path), config, RELEASES["12"],
+                                        where="t", binds=())
+    assert toolchain.runner is HOST and toolchain.compiler.version == host.version
+    assert toolchain.override is None
+
+
+def test_a_kernel_built_here_uses_its_releases_current_gcc(
+        tmp_path: Path, trixie_serves: Callable[[list[str]], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    trixie_serves(["14.2.0-19"])
+    monkeypatch.setattr(buildroot, "build_root", lambda store, release, wanted, where:
+                        buildroot.BuildRoot(release, tmp_path / "root", wanted))
+    wanted = buildroot.suite_compiler(Store(tmp_path), RELEASES["13"], where="t")
+    assert (wanted.package, wanted.version) == ("14.2.0-19", "14.2.0")
+    assert wanted.matches(TRIXIE_GCC)
+    toolchain = buildroot.suite_toolchain(Store(tmp_path), RELEASES["13"], where="t",
+                                          binds=(tmp_path,))
+    host = kbuild.host_compiler()
+    assert (toolchain.runner is HOST) == host.matches(wanted)
+    trixie_serves([])
+    with pytest.raises(ToolchainError, match="Debian 13 .trixie. serves no gcc-14"):
+        buildroot.suite_compiler(Store(tmp_path), RELEASES["13"], where="t")
