@@ -85,6 +85,22 @@ def fake_index(monkeypatch: pytest.MonkeyPatch, served: dict[str, list[str]]) ->
     return index
 
 
+def test_an_image_served_without_its_headers_and_symbols_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """trixie-security keeps older signed images after their headers and -dbg are gone."""
+    release = "6.12.90+deb13-cloud-amd64"
+    index = fake_index(monkeypatch, {f"linux-image-{release}": ["6.12.90-1"],
+                                     "linux-source-6.12": ["6.12.118-1"]})
+    with pytest.raises(FetchError) as caught:
+        debian._packages_for(index, release, "6.12.90-1")  # type: ignore[arg-type]
+    assert caught.value.message == (
+        f"{release}: Debian 12 (bookworm)'s index still serves its image but no longer its "
+        f"headers (linux-headers-{release}) and debug symbols (linux-image-{release}-dbg): "
+        "Debian keeps older signed images after dropping those, which a patch needs "
+        "(Module.symvers, System.map); target the series' newest release, or an image that "
+        "still has them")
+
+
 def test_source_version_must_match_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
     index = fake_index(monkeypatch, {
         "linux-source-6.1": ["6.1.190-1", "6.1.187-1"],

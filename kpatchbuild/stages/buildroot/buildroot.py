@@ -44,9 +44,10 @@ KIND = "buildroot"
 FORMAT = 1
 # What kbuild's olddefconfig, modules_prepare, single-object and module builds run, besides
 # gcc: pahole keeps Debian's BTF options (they shape struct module) and builds modules' BTF,
-# and 6.x's modules_prepare builds resolve_btfids, whose libbpf headers want python3.
+# and 6.x's modules_prepare builds resolve_btfids, whose libbpf headers want python3; a
+# whole-tree pass (the header index, a kernel built here) also makes the signing key (openssl).
 PACKAGES = ("gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves",
-            "python3-minimal", "kmod", "xz-utils", "zstd")
+            "python3-minimal", "kmod", "xz-utils", "zstd", "openssl")
 # Whose versions the manifest records (the toolchain that decides the objects).
 RECORDED = ("gcc", "binutils", "libelf-dev", "dwarves", "make")
 

@@ -309,6 +309,9 @@ def _known_images_hint(index: SuiteIndex, release: str) -> str:
     return f"it serves {', '.join(names)}" if names else "it serves none of this series"
 
 
+_ROLE_WORDS = {"headers": "headers", "dbg": "debug symbols"}
+
+
 def _packages_for(index: SuiteIndex, release: str, version: str) -> dict[str, DebianPackage]:
     series = ".".join(version.split(".")[:2])
     names = {
@@ -319,6 +322,14 @@ def _packages_for(index: SuiteIndex, release: str, version: str) -> dict[str, De
     }
     served = available_versions(index, list(names.values()))
     packages = {}
+    gone = [role for role in ("headers", "dbg") if not served[names[role]]]
+    if gone and version in served[names["image"]]:
+        what = " and ".join(f"{_ROLE_WORDS[role]} ({names[role]})" for role in gone)
+        raise FetchError(
+            f"{release}: {index.release.label}'s index still serves its image but no longer "
+            f"its {what}: Debian keeps older signed images after dropping those, which a patch "
+            "needs (Module.symvers, System.map); target the series' newest release, or an "
+            "image that still has them")
     for role, name in names.items():
         if version not in served[name]:
             found = ", ".join(served[name]) or "none"
