@@ -1,8 +1,12 @@
 """The package step: each recipe's proven modules -> its ``kpatch-patch`` package; the
-``kpatch`` command -> its package; all of them -> the local apt repository.
+``kpatch`` command -> its package; all of them -> a local apt repository per Debian release.
 
-Per recipe, the package carries the module of every cell of its matrix that was proven
-(a cell marked not-applicable has none; a recipe whose refusal is expected has no package).
+A machine runs one Debian release, and installs from that release's repository
+(``<cache>/package/<codename>/``): a recipe spanning Debian 12 and 13 yields one package per
+release, each carrying the modules of that release's kernels (a kernel built here belongs
+to the release of its toolchain), and each repository has its own ``kpatch`` package.
+Per recipe and release, the package carries the module of every cell that was proven (a
+cell marked not-applicable has none; a recipe whose refusal is expected has no package).
 Only proven modules are packaged: ``doit package`` runs each cell's ``prove`` first. Each
 step writes a small record in ``<repository>/records/`` that doit tracks.
 """
@@ -21,26 +25,41 @@ from kpatchbuild.base.store import Store, sha256_file, write_atomically
 from kpatchbuild.graph.matrix import changed_functions
 from kpatchbuild.graph.pipeline import TargetPipeline
 from kpatchbuild.graph.recipe import Recipe
+from kpatchbuild.stages.fetch.suites import DebianRelease
 from kpatchbuild.stages.package import patch, tool
 from kpatchbuild.stages.package.repository import INSTALLED_KEYRING, Published, Repository
 
 TOOL = "kpatch"
 
 
-def repository(store: Store) -> Repository:
-    return Repository(store.root / "package")
+def repository(store: Store, release: DebianRelease) -> Repository:
+    return Repository(store.root / "package" / release.codename)
 
 
-def record_path(store: Store, name: str) -> Path:
-    return repository(store).root / "records" / f"{name}.json"
+def record_path(store: Store, release: DebianRelease, name: str) -> Path:
+    return repository(store, release).root / "records" / f"{name}.json"
 
 
-def packaged_recipes(items: Sequence[TargetPipeline]) -> dict[str, list[TargetPipeline]]:
-    """Recipe name -> its cells that yield a module (in order), for recipes that have any
-    (a cell refused as its recipe expects yields none)."""
+def release_of(item: TargetPipeline) -> DebianRelease:
+    """The Debian release whose machines run the cell's kernel: its own, or for a kernel
+    built here its toolchain's."""
+    return item.toolchain_release()
+
+
+def releases_of(items: Sequence[TargetPipeline]) -> list[DebianRelease]:
+    """The releases of the cells, in the order of their numbers."""
+    found = {release.number: release for release in map(release_of, items)}
+    return [found[number] for number in sorted(found, key=int)]
+
+
+def packaged_recipes(items: Sequence[TargetPipeline],
+                     release: DebianRelease) -> dict[str, list[TargetPipeline]]:
+    """Recipe name -> its cells of ``release`` that yield a module (in order), for recipes
+    that have any (a cell refused as its recipe expects yields none)."""
     cells: dict[str, list[TargetPipeline]] = {}
     for item in items:
-        if item.recipe.refused_on(item.target) is None and item.last_step == "prove":
+        if (item.recipe.refused_on(item.target) is None and item.last_step == "prove"
+                and release_of(item) == release):
             cells.setdefault(item.recipe.name, []).append(item)
     return cells
 
@@ -71,35 +90,36 @@ def recipe_contents(recipe: Recipe, cells: Sequence[TargetPipeline]) -> patch.Pa
         releases=tuple(releases[r] for r in sorted(releases)))
 
 
-def _record(store: Store, name: str, published: Published) -> None:
-    write_atomically(record_path(store, name), json.dumps({
+def _record(store: Store, release: DebianRelease, name: str, published: Published) -> None:
+    write_atomically(record_path(store, release, name), json.dumps({
         "package": published.package, "version": published.version,
         "deb": str(published.deb)}, indent=2) + "\n")
     what = "built" if published.new else "unchanged"
     say(f"  {published.package} {published.version}: {what}: {published.deb}")
 
 
-def package_recipe(store: Store, cells: Sequence[TargetPipeline]) -> None:
+def package_recipe(store: Store, release: DebianRelease, cells: Sequence[TargetPipeline]) -> None:
     recipe = cells[0].recipe
     contents = recipe_contents(recipe, cells)
-    published = repository(store).publish(
+    published = repository(store, release).publish(
         contents.package, recipe.version, patch.content(contents),
         lambda version, date: replace(patch.spec(contents, version), date=date),
         modules=patch.modules_by_release(contents))
-    _record(store, recipe.name, published)
+    _record(store, release, recipe.name, published)
 
 
-def package_tool(store: Store) -> None:
+def package_tool(store: Store, release: DebianRelease) -> None:
     sources = [(str(p.relative_to(tool.SOURCE)), sha256_file(p)) for p in tool_sources()]
-    published = repository(store).publish(
+    published = repository(store, release).publish(
         tool.PACKAGE, kpatchbuild.__version__, sources,
         lambda version, date: replace(tool.spec(version), date=date))
-    _record(store, TOOL, published)
+    _record(store, release, TOOL, published)
 
 
-def write_index(store: Store, *, signed: bool = True) -> None:
-    """Index the repository and say how a machine is to use it."""
-    repo = repository(store)
+def write_index(store: Store, release: DebianRelease, *, signed: bool = True) -> None:
+    """Index the release's repository and say how a machine of that release uses it."""
+    repo = repository(store, release)
+    say(f"  {release.label}:")
     index = repo.write_index(signed=signed)
     until = index.valid_until.strftime("%Y-%m-%d")
     if index.key is None or index.keyring is None:

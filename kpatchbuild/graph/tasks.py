@@ -36,10 +36,11 @@ from doit.tools import config_changed
 from kpatchbuild.base import kbuild, locks
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import KpbError
-from kpatchbuild.base.store import default_root
+from kpatchbuild.base.store import Store, default_root
 from kpatchbuild.graph import matrix, packages, records
 from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
 from kpatchbuild.stages.diff import objdiff
+from kpatchbuild.stages.fetch.suites import DebianRelease
 from kpatchbuild.stages.module import module
 from kpatchbuild.stages.original import original
 from kpatchbuild.stages.package import repository
@@ -417,41 +418,52 @@ def generate_tasks(items: list[TargetPipeline], *, force_proof: bool = False,
 
 
 PACKAGE_DOC = ("build the kpatch package and each recipe's kpatch-patch package from its "
-               "proven modules, into the local apt repository, signed (doit package "
-               "recipe=NAME kernel=PATTERN unsigned=1)")
+               "proven modules, into a local apt repository per Debian release, signed "
+               "(doit package recipe=NAME kernel=PATTERN unsigned=1)")
 
 
 def package_tasks(items: list[TargetPipeline], *, unsigned: bool = False) -> Iterator[dict]:
-    """``package:kpatch``, ``package:<recipe>`` per recipe with modules (after every
-    cell's proof), and ``package:repository`` indexing them all (signed unless
-    ``unsigned``)."""
+    """Per Debian release of the cells (``bookworm``, ``trixie``): ``package:<codename>/
+    kpatch``, ``package:<codename>/<recipe>`` per recipe with modules for that release
+    (after every cell's proof), and ``package:<codename>/repository`` indexing them (signed
+    unless ``unsigned``)."""
     if not items:
         return
     store = items[0].store
     yield {"basename": "package", "name": None, "doc": PACKAGE_DOC}
+    for release in packages.releases_of(items):
+        yield from _release_package_tasks(store, release, items, unsigned=unsigned)
+
+
+def _release_package_tasks(store: Store, release: DebianRelease, items: list[TargetPipeline],
+                           *, unsigned: bool) -> Iterator[dict]:
+    where = release.codename
     made = [packages.TOOL]
-    yield {"basename": "package", "name": packages.TOOL,
-           "doc": "the kpatch command's package",
-           "actions": [_reporting_errors(partial(packages.package_tool, store))],
+    yield {"basename": "package", "name": f"{where}/{packages.TOOL}",
+           "doc": f"the kpatch command's package for {release.label}",
+           "actions": [_reporting_errors(partial(packages.package_tool, store, release))],
            "file_dep": [str(p) for p in packages.tool_sources()],
-           "targets": [str(packages.record_path(store, packages.TOOL))],
+           "targets": [str(packages.record_path(store, release, packages.TOOL))],
            "uptodate": [_config({"package": PACKAGE_FORMAT})], "verbosity": 2}
-    for name, cells in packages.packaged_recipes(items).items():
+    for name, cells in packages.packaged_recipes(items, release).items():
         made.append(name)
-        yield {"basename": "package", "name": name,
-               "doc": f"kpatch-patch-{name}: its module for every kernel of its matrix",
-               "actions": [_reporting_errors(partial(packages.package_recipe, store, cells))],
+        yield {"basename": "package", "name": f"{where}/{name}",
+               "doc": f"kpatch-patch-{name} for {release.label}: its module for every "
+                      "kernel of that release in its matrix",
+               "actions": [_reporting_errors(partial(packages.package_recipe, store, release,
+                                                     cells))],
                "file_dep": [str(cells[0].recipe.path),
                             *(str(p) for item in cells for p in (item.module_record,
                                                                  item.prove_record))],
-               "targets": [str(packages.record_path(store, name))],
+               "targets": [str(packages.record_path(store, release, name))],
                "uptodate": [_config({"package": PACKAGE_FORMAT})], "verbosity": 2}
-    repo = packages.repository(store)
+    repo = packages.repository(store, release)
     signed = not unsigned
-    yield {"basename": "package", "name": "repository",
-           "doc": "index the packages as a local apt repository",
-           "actions": [_reporting_errors(partial(packages.write_index, store, signed=signed))],
-           "file_dep": [str(packages.record_path(store, name)) for name in made],
+    yield {"basename": "package", "name": f"{where}/repository",
+           "doc": f"index {release.label}'s packages as a local apt repository",
+           "actions": [_reporting_errors(partial(packages.write_index, store, release,
+                                                 signed=signed))],
+           "file_dep": [str(packages.record_path(store, release, name)) for name in made],
            "targets": [str(path) for path in repo.index_files(signed=signed)],
            # The key is found (or made) by the action: here only what names it. A Release
            # past half its validity is written and signed again, though nothing changed.

@@ -106,18 +106,41 @@ def test_a_recipes_package_waits_for_the_proof_of_each_selected_cell(tmp_path: P
     store = Store(tmp_path / "cache")
     items = matrix.select(pipelines(store, "cmdline"), "debian12-6.1-*")
     tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
-    recipe = tasks["package:cmdline"]
+    recipe = tasks["package:bookworm/cmdline"]
     assert {str(i.prove_record) for i in items} <= set(recipe["file_dep"])
     assert not any("6.12" in path for path in recipe["file_dep"])
-    assert recipe["targets"] == [str(tmp_path / "cache/package/records/cmdline.json")]
-    repository = tasks["package:repository"]
+    assert recipe["targets"] == [str(tmp_path / "cache/package/bookworm/records/cmdline.json")]
+    repository = tasks["package:bookworm/repository"]
     assert set(repository["file_dep"]) == {
-        str(tmp_path / "cache/package/records/cmdline.json"),
-        str(tmp_path / "cache/package/records/kpatch.json")}
+        str(tmp_path / "cache/package/bookworm/records/cmdline.json"),
+        str(tmp_path / "cache/package/bookworm/records/kpatch.json")}
+    assert not any(name.startswith("package:trixie/") for name in tasks)
     # A recipe refused as it expects has no module, so no package.
     refused = pipelines(store, "refused-data-layout")
     names = {t["basename"] + ":" + str(t.get("name")) for t in generate_tasks(refused)}
-    assert "package:refused-data-layout" not in names and "package:kpatch" in names
+    assert "package:bookworm/refused-data-layout" not in names
+    assert "package:bookworm/kpatch" in names
+
+
+def test_a_recipe_spanning_debian_12_and_13_has_a_package_in_each_releases_repository(
+        tmp_path: Path) -> None:
+    from kpatchbuild.base.store import Store
+    from kpatchbuild.graph.tasks import generate_tasks, pipelines
+
+    store = Store(tmp_path / "cache")
+    items = pipelines(store, "cmdline")
+    tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
+    for codename, release, other in (("bookworm", "debian12-", "debian13-"),
+                                     ("trixie", "debian13-", "debian12-")):
+        recipe = tasks[f"package:{codename}/cmdline"]
+        proofs = [path for path in recipe["file_dep"] if path.endswith("prove.json")]
+        assert proofs and all(f"/{release}" in path for path in proofs)
+        assert not any(f"/{other}" in path for path in recipe["file_dep"])
+        assert recipe["targets"] == [
+            str(tmp_path / f"cache/package/{codename}/records/cmdline.json")]
+        assert f"package:{codename}/kpatch" in tasks
+        index = tasks[f"package:{codename}/repository"]
+        assert all(f"/package/{codename}/" in path for path in index["targets"])
 
 
 def test_doit_test_goes_on_past_failed_cells_and_reports_them(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The local apt repository the packages are published in, and the versions they get.
 
 Layout (a flat repository: ``deb [signed-by=/usr/share/keyrings/kpatchbuild-archive-keyring.gpg]
-file:/path/to/cache/package ./``):
+file:/path/to/cache/package/bookworm ./``; one per Debian release):
 
     pool/<package>_<version>_<arch>.deb   every version published (apt takes the newest)
     Packages, Packages.gz, Release        written by apt-ftparchive, renamed into place

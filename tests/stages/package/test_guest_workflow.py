@@ -164,7 +164,7 @@ def test_apt_install_reboot_upgrade_newer_kernel_remove(tmp_path: Path) -> None:
     # short path).
     key_home = tmp_path / "key"
     package(cache, recipes, key_home)
-    repository = cache / "package"
+    repository = cache / "package" / "bookworm"  # the repository of Debian 12 machines
     first = debs(repository)
     assert {name.split("_")[0] for name in first} == {"kpatch", "kpatch-patch-cmdline"}
     published_v1 = tmp_path / "repository-v1"

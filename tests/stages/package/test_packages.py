@@ -19,6 +19,7 @@ import pytest
 from doit.tools import config_changed
 
 from kpatchbuild.base.errors import BuildError, RecipeError
+from kpatchbuild.stages.fetch.suites import RELEASES as DEBIAN_RELEASES
 from kpatchbuild.stages.package import patch, tool
 from kpatchbuild.stages.package.repository import (
     KEY_HOME_ENV,
@@ -365,15 +366,17 @@ def test_an_unsigned_repository_is_asked_for_and_warned_of(
     from kpatchbuild.graph import packages
 
     store = Store(tmp_path / "cache")
-    repo = packages.repository(store)
+    bookworm = DEBIAN_RELEASES["12"]
+    repo = packages.repository(store, bookworm)
+    assert repo.root == tmp_path / "cache/package/bookworm"
     publish(repo, patch_package(tmp_path))
-    packages.write_index(store)
+    packages.write_index(store, bookworm)
     assert {"InRelease", "Release.gpg", KEYRING} <= {p.name for p in repo.root.iterdir()}
     signed = capsys.readouterr().err
     assert f"deb [signed-by=/usr/share/keyrings/{KEYRING}] file:{repo.root} ./" in signed
     assert f"cp {repo.root / KEYRING} /usr/share/keyrings/{KEYRING}" in signed
     assert "trusted=yes" not in signed and "warning" not in signed
-    packages.write_index(store, signed=False)
+    packages.write_index(store, bookworm, signed=False)
     said = capsys.readouterr().err
     for name in ("InRelease", "Release.gpg", KEYRING):
         assert not (repo.root / name).exists(), name
@@ -419,10 +422,10 @@ def test_the_index_is_written_again_past_half_its_validity(tmp_path: Path,
     store = Store(tmp_path / "cache")
     items = matrix.select(pipelines(store, "cmdline"), "debian12-6.1-cloud-*")
     tasks = {t["basename"] + ":" + str(t.get("name")): t for t in generate_tasks(items)}
-    task = tasks["package:repository"]
+    task = tasks["package:bookworm/repository"]
     fresh = [check for check in task["uptodate"] if not isinstance(check, config_changed)]
     assert len(fresh) == 1 and fresh[0]() is False  # nothing written yet
-    repo = Repository(tmp_path / "cache/package")
+    repo = Repository(tmp_path / "cache/package/bookworm")
     assert set(task["targets"]) == {str(p) for p in repo.index_files()}
     publish(repo, patch_package(tmp_path))
     repo.write_index()
@@ -433,7 +436,7 @@ def test_the_index_is_written_again_past_half_its_validity(tmp_path: Path,
     # An unsigned index is not what a signed task wants, nor the other way round.
     assert not repo.index_fresh(signed=False)
     unsigned = {t["basename"] + ":" + str(t.get("name")): t
-                for t in generate_tasks(items, unsigned=True)}["package:repository"]
+                for t in generate_tasks(items, unsigned=True)}["package:bookworm/repository"]
     assert unsigned["targets"] == [str(repo.root / n) for n in ("Packages", "Packages.gz",
                                                                 "Release")]
     # A Release from before there was a Valid-Until is written again.
