@@ -110,9 +110,10 @@ def package_recipe(store: Store, release: DebianRelease, cells: Sequence[TargetP
 
 def package_tool(store: Store, release: DebianRelease) -> None:
     sources = [(str(p.relative_to(tool.SOURCE)), sha256_file(p)) for p in tool_sources()]
+    content = [*sources, ("unit", tool.unit_path(release.codename))]
     published = repository(store, release).publish(
-        tool.PACKAGE, kpatchbuild.__version__, sources,
-        lambda version, date: replace(tool.spec(version), date=date))
+        tool.PACKAGE, kpatchbuild.__version__, content,
+        lambda version, date: replace(tool.spec(version, release.codename), date=date))
     _record(store, release, TOOL, published)
 
 

@@ -1,8 +1,9 @@
 """Installed patches: ``/var/lib/kpatch/<release>/<name>.ko`` and what loads them at boot.
 
 Two hooks, both written by ``install`` and removed by ``uninstall`` with the last module,
-unless the ``kpatch`` package provides them (its unit in ``/lib/systemd/system``, its
-initramfs-tools hook in ``/usr/share/initramfs-tools``):
+unless the ``kpatch`` package provides them (its unit in ``/lib/systemd/system`` on Debian 12,
+``/usr/lib/systemd/system`` on Debian 13, its initramfs-tools hook in
+``/usr/share/initramfs-tools``):
 
 - a systemd unit ``kpatch.service`` running ``kpatch load --all`` early in boot (before
   ``sysinit.target`` is done, so before most services start), enabled by its
@@ -69,8 +70,10 @@ INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/kpatch"
 INITRAMFS_SCRIPT = "/etc/initramfs-tools/scripts/init-bottom/kpatch"
 UPDATE_INITRAMFS = "/usr/sbin/update-initramfs"
 MANIFEST_SUFFIX = ".manifest"
-# Where the kpatch package puts the same hooks: present, they are the ones in use.
-PACKAGED_UNIT = "/lib/systemd/system/kpatch.service"
+# Where the kpatch package puts the same hooks: present, they are the ones in use. Its unit
+# is in /lib on Debian 12 and in /usr/lib from Debian 13 on (one directory on a merged /usr,
+# two on a root that is not).
+PACKAGED_UNITS = ("/usr/lib/systemd/system/kpatch.service", "/lib/systemd/system/kpatch.service")
 PACKAGED_INITRAMFS_HOOK = "/usr/share/initramfs-tools/hooks/kpatch"
 PACKAGED_INITRAMFS_SCRIPT = "/usr/share/initramfs-tools/scripts/init-bottom/kpatch"
 
@@ -454,7 +457,7 @@ def uninstall(system: System, name: str, release: str) -> list[str]:
 
 def packaged(system: System) -> bool:
     """Whether the kpatch package provides the boot hooks (then they are not written)."""
-    return system.path(PACKAGED_UNIT).is_file()
+    return any(system.path(unit).is_file() for unit in PACKAGED_UNITS)
 
 
 def _write_boot_hooks(system: System, command: str | None) -> list[str]:

@@ -145,9 +145,12 @@ def test_the_initramfs_script_loads_no_one_of_several_replace_mode_modules(
     assert "lp_first.ko lp_second.ko" in said
 
 
-def test_install_leaves_the_boot_hooks_to_the_kpatch_package(machine: Machine) -> None:
+@pytest.mark.parametrize("unit_directory", ["lib/systemd/system", "usr/lib/systemd/system"])
+def test_install_leaves_the_boot_hooks_to_the_kpatch_package(machine: Machine,
+                                                             unit_directory: str) -> None:
+    """Debian 12's kpatch package has its unit in /lib, Debian 13's in /usr/lib."""
     machine.kernel.path("etc/initramfs-tools").mkdir(parents=True)
-    packaged = machine.kernel.path("lib/systemd/system/kpatch.service")
+    packaged = machine.kernel.path(f"{unit_directory}/kpatch.service")
     packaged.parent.mkdir(parents=True)
     packaged.write_text("[Unit]\n")
     result = machine.kpatch("install", str(machine.module("lp_a")))

@@ -1,10 +1,11 @@
-"""A booted Debian 12 system under qemu: the packages' workflow as a user runs it.
+"""A booted Debian 12 or 13 system under qemu: the packages' workflow as a user runs it.
 
 The proofs boot a busybox initramfs; a package's maintainer scripts, apt, systemd and the
 boot unit need the real thing. The guest is:
 
-- a root made once and kept in the store (kind ``guest-root``): a ``debootstrap`` of
-  bookworm with systemd, apt, python3, python3-pyelftools, kmod and initramfs-tools (the
+- a root made once per Debian release and kept in the store (kind ``guest-root``): a
+  ``debootstrap`` of bookworm or trixie with systemd, apt, python3, python3-pyelftools, kmod
+  and initramfs-tools (the
   ``chroot`` kind of :mod:`tests.support.chroots`), copied, with Debian's own kernel
   packages installed in it (so Debian's ``update-initramfs`` makes each kernel's initramfs,
   natively, not in the emulated guest), and a oneshot unit that runs the step the kernel
@@ -39,7 +40,6 @@ from kpatchbuild.stages.prove import accel as accelerator
 from kpatchbuild.stages.prove.qemu import run_guest
 from tests.support.chroots import Chroot, ChrootError, make_chroot
 
-SUITE = "bookworm"
 PACKAGES = ("systemd-sysv", "udev", "python3", "python3-pyelftools", "kmod", "apt",
             "initramfs-tools", "linux-base", "zstd")
 FORMAT = 1
@@ -117,19 +117,25 @@ def _run(argv: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def guest_root(store: Store, kernel_debs: Sequence[Path]) -> Path:
-    """The store's Debian root with ``kernel_debs`` installed, made if not there yet."""
-    chroot = make_chroot(store, SUITE, PACKAGES)
+def suite_chroot(store: Store, suite: str) -> Chroot:
+    """The debootstrapped ``suite`` a guest root is made from (it also runs the suite's tools)."""
+    return make_chroot(store, suite, PACKAGES)
+
+
+def guest_root(store: Store, kernel_debs: Sequence[Path], suite: str = "bookworm") -> Path:
+    """The store's Debian root of ``suite`` with ``kernel_debs`` installed, made if not there
+    yet."""
+    chroot = suite_chroot(store, suite)
     files = {"runner": STEP_RUNNER, "unit": STEP_UNIT, "setup": SETUP}
     key = content_key("guest-root", FORMAT, str(chroot.root), files,
                       sorted(sha256_file(deb) for deb in kernel_debs))
     artifact = store.lookup("guest-root", key)
     if artifact is None:
-        manifest = {"suite": SUITE, "kernels": [deb.name for deb in kernel_debs]}
+        manifest = {"suite": suite, "kernels": [deb.name for deb in kernel_debs]}
         with store.publishing("guest-root", key, manifest) as work:
             root = work / "root"
-            _run(["cp", "-a", str(chroot.root), str(root)], "copying the bookworm chroot")
-            system = Chroot(SUITE, root, PACKAGES)
+            _run(["cp", "-a", str(chroot.root), str(root)], f"copying the {suite} chroot")
+            system = Chroot(suite, root, chroot.packages)
             debs = work / "debs"
             debs.mkdir()
             for deb in kernel_debs:

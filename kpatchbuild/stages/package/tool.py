@@ -141,12 +141,23 @@ def _roff(text: str) -> str:
     return lines if not lines.startswith((".", "'")) else f"\\&{lines}"
 
 
-def spec(version: str) -> DebSpec:
+# Where a release's systemd units go: Debian 12's lintian wants them in /lib, Debian 13's
+# (merged /usr, DEP 17) refuses /lib as an aliased location.
+UNIT_DIRECTORIES = {"bookworm": "/lib/systemd/system", "trixie": "/usr/lib/systemd/system"}
+
+
+def unit_path(codename: str) -> str:
+    """The kpatch unit's path in the package for Debian release ``codename``."""
+    return f"{UNIT_DIRECTORIES.get(codename, UNIT_DIRECTORIES['trixie'])}/kpatch.service"
+
+
+def spec(version: str, codename: str = "bookworm") -> DebSpec:
+    """The kpatch package for Debian release ``codename``."""
     files: dict[str, File] = {
         f"{LIBRARY}/{relative}": File((SOURCE / relative).read_bytes())
         for relative in command_modules()}
     files[COMMAND] = File(WRAPPER.encode(), 0o755)
-    files[install.PACKAGED_UNIT] = File(install.unit_text(COMMAND).encode())
+    files[unit_path(codename)] = File(install.unit_text(COMMAND).encode())
     files[install.PACKAGED_INITRAMFS_HOOK] = File(install.INITRAMFS_HOOK_TEXT.encode(), 0o755)
     files[install.PACKAGED_INITRAMFS_SCRIPT] = File(install.INITRAMFS_SCRIPT_TEXT.encode(),
                                                     0o755)

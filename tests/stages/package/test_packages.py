@@ -74,6 +74,9 @@ def test_the_kpatch_package_runs_with_debians_python_alone(tmp_path: Path) -> No
     assert lintian(published.deb) == []
     root = contents(published.deb, tmp_path / "root")
     unit = (root / "lib/systemd/system/kpatch.service").read_text()
+    trixie = tool.spec("0.1.0", "trixie").files
+    assert "/usr/lib/systemd/system/kpatch.service" in trixie
+    assert not any(path.startswith(("/lib/", "/bin/", "/sbin/")) for path in trixie)
     assert "ExecStart=/usr/sbin/kpatch load --all" in unit
     assert (root / "usr/share/initramfs-tools/scripts/init-bottom/kpatch").stat().st_mode & 0o111
     # Debian's own python3 with only the package's files (and python3-pyelftools): the
