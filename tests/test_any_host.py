@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from kpatchbuild.base import roots
 from kpatchbuild.base.store import PROJECT_ROOT, Store
 from kpatchbuild.stages.buildroot import buildroot
 from tests.support.chroots import SUITE_TREES, make_chroot
@@ -67,7 +68,7 @@ def test_a_debian_13_host_builds_and_proves_the_default_recipes_debian_12_cell(
     project = copy_of_the_project(tmp_path / "kpatchbuild")
     environment, binds = carried_settings(project)
     log = tmp_path / "run-build.log"
-    command = buildroot.entering_command(
+    command = roots.entering_command(
         trixie.root, ["env", *environment, "./run", "build"], cwd=project,
         binds=[project, *binds], network=True)
     with open(log, "w") as output:

@@ -33,7 +33,7 @@ def test_a_host_without_apt_is_told_what_to_install(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     said = lines[0]
-    assert said.startswith("run: this host has no apt-based set-up: install debootstrap apt-get "
+    assert said.startswith("run: this host has no apt-based set-up: install debootstrap "
                            "qemu-system-x86_64 busybox cpio patch xz zstd dpkg-deb")
     assert " python3 " not in said and " gpg " not in said  # those it has
     assert said.endswith("then run again")

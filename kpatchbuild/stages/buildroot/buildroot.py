@@ -15,13 +15,11 @@ manifest. Before one is made, the release's index must still serve that exact co
 otherwise the target is refused, naming both versions (Debian moved its gcc on after the
 kernel was built; an older one is not to be had from its mirror).
 
-A command enters the root through ``unshare --mount``: in that private mount namespace the
-root is seen through an overlay (its upper layer a tmpfs, so nothing a command does changes
-the published root), /proc, /dev, a tmpfs /tmp and the host directories the build works in
-(the store, the project, the recipe) are mounted at the same paths inside, and ``chroot``
-runs it there. Those mounts live only as long as the namespace: they vanish with the
-command, even when it is killed with SIGKILL, and none is ever left inside the store.
-Making and entering a build root needs root (debootstrap, mounts).
+Commands enter the root as :mod:`kpatchbuild.base.roots` says: a private mount namespace, the
+root seen through an overlay whose upper layer is a tmpfs (nothing a command does changes the
+published root), the store, the project and the recipe at the same paths inside; no mount
+outlives its command, even under SIGKILL. Making and entering a build root needs root
+(debootstrap, mounts).
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from typing import Any
 from kpatchbuild.base import kbuild, process
 from kpatchbuild.base.commands import HOST, Runner, run_step, say
 from kpatchbuild.base.errors import ToolchainError
+from kpatchbuild.base.roots import entering_command, outermost
 from kpatchbuild.base.store import Store, content_key
 from kpatchbuild.stages.fetch.suites import DebianRelease, Mirrors, SuiteIndex
 
@@ -50,54 +49,6 @@ PACKAGES = ("gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "d
             "python3-minimal", "kmod", "xz-utils", "zstd", "openssl")
 # Whose versions the manifest records (the toolchain that decides the objects).
 RECORDED = ("gcc", "binutils", "libelf-dev", "dwarves", "make")
-
-# Runs inside `unshare --mount`. The root is seen through an overlay whose upper layer is a
-# tmpfs of the namespace: whatever a command writes or creates there (the mount points of
-# its binds included) is gone with it, so a published root stays as it was made, and two
-# commands at once never see each other's changes. Then it mounts what the command needs
-# and runs it chrooted in its working directory with a clean environment.
-# Arguments: ROOT CWD NETWORK [HOST_DIR...] -- COMMAND...
-ENTER = r"""
-set -e
-root=$1 cwd=$2 network=$3; shift 3
-layer=$root/tmp
-mount -t tmpfs tmpfs "$layer"
-mkdir "$layer/upper" "$layer/work" "$layer/merged"
-mount -t overlay overlay -o "lowerdir=$root,upperdir=$layer/upper,workdir=$layer/work" \
-    "$layer/merged"
-new=$layer/merged
-mount -t proc proc "$new/proc"
-mount --rbind /dev "$new/dev"
-mount -t tmpfs tmpfs "$new/tmp"
-if [ "$network" = 1 ]; then mount --bind /etc/resolv.conf "$new/etc/resolv.conf"; fi
-while [ "$1" != -- ]; do
-    mkdir -p "$new$1"; mount --rbind "$1" "$new$1"; shift
-done
-shift
-exec chroot "$new" /usr/bin/env -i -C "$cwd" PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
-"""
-
-
-def entering_command(root: Path, argv: Sequence[str | os.PathLike[str]], *,
-                     cwd: Path | None, binds: Iterable[Path] = (),
-                     network: bool = False) -> list[str]:
-    """What the host runs to run ``argv`` in ``root``, in ``cwd``, with ``binds`` (host
-    directories) at the same paths inside."""
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", ENTER,
-            "kpb-buildroot", str(root), str(cwd or "/"), "1" if network else "0",
-            *(str(b) for b in outermost(binds)), "--", *(os.fspath(a) for a in argv)]
-
-
-def outermost(paths: Iterable[Path]) -> list[Path]:
-    """The resolved ``paths`` without those inside another one (one bind covers them)."""
-    resolved = sorted({Path(p).resolve() for p in paths}, key=lambda p: (len(p.parts), p))
-    kept: list[Path] = []
-    for path in resolved:
-        if not any(path.is_relative_to(parent) for parent in kept):
-            kept.append(path)
-    return sorted(kept)
-
 
 @dataclass(frozen=True)
 class BuildRoot:

@@ -17,21 +17,30 @@ rename, so an interrupted refresh leaves the previous index whole.
 
 The mirror is the one the host's apt sources name for Debian (and for its security
 archive), or ``$KPATCHBUILD_DEBIAN_MIRROR`` / ``$KPATCHBUILD_DEBIAN_SECURITY_MIRROR``.
+
+A host without apt (Fedora, Arch) runs apt in the **apt root**: a ``debootstrap
+--variant=minbase`` of Debian 12, made once in the store (kind ``fetch-aptroot``, about
+200 MB), entered as :mod:`kpatchbuild.base.roots` says with the index's directory (and the
+download's) at the same path: the same apt, the same private state, the same signature
+checks. ``$KPATCHBUILD_APT_ROOT=1`` asks for it on a host that has apt too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kpatchbuild.base import locks, process
-from kpatchbuild.base.commands import say
+from kpatchbuild.base.commands import run_step, say
 from kpatchbuild.base.errors import FetchError
-from kpatchbuild.base.store import write_atomically
+from kpatchbuild.base.roots import entering_command
+from kpatchbuild.base.store import Store, content_key, write_atomically
 
 INDEX_KIND = "fetch-index"
 MAX_AGE_HOURS = 6.0
@@ -42,6 +51,10 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 HOST_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+APT_ROOT_ENV = "KPATCHBUILD_APT_ROOT"
+APT_ROOT_KIND = "fetch-aptroot"
+APT_ROOT_FORMAT = 1
+APT_ROOT_SUITE = "bookworm"
 
 
 @dataclass(frozen=True)
@@ -133,22 +146,80 @@ def keyring() -> Path:
     return path
 
 
+def host_runs_apt() -> bool:
+    """Whether apt runs on the host (else in the apt root)."""
+    return os.environ.get(APT_ROOT_ENV, "") != "1" and all(
+        shutil.which(tool) for tool in ("apt-get", "apt-cache"))
+
+
+class AptRoot:
+    """A Debian root where apt runs for a host that has none; made on first use."""
+
+    def __init__(self, store_root: Path, mirrors: Mirrors, keyring_path: Path) -> None:
+        self.store = Store(store_root)
+        self.mirrors = mirrors
+        self.keyring = keyring_path
+        self._root: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            self._root = self._made() / "root"
+        return self._root
+
+    def command(self, argv: Sequence[str], *, environment: dict[str, str],
+                cwd: Path | None, binds: Sequence[Path]) -> list[str]:
+        """``argv`` with ``environment`` in the apt root, ``binds`` at the same paths."""
+        keyring_dir = [self.keyring.parent] if self.keyring != DEFAULT_KEYRING else []
+        return entering_command(
+            self.root, ["env", *(f"{k}={v}" for k, v in environment.items()), *argv],
+            cwd=cwd, binds=[*binds, *keyring_dir], network=True)
+
+    def _made(self) -> Path:
+        key = content_key(APT_ROOT_KIND, APT_ROOT_FORMAT, APT_ROOT_SUITE, self.mirrors.debian)
+        found = self.store.lookup(APT_ROOT_KIND, key)
+        if found is not None:
+            return found.path
+        if shutil.which("debootstrap") is None:
+            raise FetchError("this host has no apt, and the apt root that reads Debian's "
+                             "indexes in its place needs debootstrap: install it")
+        manifest: dict[str, Any] = {"suite": APT_ROOT_SUITE, "mirror": self.mirrors.debian}
+        return self.store.make(APT_ROOT_KIND, key, manifest, self._debootstrap).path
+
+    def _debootstrap(self, work: Path) -> None:
+        log = self.store.log_path("fetch-aptroot")
+        log.unlink(missing_ok=True)
+        say(f"  this host has no apt: making the apt root that reads Debian's indexes "
+            f"(debootstrap {APT_ROOT_SUITE}, under a minute, once); log: {log}")
+        status = run_step(["unshare", "--mount", "--propagation", "private", "--",
+                           "debootstrap", "--variant=minbase", f"--keyring={self.keyring}",
+                           APT_ROOT_SUITE, work / "root", self.mirrors.debian],
+                          step=f"debootstrap {APT_ROOT_SUITE}", log=log, check=False)
+        if status != 0:
+            raise FetchError(f"the apt root: debootstrap of {APT_ROOT_SUITE} from "
+                             f"{self.mirrors.debian} failed (exit {status}); log: {log}")
+
+
 class SuiteIndex:
-    """apt's index of one Debian release, with a state of its own under ``root``."""
+    """apt's index of one Debian release, with a state of its own under ``root``; apt runs on
+    the host, or in ``apt_root`` (a host without apt)."""
 
     def __init__(self, root: Path, release: DebianRelease, mirrors: Mirrors,
-                 keyring_path: Path) -> None:
+                 keyring_path: Path, apt_root: AptRoot | None = None) -> None:
         self.root = root.absolute()  # apt reads relative Dir:: settings against /etc/apt
         self.release = release
         self.mirrors = mirrors
         self.keyring = keyring_path
+        self.apt_root = apt_root
         self.config = self.root / "apt.conf"
         self.lists = self.root / "lists"
 
     @classmethod
     def in_cache(cls, cache_root: Path, release: DebianRelease) -> SuiteIndex:
-        return cls(cache_root / INDEX_KIND / release.codename, release, Mirrors.from_host(),
-                   keyring())
+        mirrors, keyring_path = Mirrors.from_host(), keyring()
+        apt_root = None if host_runs_apt() else AptRoot(cache_root, mirrors, keyring_path)
+        return cls(cache_root / INDEX_KIND / release.codename, release, mirrors,
+                   keyring_path, apt_root)
 
     # --- the private state ---
 
@@ -200,6 +271,20 @@ class SuiteIndex:
         options = [f"-o{key}={value}" for key, value in self.settings().items()]
         return [tool, *options, *arguments]
 
+    def _run(self, tool: str, *arguments: str, cwd: Path | None = None,
+             **checks: Any) -> Any:
+        """``tool`` on this index, on the host or in the apt root (seeing the index and
+        ``cwd``)."""
+        argv = self.apt(tool, *arguments)
+        if self.apt_root is None:
+            return process.run(argv, env=self.environment, cwd=cwd, error=FetchError,
+                               missing=f"{tool} not found: Debian targets need apt (or, on a "
+                                       "host without it, debootstrap for the apt root)",
+                               **checks)
+        entered = self.apt_root.command(argv, environment=self.environment, cwd=cwd,
+                                        binds=[self.root, *([cwd] if cwd else [])])
+        return process.run(entered, cwd=cwd, error=FetchError, **checks)
+
     def _prepare(self) -> None:
         for directory in ("sources.list.d", "preferences.d", "state", "lists/partial",
                           "cache/archives/partial"):
@@ -246,9 +331,7 @@ class SuiteIndex:
     def _update(self) -> None:
         say(f"  refreshing the index of {self.release.label} from {self.mirrors.debian} "
             f"and {self.mirrors.security}")
-        result = process.run(self.apt("apt-get", "-q", "update"), env=self.environment,
-                             error=FetchError, check=False,
-                             missing="apt-get not found: Debian targets need apt on the host")
+        result = self._run("apt-get", "-q", "update", check=False)
         complaints = [line for line in (result.stdout + result.stderr).splitlines()
                       if line.startswith(("E:", "W:", "Err:"))]
         if result.returncode != 0 or complaints:
@@ -263,13 +346,9 @@ class SuiteIndex:
     def apt_cache(self, *arguments: str) -> str:
         """apt-cache on this index; its status is not read: a name the index does not know
         is an empty answer."""
-        return str(process.run(self.apt("apt-cache", *arguments), env=self.environment,
-                               error=FetchError, check=False,
-                               missing="apt-cache not found: Debian targets need apt on the "
-                                       "host").stdout)
+        return str(self._run("apt-cache", *arguments, check=False).stdout)
 
     def download(self, spec: str, directory: Path) -> None:
         """``apt-get download NAME=VERSION`` from this index into ``directory``."""
-        process.run(self.apt("apt-get", "-q", "download", spec), cwd=directory,
-                    env=self.environment,
-                    error=FetchError, what=f"apt-get download {spec} ({self.release.label})")
+        self._run("apt-get", "-q", "download", spec, cwd=directory,
+                  what=f"apt-get download {spec} ({self.release.label})")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kpatchbuild.base import kbuild
+from kpatchbuild.base import kbuild, roots
 from kpatchbuild.base.commands import HOST
 from kpatchbuild.base.errors import ToolchainError
 from kpatchbuild.base.store import Store
@@ -28,16 +28,16 @@ TRIXIE_GCC = kbuild.parse_compiler_text("x86_64-linux-gnu-gcc-14 (Debian 14.2.0-
 
 
 def test_a_command_enters_with_its_directories_at_the_same_paths(tmp_path: Path) -> None:
-    command = buildroot.entering_command(Path("/r"), ["make", "-C", "/w/tree"],
+    command = roots.entering_command(Path("/r"), ["make", "-C", "/w/tree"],
                                          cwd=Path("/w"), binds=[tmp_path / "a" / "b", tmp_path])
     assert command[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
-    tail = command[command.index("kpb-buildroot") + 1:]
+    tail = command[command.index("kpb-root") + 1:]
     assert tail == ["/r", "/w", "0", str(tmp_path.resolve()), "--", "make", "-C", "/w/tree"]
 
 
 def test_only_the_outermost_directories_are_bound(tmp_path: Path) -> None:
     base = tmp_path.resolve()
-    assert buildroot.outermost([base / "x" / "y", base / "z", base / "x"]) == [
+    assert roots.outermost([base / "x" / "y", base / "z", base / "x"]) == [
         base / "x", base / "z"]
 
 
@@ -61,7 +61,7 @@ def test_debian_13s_build_root_holds_its_gcc_and_leaves_no_mount(tmp_path: Path)
         text=True).stdout
     # Killed with SIGKILL mid-command: its namespace, and every mount in it, is gone.
     assert _mounted_under(root.root) == []
-    running = subprocess.Popen(buildroot.entering_command(root.root, ["sleep", "60"],
+    running = subprocess.Popen(roots.entering_command(root.root, ["sleep", "60"],
                                                           cwd=None, binds=[tmp_path]))
     time.sleep(1)
     assert _mounted_under(root.root) == []  # private to its namespace, even while it runs

@@ -163,3 +163,56 @@ def test_the_private_state_goes_on_every_apt_command_line(tmp_path: Path,
     assert options["Dir::State::lists"] == str(tmp_path / "relative/bookworm/lists")
     assert options["APT::Architectures::"] == "amd64"
     assert 'APT::Architectures { "amd64"; };' in item.config_text()
+
+
+def test_a_host_without_apt_runs_it_in_the_apt_root(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The apt root is asked for where the host has no apt-get (or by the setting), and apt
+    runs there with the same private state, the index's directory and the download's at the
+    same paths."""
+    monkeypatch.setenv(suites.APT_ROOT_ENV, "1")
+    assert not suites.host_runs_apt()
+    monkeypatch.delenv(suites.APT_ROOT_ENV)
+    monkeypatch.setattr(suites.shutil, "which", lambda tool: None)
+    assert not suites.host_runs_apt()
+    monkeypatch.setattr(suites.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    assert suites.host_runs_apt()
+
+    root = suites.AptRoot(tmp_path, MIRRORS, suites.DEFAULT_KEYRING)
+    root._root = Path("/store/fetch-aptroot/k/root")
+    apt = SuiteIndex(tmp_path / "fetch-index/bookworm", BOOKWORM, MIRRORS,
+                     suites.DEFAULT_KEYRING, root)
+    downloads = tmp_path / "debs"
+    argv = apt.apt("apt-get", "download", "hello")
+    command = root.command(argv, environment=apt.environment, cwd=downloads,
+                           binds=[apt.root, downloads])
+    assert command[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    at = command.index("/store/fetch-aptroot/k/root")
+    assert command[at + 1:at + 3] == [str(downloads), "1"]  # in the download dir, networked
+    assert set(command[at + 3:command.index("--", at)]) == {str(apt.root), str(downloads)}
+    assert command[command.index("--", at) + 1:][:2] == ["env", f"APT_CONFIG={apt.config}"]
+    assert command[-len(argv):] == argv
+
+
+@pytest.mark.kernel
+def test_the_apt_root_reads_and_downloads_as_the_host_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host without apt: Debian 13's index refreshed, queried and a package downloaded
+    through the apt root (debootstrapped once into the store), checked against the index."""
+    from kpatchbuild.base.store import Store, sha256_file
+    from kpatchbuild.stages.fetch import debian
+
+    monkeypatch.setenv(suites.APT_ROOT_ENV, "1")
+    store = Store(tmp_path / "cache")
+    trixie = SuiteIndex.in_cache(store.root, TRIXIE)
+    assert trixie.apt_root is not None
+    trixie.ensure()
+    assert (store.root / suites.APT_ROOT_KIND).is_dir()
+    assert "Candidate: 14." in trixie.apt_cache("policy", "gcc-14")
+    record = debian.package_record(trixie, "hello", debian.newest(
+        debian.available_versions(trixie, ["hello"])["hello"]))
+    downloads = tmp_path / "debs"
+    downloads.mkdir()
+    trixie.download(record.spec, downloads)
+    (deb,) = downloads.glob("hello_*.deb")
+    assert sha256_file(deb) == record.sha256

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from kpatchbuild.base import roots
 from kpatchbuild.base.store import Store, default_root
 from kpatchbuild.graph.recipe import DebianKernel
-from kpatchbuild.stages.buildroot import buildroot
 from kpatchbuild.stages.fetch import debian
 from kpatchbuild.stages.package.repository import INSTALLED_KEYRING, KEY_HOME_ENV, KEYRING
 from tests.conftest import PROJECT, run_doit
@@ -209,7 +209,7 @@ def release_lintian(guest: GuestRelease, debs: list[Path]) -> dict[str, list[str
     script = ("apt-get update -q >/dev/null && apt-get install -q -y --no-install-recommends "
               "lintian >/dev/null && for deb; do echo \"== $deb\"; "
               "lintian --no-tag-display-limit \"$deb\"; done")
-    result = subprocess.run(buildroot.entering_command(
+    result = subprocess.run(roots.entering_command(
         root, ["sh", "-c", script, "lintian", *map(str, debs)], cwd=None,
         binds=[deb.parent for deb in debs], network=True), capture_output=True, text=True)
     found: dict[str, list[str]] = {}
