@@ -62,9 +62,12 @@ sync
 systemctl poweroff --no-block
 """
 
-STEP_UNIT = """[Unit]
+# The repository's disk is mounted nofail (the guest boots without it), so local-fs.target
+# does not wait for it: the step does.
+STEP_UNIT = f"""[Unit]
 Description=kpatchbuild test step (kpb.step= on the kernel command line)
 After=kpatch.service systemd-user-sessions.service local-fs.target
+RequiresMountsFor={REPOSITORY_MOUNT}
 ConditionKernelCommandLine=kpb.step
 
 [Service]
