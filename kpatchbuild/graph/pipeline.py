@@ -215,13 +215,16 @@ class TargetPipeline:
             log = self.store.log_path(f"config-{self.recipe.name}-{self.target.name}")
             log.unlink(missing_ok=True)
             scratch = self.store.tmp / f"config-{os.getpid()}"
-            # kconfig records the compiler that will build the kernel: its toolchain's.
+            # kconfig records the compiler that will build the kernel: its toolchain's. It
+            # reads the source where it is (a recipe's `tree:` may be outside the store).
+            srctree = self.source_tree().path
             toolchain = buildroot.suite_toolchain(self.store, self.toolchain_release(),
-                                                  where=self.label, binds=self.binds())
+                                                  where=self.label,
+                                                  binds=(*self.binds(), srctree))
             self.say_toolchain(toolchain)
             try:
-                text = kconfig.make_config(self.source_tree().path, self.target.config,
-                                           scratch, log, runner=toolchain.runner)
+                text = kconfig.make_config(srctree, self.target.config, scratch, log,
+                                           runner=toolchain.runner)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         write_atomically(self.config_file, text)
