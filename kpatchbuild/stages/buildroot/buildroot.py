@@ -103,10 +103,6 @@ class Toolchain:
     override: str | None = None
 
 
-def host_toolchain() -> Toolchain:
-    return Toolchain(HOST, kbuild.host_compiler())
-
-
 def accepted_compiler(kernel: kbuild.CompilerVersion, accepted: str, *,
                       where: str) -> kbuild.CompilerVersion:
     """The gcc a recipe's ``accept_compiler`` (a Debian package version such as
