@@ -7,7 +7,7 @@ mounted at the same paths inside, and ``chroot`` runs it there with a clean envi
 Those mounts live only as long as the namespace: they vanish with the command, even when it
 is killed with SIGKILL, and none is ever left inside the root. Build roots (a target's exact
 compiler) and the apt root (Debian's indexes read on a host without apt) are entered so.
-Entering needs root.
+Entering needs root. ``debootstrap`` makes such a root, the one way all of them are made.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from kpatchbuild.base.commands import run_step
 
 # Runs inside `unshare --mount`. The root is seen through an overlay whose upper layer is a
 # tmpfs of the namespace: whatever a command writes or creates there (the mount points of
@@ -62,3 +64,22 @@ def outermost(paths: Iterable[Path]) -> list[Path]:
         if not any(path.is_relative_to(parent) for parent in kept):
             kept.append(path)
     return sorted(kept)
+
+
+def debootstrap(root: Path, suite: str, mirror: str, *, log: Path,
+                include: Sequence[str] = (), keyring: Path | None = None,
+                components: str | None = None) -> int:
+    """A ``--variant=minbase`` Debian ``suite`` from ``mirror`` made at ``root`` (output in
+    ``log``); its exit status, for the caller to name its own failure."""
+    options = ["--variant=minbase"]
+    if include:
+        options.append(f"--include={','.join(include)}")
+    if keyring is not None:
+        options.append(f"--keyring={keyring}")
+    if components is not None:
+        options.append(f"--components={components}")
+    # In a namespace of its own: the /proc and /sys debootstrap mounts in the new root go
+    # away with it, also when it is killed.
+    return run_step(["unshare", "--mount", "--propagation", "private", "--", "debootstrap",
+                     *options, suite, root, mirror],
+                    step=f"debootstrap {suite}", log=log, check=False)

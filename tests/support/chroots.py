@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base import kbuild
+from kpatchbuild.base import kbuild, roots
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.store import Store, content_key, sha256_file
 from kpatchbuild.stages.config import kconfig
@@ -135,18 +135,11 @@ def make_chroot(store: Store, suite: str, packages: Sequence[str]) -> Chroot:
         manifest = {"suite": suite, "mirror": MIRROR, "packages": list(wanted)}
         log = store.log_path(f"chroot-{suite}-{key[:12]}")
         with store.publishing("chroot", key, manifest) as work:
-            # In a namespace of its own: the /proc and /sys debootstrap mounts in the new
-            # root go away with it even if it is killed.
-            with open(log, "w") as stream:
-                made = subprocess.run(
-                    ["unshare", "--mount", "--propagation", "private", "--",
-                     "debootstrap", "--variant=minbase", f"--include={','.join(wanted)}",
-                     suite, str(work / "root"), MIRROR],
-                    stdout=stream, stderr=subprocess.STDOUT,
-                )
-            if made.returncode != 0:
+            log.unlink(missing_ok=True)
+            status = roots.debootstrap(work / "root", suite, MIRROR, log=log, include=wanted)
+            if status != 0:
                 raise ChrootError(f"debootstrap of {suite} from {MIRROR} failed "
-                                  f"(exit {made.returncode}); log: {log}")
+                                  f"(exit {status}); log: {log}")
         artifact = store.lookup("chroot", key)
         assert artifact is not None
     return Chroot(suite, artifact.path / "root", wanted)

@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kpatchbuild.base import kbuild, process
-from kpatchbuild.base.commands import HOST, Runner, run_step, say
+from kpatchbuild.base import kbuild, process, roots
+from kpatchbuild.base.commands import HOST, Runner, say
 from kpatchbuild.base.errors import ToolchainError
 from kpatchbuild.base.roots import entering_command, outermost
 from kpatchbuild.base.store import Store, content_key
@@ -220,12 +220,8 @@ def _make(store: Store, work: Path, release: DebianRelease, mirrors: Mirrors,
         f"minute); log: {log}")
     root = work / "root"
     log.unlink(missing_ok=True)
-    # In a namespace of its own: the /proc and /sys debootstrap mounts in the new root go
-    # away with it, also when it is killed.
-    status = run_step(["unshare", "--mount", "--propagation", "private", "--", "debootstrap",
-                       "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                       "--components=main", release.codename, root, mirrors.debian],
-                      step=f"debootstrap {release.codename}", log=log, check=False)
+    status = roots.debootstrap(root, release.codename, mirrors.debian, log=log,
+                               include=PACKAGES, components="main")
     if status != 0:
         raise ToolchainError(f"{where}: debootstrap of {release.codename} from "
                              f"{mirrors.debian} failed (exit {status}); log: {log}")

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kpatchbuild.base import locks, process
-from kpatchbuild.base.commands import run_step, say
+from kpatchbuild.base import locks, process, roots
+from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import FetchError
 from kpatchbuild.base.roots import entering_command
 from kpatchbuild.base.store import Store, content_key, write_atomically
@@ -191,10 +191,8 @@ class AptRoot:
         log.unlink(missing_ok=True)
         say(f"  this host has no apt: making the apt root that reads Debian's indexes "
             f"(debootstrap {APT_ROOT_SUITE}, under a minute, once); log: {log}")
-        status = run_step(["unshare", "--mount", "--propagation", "private", "--",
-                           "debootstrap", "--variant=minbase", f"--keyring={self.keyring}",
-                           APT_ROOT_SUITE, work / "root", self.mirrors.debian],
-                          step=f"debootstrap {APT_ROOT_SUITE}", log=log, check=False)
+        status = roots.debootstrap(work / "root", APT_ROOT_SUITE, self.mirrors.debian,
+                                   log=log, keyring=self.keyring)
         if status != 0:
             raise FetchError(f"the apt root: debootstrap of {APT_ROOT_SUITE} from "
                              f"{self.mirrors.debian} failed (exit {status}); log: {log}")
