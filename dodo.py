@@ -1,6 +1,6 @@
 """doit entry point: ``doit list``, ``doit build [recipe=NAME]``, ``doit test [recipe=NAME]
 [kernel=PATTERN] [force=1] [json=PATH] [junit=PATH]``, ``doit package [recipe=NAME]
-[kernel=PATTERN] [unsigned=1]``.
+[kernel=PATTERN] [unsigned=1]``; ``module_key=KEY module_cert=CERT`` sign the modules.
 
 Only wiring: the steps live in kpatchbuild/graph/pipeline.py, their doit tasks in
 kpatchbuild/graph/tasks.py.
@@ -15,6 +15,7 @@ from kpatchbuild.base.store import Store
 from kpatchbuild.graph import matrix
 from kpatchbuild.graph.tasks import (
     DOIT_CONFIG,
+    command_line_signing_key,
     diff_task_creators,
     generate_tasks,
     lock_database,
@@ -23,6 +24,7 @@ from kpatchbuild.graph.tasks import (
 
 __all__ = ["DOIT_CONFIG", "task_pipeline"]
 
+command_line_signing_key()
 try:
     PIPELINES = matrix.select(pipelines(Store(), get_var("recipe")), get_var("kernel"))
 except KpbError as error:

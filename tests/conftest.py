@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,30 @@ def default_recipe_stage() -> RecipeStage:
 def built_recipe_stage() -> RecipeStage:
     """The built-kernel recipe (linux-source-6.1, tinyconfig + guest fragment), built."""
     return build_recipe_stage("cmdline-tiny", TINY_KERNEL)
+
+
+def copy_recipe(name: str, recipes: Path, as_name: str) -> Path:
+    shutil.copytree(PROJECT / "recipes" / name, recipes / as_name)
+    return recipes / as_name
+
+
+@pytest.fixture
+def private_recipes(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A recipes directory of the test's own, with its own doit database.
+
+    Afterwards the work directories the test made go; those that were there before stay,
+    since a test may copy a project recipe under its own name (the session's fixtures
+    built ``work/cmdline`` and later tests read it).
+    """
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    env = {"KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
+    work = default_root() / "work"
+    before = set(work.iterdir()) if work.is_dir() else set()
+    yield recipes, env
+    for recipe in recipes.iterdir():
+        if work / recipe.name not in before:
+            shutil.rmtree(work / recipe.name, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from kpatchbuild.graph.pipeline import TargetPipeline
 from kpatchbuild.graph.records import (
     DiffRecord,
     FetchRecord,
+    ModuleRecord,
     OriginalRecord,
     PatchesRecord,
     ProveRecord,
@@ -142,6 +144,11 @@ def cell_result(item: TargetPipeline, run: CellRun) -> CellResult:
         if patches and patches.not_applicable:
             return _with(base, "not-applicable", item.target.not_applicable)
         return _with(base, "failed", "its steps did not run", step="patches")
+    linked: ModuleRecord | None = _record(item.module_record, ModuleRecord)
+    if linked is not None and linked.refused is None:
+        base = replace(base, unsigned=linked.unsigned,
+                       signer=linked.signature["signer"] if linked.signature else None,
+                       signature_hash=linked.signature["hash"] if linked.signature else None)
     proof: ProveRecord | None = _record(item.prove_record, ProveRecord)
     if proof is None:
         return _with(base, "failed", "its steps did not run (not proven)", step="prove")
@@ -162,7 +169,18 @@ def matrix_report(items: list[TargetPipeline], runs: dict[str, CellRun],
                   for cell in cells if cell.previous_release)
     notes += tuple(f"compiler override: {cell.cell}: {cell.compiler_override}"
                    for cell in cells if cell.compiler_override)
+    notes += signature_notes(cells)
     return MatrixReport(tuple(cells), seconds, notes)
+
+
+def signature_notes(cells: Sequence[CellResult]) -> tuple[str, ...]:
+    """One line per signer, and one for the unsigned modules, each with its cells."""
+    by_signature: dict[str, list[str]] = {}
+    for cell in cells:
+        if cell.signature and cell.status == "passed":
+            by_signature.setdefault(cell.signature, []).append(cell.cell)
+    return tuple(f"{signature}: {', '.join(named)}"
+                 for signature, named in sorted(by_signature.items()))
 
 
 def write_reports(report: MatrixReport, where: Path, *, json_copy: str | None = None,

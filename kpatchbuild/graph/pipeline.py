@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kpatchbuild.base.commands import say
@@ -33,7 +33,7 @@ from kpatchbuild.base.store import (
     write_atomically,
 )
 from kpatchbuild.differ import CannotPatch
-from kpatchbuild.graph.recipe import KernelTarget, Recipe, find_recipes
+from kpatchbuild.graph.recipe import ConfigOption, KernelTarget, Recipe, find_recipes
 from kpatchbuild.graph.records import (
     DiffRecord,
     FetchRecord,
@@ -54,7 +54,7 @@ from kpatchbuild.stages.fetch import debian, source, target_modules
 from kpatchbuild.stages.fetch.source import SourceTree
 from kpatchbuild.stages.fetch.suites import DebianRelease, debian_release
 from kpatchbuild.stages.fetch.target_modules import BuiltModules, DebianModules
-from kpatchbuild.stages.module import buildid, module
+from kpatchbuild.stages.module import buildid, module, sign
 from kpatchbuild.stages.original import original
 from kpatchbuild.stages.original.original import OriginalStage
 from kpatchbuild.stages.patched import patched
@@ -72,6 +72,7 @@ class TargetPipeline:
     store: Store
     recipe: Recipe
     target: KernelTarget
+    signing: sign.SigningKey | None = None  # who signs the module; None: unsigned
 
     @property
     def label(self) -> str:
@@ -222,12 +223,32 @@ class TargetPipeline:
                                                   where=self.label,
                                                   binds=(*self.binds(), srctree))
             self.say_toolchain(toolchain)
+            spec = self.target.config
+            if self.target.trusts_signing_key:
+                spec = replace(spec, options=(*spec.options, *self.trusted_key_options()))
             try:
-                text = kconfig.make_config(srctree, self.target.config, scratch, log,
-                                           runner=toolchain.runner)
+                text = kconfig.make_config(srctree, spec, scratch, log, runner=toolchain.runner)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         write_atomically(self.config_file, text)
+
+    def trusted_key_options(self) -> tuple[ConfigOption, ...]:
+        """What makes the kernel built here trust the signing key, and check signatures:
+        its certificate (PEM, in the store under its hash, so that another certificate is
+        another config) in CONFIG_SYSTEM_TRUSTED_KEYS."""
+        assert self.signing is not None, "a target that trusts the signing key has one"
+        certificate = sign.made(self.signing).checked()
+
+        def write(work: Path) -> None:
+            (work / "certificate.pem").write_bytes(certificate.pem())
+
+        stored = self.store.make("trustedcert", certificate.sha256,
+                                 {"signer": certificate.signer}, write)
+        place = replace(self.target.place, key=f"{self.target.place.key}.trust_signing_key")
+        return (ConfigOption("CONFIG_MODULE_SIG", "y", place),
+                ConfigOption("CONFIG_SYSTEM_TRUSTED_KEYRING", "y", place),
+                ConfigOption("CONFIG_SYSTEM_TRUSTED_KEYS",
+                             f'"{stored.path / "certificate.pem"}"', place))
 
     def say_toolchain(self, toolchain: buildroot.Toolchain) -> None:
         say(f"  {self.label}: compiled with '{toolchain.compiler.text}' in {toolchain.runner.name}")
@@ -472,8 +493,7 @@ class TargetPipeline:
                     )
                 shutil.copyfile(ko, work / name)
         final = self.work / name
-        shutil.copyfile(self.store.path("module", key) / name, final.with_suffix(".ko.tmp"))
-        os.replace(final.with_suffix(".ko.tmp"), final)
+        signature, unsigned = self.sign(self.store.path("module", key) / name, final, log)
         say(f"  module: {final}")
         for diff in diffs:
             for change in diff.changed_functions:
@@ -482,8 +502,35 @@ class TargetPipeline:
                 say(f"    {diff.object_name}: new function: {change.name}")
         say(f"  build log: {log}")
         # The module's hash in its record: a relinked module with new bytes is proven again.
-        write_record(self.module_record,
-                     ModuleRecord(final, stage.release, log, file_hash(final)))
+        write_record(self.module_record, ModuleRecord(
+            final, stage.release, log, file_hash(final),
+            signature=signature.to_json() if signature else None, unsigned=unsigned,
+            certificate=self.signing.certificate if signature and self.signing else None))
+
+    def sign(self, unsigned: Path, final: Path, log: Path) -> tuple[sign.Signature | None,
+                                                                     str | None]:
+        """The cell's module at ``final``: ``unsigned`` signed with the cell's key, checked
+        against its certificate; else a copy, and why it is unsigned."""
+        hash = sign.module_hash(self.config_file)
+        if self.signing is None or hash is None:
+            partial = final.with_name(f".{final.name}.tmp")
+            shutil.copyfile(unsigned, partial)
+            os.replace(partial, final)
+            if hash is None:
+                why = f"unsigned: {self.label}'s kernel checks no module signatures " \
+                      "(no CONFIG_MODULE_SIG)"
+            else:
+                why = sign.UNSIGNED
+            say(f"  {why}" + ("" if hash is None or self.signing else
+                              f" (name a key: ${sign.KEY_ENV} and ${sign.CERT_ENV})"))
+            return None, why
+        key = sign.made(self.signing)
+        with about(f"{self.label}: signing the module"):
+            tool = sign.sign_file_tool(self.store, self.stage().tree)
+            signature = sign.sign_module(unsigned, final, key, tool=tool, hash=hash, log=log)
+        say(f"  signed by '{signature.signer}' ({signature.hash}) with {key.shown}, "
+            f"verified against {key.certificate}")
+        return signature, None
 
     def kernel_build_id(self) -> str:
         """The build id of the kernel the module is for; decompressing vmlinuz once."""
@@ -538,8 +585,23 @@ def recipes_dir() -> Path:
 def pipelines(store: Store, only: str | None) -> list[TargetPipeline]:
     """Every recipe's targets (or one recipe's, ``recipe=NAME``), in recipe order."""
     recipes = find_recipes(recipes_dir(), only)
-    return [TargetPipeline(store, recipe, target)
+    named = sign.named_key(os.environ)
+    return [TargetPipeline(store, recipe, target, signing_key(named, recipe, target))
             for recipe in recipes for target in recipe.targets]
+
+
+def signing_key(named: sign.SigningKey | None, recipe: Recipe,
+                target: KernelTarget) -> sign.SigningKey | None:
+    """Who signs a cell's module: the key the command line or environment names, else the
+    recipe's, else (for a kernel built here to trust) kpatchbuild's development key."""
+    if named is not None:
+        return named
+    if recipe.signing is not None:
+        return sign.SigningKey(recipe.signing.key, recipe.signing.certificate,
+                               str(recipe.signing.place))
+    if target.trusts_signing_key:
+        return sign.development_key()
+    return None
 
 
 def module_inputs() -> list[Path]:

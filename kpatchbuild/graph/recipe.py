@@ -140,10 +140,22 @@ class KernelTarget:
     # A kernel built here: the Debian release whose gcc configures and builds it (in that
     # release's build root unless the host's gcc is exactly that one). None for Debian's.
     toolchain: str | None = None
+    # A kernel built here whose config trusts the module signing certificate
+    # (CONFIG_SYSTEM_TRUSTED_KEYS) and whose proof boots with module.sig_enforce=1.
+    trusts_signing_key: bool = False
 
     @property
     def kind(self) -> Literal["debian", "built"]:
         return "debian" if self.debian else "built"
+
+
+@dataclass(frozen=True)
+class SigningSpec:
+    """The recipe's module signing key (a PEM file's path or a pkcs11: URI) and certificate."""
+
+    key: str
+    certificate: Path
+    place: Place
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,7 @@ class Recipe:
     strip: int = 1  # the patches' -p level: path components to drop from their file names
     version: str = "1"  # the patch's own version: its package's, and its module's name after 1
     network: bool = False  # the proof's guest gets a network card (none by default)
+    signing: SigningSpec | None = None  # else the environment's, the command line's or none
 
     @property
     def directory(self) -> Path:
@@ -323,7 +336,7 @@ def load_recipe(path: Path) -> Recipe:
     top = reader.mapping(
         root, "", required=("targets",),
         optional=("patches", "description", "module", "check", "replace", "sources", "refused",
-                  "strip", "version", "network"),
+                  "strip", "version", "network", "signing"),
     )
     module = f"livepatch_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
     if "module" in top:
@@ -376,7 +389,21 @@ def load_recipe(path: Path) -> Recipe:
         refused=reader.string(top["refused"], "refused") if "refused" in top else None,
         strip=reader.integer(top["strip"], "strip", 0, 9) if "strip" in top else 1,
         version=version,
+        signing=_read_signing(reader, top["signing"], "signing") if "signing" in top else None,
     )
+
+
+def _read_signing(reader: _NodeReader, node: Node, key: str) -> SigningSpec:
+    fields = reader.mapping(node, key, required=("key", "certificate"))
+    named = reader.string(fields["key"], f"{key}.key")
+    if not named.startswith("pkcs11:"):
+        path = (reader.file.parent / named).resolve()
+        if not path.is_file():
+            raise reader.fail(fields["key"], f"{key}.key", f"'{named}' is neither a pkcs11: "
+                              f"URI nor an existing key file (looked for {path})")
+        named = str(path)
+    return SigningSpec(named, reader.existing_file(fields["certificate"], f"{key}.certificate"),
+                       reader.place(node, key))
 
 
 def versioned_module(module: str, version: str) -> str:
@@ -398,7 +425,7 @@ def _read_target(reader: _NodeReader, node: Node, key: str) -> list[KernelTarget
     fields = reader.mapping(node, key, required=(),
                             optional=("name", "debian", "source", "config", "header_index",
                                       "patches", "expect", "reason", "refused",
-                                      "accept_compiler", "toolchain"))
+                                      "accept_compiler", "toolchain", "trust_signing_key"))
     patches = _read_patches(reader, fields["patches"], f"{key}.patches") \
         if "patches" in fields else None
     not_applicable = _read_expectation(reader, node, fields, key)
@@ -439,6 +466,11 @@ def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
                 "a target is either 'debian' (Debian's own kernel) or 'source' + 'config' "
                 "(a kernel to build), not both",
             )
+        if "trust_signing_key" in fields:
+            raise reader.fail(fields["trust_signing_key"], f"{key}.trust_signing_key",
+                              "Debian's kernel trusts the keys Debian built it with (and "
+                              "enrolled machine-owner keys): only a kernel built here can be "
+                              "configured to trust the signing key")
         if "toolchain" in fields:
             raise reader.fail(fields["toolchain"], f"{key}.toolchain",
                               "a Debian kernel is compiled by its own gcc, from its release "
@@ -487,6 +519,9 @@ def _read_kernels(reader: _NodeReader, node: Node, fields: dict[str, Node],
         source=source,
         config=_read_config(reader, fields["config"], f"{key}.config"),
         toolchain=toolchain,
+        trusts_signing_key=("trust_signing_key" in fields
+                            and reader.boolean(fields["trust_signing_key"],
+                                               f"{key}.trust_signing_key")),
     )]
 
 

@@ -239,18 +239,27 @@ class ModuleRecord:
     log: Path | None = None
     xxh3: str = ""
     refused: str | None = None
+    # Who signed it (signer, hash, key_id, certificate_sha256), verified against the
+    # certificate; None: unsigned, and ``unsigned`` says why.
+    signature: dict[str, str | None] | None = None
+    unsigned: str | None = None
+    certificate: Path | None = None  # the signer's certificate, for the proof and packages
 
     def to_json(self) -> dict[str, Any]:
         if self.refused is not None:
             return {"refused": self.refused}
         return {"module": str(self.module), "release": self.release, "log": str(self.log),
-                "xxh3": self.xxh3}
+                "xxh3": self.xxh3, "signature": self.signature, "unsigned": self.unsigned,
+                "certificate": str(self.certificate) if self.certificate else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModuleRecord:
         if "refused" in data:
             return cls(refused=data["refused"])
-        return cls(Path(data["module"]), data["release"], Path(data["log"]), data["xxh3"])
+        certificate = data.get("certificate")
+        return cls(Path(data["module"]), data["release"], Path(data["log"]), data["xxh3"],
+                   signature=data.get("signature"), unsigned=data.get("unsigned"),
+                   certificate=Path(certificate) if certificate else None)
 
     def linked(self) -> Path:
         assert self.module is not None, "an expected refusal links no module"

@@ -41,7 +41,7 @@ from kpatchbuild.graph import matrix, packages, records
 from kpatchbuild.graph.pipeline import TargetPipeline, module_inputs, pipelines
 from kpatchbuild.stages.diff import objdiff
 from kpatchbuild.stages.fetch.suites import DebianRelease
-from kpatchbuild.stages.module import module
+from kpatchbuild.stages.module import module, sign
 from kpatchbuild.stages.original import original
 from kpatchbuild.stages.package import repository
 
@@ -147,6 +147,17 @@ class OneLineReporter(ConsoleReporter):
 
 
 DOIT_DB_ENV = "KPATCHBUILD_DOIT_DB"
+# ``doit build module_key=.. module_cert=..``: the module signing key for this run, over the
+# environment's (which a recipe's ``signing`` gives way to).
+KEY_VARIABLES = {"module_key": sign.KEY_ENV, "module_cert": sign.CERT_ENV}
+
+
+def command_line_signing_key() -> None:
+    """Put the command line's signing key where :func:`pipelines` reads it."""
+    for variable, environment in KEY_VARIABLES.items():
+        value = get_var(variable)
+        if value:
+            os.environ[environment] = value
 
 
 def doit_db_path() -> str:
@@ -248,7 +259,9 @@ STEPS = (
          stale=lambda i: [i.fetch_stale]),
     Step("config", "produce and verify a target's kernel .config",
          inputs=lambda i: i.config_deps(), outputs=lambda i: [i.config_file],
-         config=lambda i: {"tools": kbuild.toolchain_fingerprint()}),
+         config=lambda i: {"tools": kbuild.toolchain_fingerprint(),
+                           "trusted": i.signing.identity()
+                           if i.signing and i.target.trusts_signing_key else None}),
     Step("original", "make the original stage: Debian's source prepared for its kernel "
          "(modules_prepare, no kernel build), or a configured kernel built in full",
          inputs=lambda i: [i.fetch_record, i.config_file], outputs=lambda i: [i.original_record],
@@ -263,7 +276,8 @@ STEPS = (
     Step("module", "link the livepatch module of a recipe's target",
          inputs=lambda i: [i.diff_record, *module_inputs(), *i.recipe.sources,
                            module.__file__],
-         outputs=lambda i: [i.module_record], after=lambda i: [f"diff:{i.label}"]),
+         outputs=lambda i: [i.module_record], after=lambda i: [f"diff:{i.label}"],
+         config=lambda i: {"signing": i.signing.identity() if i.signing else None}),
     Step("prove", "boot the original kernel under qemu and prove the module patches it",
          inputs=lambda i: [i.module_record, i.recipe.path], outputs=lambda i: [i.prove_record]),
 )

@@ -55,6 +55,8 @@ def _testcase(cell: CellResult) -> ET.Element:
         details.append(f"compiler: {cell.compiler}")
     if cell.compiler_override:
         details.append(f"compiler override: {cell.compiler_override}")
+    if cell.signature:
+        details.append(f"module: {cell.signature}")
     if cell.previous_release:
         details.append(f"previous release: {cell.previous_release}")
     if cell.changed_functions:

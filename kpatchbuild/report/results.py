@@ -38,6 +38,16 @@ class CellResult:
     console_log: str | None = None
     compiler: str | None = None  # what compiled the cell's objects
     compiler_override: str | None = None  # set when the recipe accepted another gcc
+    signer: str | None = None  # who signed the module (verified against the certificate)
+    signature_hash: str | None = None
+    unsigned: str | None = None  # why the module is not signed, when it is not
+
+    @property
+    def signature(self) -> str | None:
+        """The module's signature in words: its signer and hash, or why it has none."""
+        if self.signer is not None:
+            return f"signed by '{self.signer}' ({self.signature_hash})"
+        return self.unsigned
 
     @property
     def cell(self) -> str:
@@ -56,7 +66,8 @@ class CellResult:
                 "proof_seconds": None if self.proof_seconds is None
                 else round(self.proof_seconds, 3),
                 "console_log": self.console_log, "compiler": self.compiler,
-                "compiler_override": self.compiler_override}
+                "compiler_override": self.compiler_override, "signer": self.signer,
+                "signature_hash": self.signature_hash, "unsigned": self.unsigned}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellResult:
@@ -64,7 +75,8 @@ class CellResult:
                    data["step"], data["release"], data["previous_release"],
                    tuple(data["changed_functions"]), data["build_seconds"],
                    data["proof_seconds"], data["console_log"], data.get("compiler"),
-                   data.get("compiler_override"))
+                   data.get("compiler_override"), data.get("signer"),
+                   data.get("signature_hash"), data.get("unsigned"))
 
 
 @dataclass(frozen=True)

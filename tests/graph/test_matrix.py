@@ -17,6 +17,7 @@ from kpatchbuild.graph.recipe import load_recipe
 from kpatchbuild.graph.records import (
     DiffRecord,
     FetchRecord,
+    ModuleRecord,
     OriginalRecord,
     PatchesRecord,
     ProveRecord,
@@ -111,6 +112,43 @@ def test_a_compiler_override_is_in_every_report_of_the_cell(tmp_path: Path) -> N
     assert data["cells"][0]["compiler_override"] == override
     assert read_report(tmp_path / "reports/test.json").cells[0].compiler_override \
         == override
+
+
+def proven(item: TargetPipeline, tmp_path: Path, **module: object) -> None:
+    write_record(item.module_record, ModuleRecord(tmp_path / "m.ko", "k", tmp_path / "log",
+                                                  "x", **module))  # type: ignore[arg-type]
+    write_record(item.prove_record, ProveRecord(tmp_path / "m.ko", tmp_path / "console.log",
+                                                ("insmod",), True, 3.0, "tcg"))
+
+
+def test_every_report_names_the_signer_and_the_hash(tmp_path: Path) -> None:
+    signed, unsigned = cells(tmp_path)[:2]
+    proven(signed, tmp_path, signature={"signer": "Team key", "hash": "sha256",
+                                        "key_id": "0f18", "certificate_sha256": "ab"})
+    proven(unsigned, tmp_path, unsigned="unsigned: a kernel in lockdown (Secure Boot) "
+                                        "refuses it")
+    result = matrix.cell_result(signed, matrix.CellRun())
+    assert (result.signer, result.signature_hash, result.unsigned) == ("Team key", "sha256",
+                                                                       None)
+    report = matrix.matrix_report([signed, unsigned], {}, 1.0)
+    assert report.notes == (
+        "signed by 'Team key' (sha256): fix/debian12-6.1-cloud-amd64",
+        "unsigned: a kernel in lockdown (Secure Boot) refuses it: "
+        "fix/debian12-6.12-cloud-amd64")
+    matrix.write_reports(report, tmp_path / "reports")
+    table = (tmp_path / "reports/table.txt").read_text()
+    assert "signed by 'Team key' (sha256): fix/debian12-6.1-cloud-amd64" in table
+    junit = (tmp_path / "reports/junit.xml").read_text()
+    assert "module: signed by 'Team key' (sha256)" in junit
+    assert "module: unsigned: a kernel in lockdown (Secure Boot) refuses it" in junit
+    data = json.loads((tmp_path / "reports/test.json").read_text())
+    assert [(c["signer"], c["signature_hash"], c["unsigned"]) for c in data["cells"]] == [
+        ("Team key", "sha256", None),
+        (None, None, "unsigned: a kernel in lockdown (Secure Boot) refuses it")]
+    again = read_report(tmp_path / "reports/test.json").cells
+    assert [c.signature for c in again] == [
+        "signed by 'Team key' (sha256)",
+        "unsigned: a kernel in lockdown (Secure Boot) refuses it"]
 
 
 def test_a_failed_cell_names_its_first_failure_and_keeps_the_console(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from kpatchbuild.base.store import default_root
 from kpatchbuild.stages.fetch.debian import DEB_KIND
 from kpatchbuild.stages.fetch.source import SourceTree
 from kpatchbuild.stages.original import original
-from tests.conftest import CI_KERNEL, PROJECT, TINY_KERNEL, RecipeStage, run_doit
+from tests.conftest import CI_KERNEL, PROJECT, TINY_KERNEL, RecipeStage, copy_recipe, run_doit
 
 pytestmark = pytest.mark.kernel
 
@@ -75,30 +75,6 @@ def test_second_build_does_no_work(default_recipe_stage: RecipeStage,
     assert ran == []
     assert "-- original:cmdline/debian12-6.1-cloud-amd64" in skipped
     assert "-- original:cmdline-tiny/tiny-6.1" in skipped
-
-
-def copy_recipe(name: str, recipes: Path, as_name: str) -> Path:
-    shutil.copytree(PROJECT / "recipes" / name, recipes / as_name)
-    return recipes / as_name
-
-
-@pytest.fixture
-def private_recipes(tmp_path: Path):
-    """A recipes directory of the test's own, with its own doit database.
-
-    Afterwards the work directories the test made go; those that were there before stay,
-    since a test may copy a project recipe under its own name (the session's fixtures
-    built ``work/cmdline`` and later tests read it).
-    """
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    env = {"KPATCHBUILD_RECIPES": str(recipes), "KPATCHBUILD_DOIT_DB": str(tmp_path / "db")}
-    work = default_root() / "work"
-    before = set(work.iterdir()) if work.is_dir() else set()
-    yield recipes, env
-    for recipe in recipes.iterdir():
-        if work / recipe.name not in before:
-            shutil.rmtree(work / recipe.name, ignore_errors=True)
 
 
 def test_two_recipes_share_one_original_stage(default_recipe_stage: RecipeStage,

@@ -387,3 +387,49 @@ def test_a_debian_release_that_is_not_clear_is_one_line(tmp_path: Path, target: 
     message = error_of(write_recipe(tmp_path, f"targets:\n  - debian: {target}\n"
                                               "patches: [fix.patch]\n"))
     assert said in message
+
+
+def test_a_recipe_names_its_signing_key_file_or_token(tmp_path: Path) -> None:
+    directory = write_recipe(tmp_path, DEBIAN_TARGET + "signing:\n  key: keys/team.key\n"
+                             "  certificate: keys/team.pem\n")
+    (directory / "keys").mkdir()
+    (directory / "keys" / "team.key").write_text("key")
+    (directory / "keys" / "team.pem").write_text("cert")
+    signing = load_recipe(directory).signing
+    assert signing is not None
+    assert (signing.key, signing.certificate) == (str(directory / "keys" / "team.key"),
+                                                  directory / "keys" / "team.pem")
+    write_recipe(tmp_path, DEBIAN_TARGET + "signing:\n  key: 'pkcs11:token=team;object=mod'\n"
+                 "  certificate: keys/team.pem\n")
+    token = load_recipe(directory).signing
+    assert token is not None and token.key == "pkcs11:token=team;object=mod"
+
+
+@pytest.mark.parametrize(("signing", "said"), [
+    ("  key: gone.key\n  certificate: fix.patch\n",
+     "signing.key: 'gone.key' is neither a pkcs11: URI nor an existing key file"),
+    ("  key: fix.patch\n  certificate: gone.pem\n",
+     "signing.certificate: file 'gone.pem' not found"),
+    ("  key: fix.patch\n", "signing: missing required key 'certificate'"),
+])
+def test_a_signing_key_that_is_not_there_is_refused(tmp_path: Path, signing: str,
+                                                     said: str) -> None:
+    assert said in error_of(write_recipe(tmp_path, DEBIAN_TARGET + "signing:\n" + signing))
+
+
+def test_only_a_kernel_built_here_trusts_the_signing_key(tmp_path: Path) -> None:
+    built = load_recipe(write_recipe(tmp_path, """targets:
+  - name: k
+    source: {debian: linux-source-6.1}
+    config: {base: tinyconfig}
+    trust_signing_key: true
+patches: [fix.patch]
+"""))
+    assert built.targets[0].trusts_signing_key
+    message = error_of(write_recipe(tmp_path, """targets:
+  - debian: {series: "6.1", flavour: cloud-amd64}
+    trust_signing_key: true
+patches: [fix.patch]
+"""))
+    assert "targets[0].trust_signing_key: Debian's kernel trusts the keys Debian built it " \
+           "with" in message

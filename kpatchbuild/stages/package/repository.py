@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 
 from kpatchbuild.base import locks, process
 from kpatchbuild.base.errors import BuildError, RecipeError
+from kpatchbuild.base.private import private_directory
 from kpatchbuild.base.store import content_key, write_atomically
 from kpatchbuild.stages.package import deb
 from kpatchbuild.stages.package.deb import DebSpec
@@ -131,7 +131,8 @@ def signing_key() -> SigningKey:
             raise BuildError(f"${SIGNING_KEY_ENV}={named!r} names {len(found)} secret keys "
                              f"({', '.join(found)}); give the fingerprint of one")
         return SigningKey(found[0])
-    home = _private_home(key_home())
+    home = private_directory(key_home(), what="the repository key home", error=BuildError,
+                             remedy=f"point ${KEY_HOME_ENV} at a directory of your own")
     _check_agent_socket(home)
     gpg: list[str | os.PathLike[str]] = ["gpg", "--homedir", home, "--batch"]
     # Two first runs at once must not make two keys.
@@ -179,33 +180,6 @@ def _stop_agent(home: Path) -> None:
 def _key_user_id() -> str:
     email = os.environ.get("DEBEMAIL") or f"kpatchbuild@{socket.gethostname()}"
     return f"kpatchbuild repository <{email}>"
-
-
-def _private_home(home: Path) -> Path:
-    """``home``, made 0700 if it is not there; refused when another user could read or
-    plant a key in it (gpg would only warn)."""
-    try:
-        home.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(home, 0o700)
-        os.chmod(home, 0o700)  # whatever the umask
-    except FileExistsError:
-        pass
-    except OSError as error:
-        raise BuildError(f"{home}: cannot make the repository key home: {error.strerror}; "
-                         f"point ${KEY_HOME_ENV} at a directory of your own") from None
-    info = os.stat(home)
-    if not stat.S_ISDIR(info.st_mode):
-        raise BuildError(f"{home}: the repository key home is not a directory; point "
-                         f"${KEY_HOME_ENV} at one")
-    if info.st_uid != os.getuid():
-        raise BuildError(f"{home}: the repository key home is owned by uid {info.st_uid}, "
-                         f"not you (uid {os.getuid()}); point ${KEY_HOME_ENV} at a "
-                         "directory of your own")
-    if info.st_mode & 0o077:
-        raise BuildError(f"{home}: the repository key home is open to others (mode "
-                         f"{stat.S_IMODE(info.st_mode):04o}); chmod 700 it, or point "
-                         f"${KEY_HOME_ENV} elsewhere")
-    return home
 
 
 def _secret_keys(gpg: Sequence[str | os.PathLike[str]], name: str | None) -> list[str]:
