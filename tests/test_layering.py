@@ -38,7 +38,7 @@ APART = {
     # The command runs on users' machines and in guests: nothing of the build side, not
     # even the ELF model (it reads modules with its own small reader).
     "kpatch": ("kpatchbuild.kpatch", "kpatchbuild.base.errors", "kpatchbuild.base.notes",
-               "kpatchbuild.base.process"),
+               "kpatchbuild.base.process", "kpatchbuild.base.modsig"),
     "base": ("kpatchbuild.base",),
     # The matrix's report: rendered and merged from its own values, on any machine.
     "report": ("kpatchbuild.report", "kpatchbuild.base.errors"),

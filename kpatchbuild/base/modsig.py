@@ -83,6 +83,20 @@ def read_signature(data: bytes) -> ModuleSignature | None:
     return split_signature(data)[1]
 
 
+def refusal_line(module: str, signature: ModuleSignature | None,
+                 certificate: str | None = None) -> str:
+    """What to tell a user whose kernel refused ``module`` for its signature (module.
+    sig_enforce=1, or lockdown under Secure Boot): one line, with what to do."""
+    if signature is None:
+        return (f"{module}: unsigned: a kernel in lockdown (Secure Boot) refuses it; install "
+                "a build of the patch signed with a key the kernel trusts")
+    enrol, file = (certificate, certificate) if certificate else \
+        ("the signer's certificate", "<its DER file>")
+    return (f"{module}: the kernel does not trust its signer '{signature.signer}': enrol "
+            f"{enrol} as a machine-owner key (mokutil --import {file}, reboot, confirm in "
+            "MokManager), then run kpatch load")
+
+
 def certificate_key_id(der: bytes) -> tuple[str, str | None]:
     """A DER X.509 certificate's subject common name (else organization) and subject key
     identifier in hex (None without the extension): how the kernel names the key."""

@@ -50,6 +50,7 @@ def run(
     cwd: Path | None = None,
     input: str | bytes | None = None,
     env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> Completed:
     """Run ``argv``; raise ``error`` when it fails (unless ``check`` is off).
 
@@ -58,17 +59,21 @@ def run(
     reads the output for a better reason. ``succeeded`` judges commands whose exit status
     does not say (lz4 complains at the kernel's trailing size word yet decompresses it
     all). A command that is not installed raises ``error(missing)``. Output is text unless
-    ``input`` is bytes. ``env`` adds to (or overrides) this process's environment.
+    ``input`` is bytes. ``env`` adds to (or overrides) this process's environment. A
+    command still running after ``timeout`` seconds is killed and told as a failure.
     """
     command = [os.fspath(a) for a in argv]
     binary = isinstance(input, bytes)
     try:
         result = subprocess.run(command, cwd=cwd, input=input, capture_output=True,
-                                text=not binary,
+                                text=not binary, timeout=timeout,
                                 env={**os.environ, **env} if env is not None else None)
     except FileNotFoundError:
         raise error(missing or f"'{command[0]}' not found: install it (the README's set-up "
                     "command does)") from None
+    except subprocess.TimeoutExpired:
+        told = f"{what or ' '.join(command)} did not finish in {timeout:g} s and was stopped"
+        raise error(f"{told}; {hint}" if hint else told) from None
     if check and not succeeded(result):
         told = explain(result) if explain else \
             f"{what or ' '.join(command)} failed: {last_complaint(result)}"

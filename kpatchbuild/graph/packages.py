@@ -26,6 +26,7 @@ from kpatchbuild.graph.matrix import changed_functions
 from kpatchbuild.graph.pipeline import TargetPipeline
 from kpatchbuild.graph.recipe import Recipe
 from kpatchbuild.stages.fetch.suites import DebianRelease
+from kpatchbuild.stages.module import sign
 from kpatchbuild.stages.package import patch, tool
 from kpatchbuild.stages.package.repository import INSTALLED_KEYRING, Published, Repository
 
@@ -74,12 +75,24 @@ def recipe_contents(recipe: Recipe, cells: Sequence[TargetPipeline]) -> patch.Pa
     releases: dict[str, patch.ReleaseModule] = {}
     for item in cells:
         linked = item.linked()
-        module = patch.ReleaseModule(linked.release, linked.linked(), changed_functions(item))
+        certificate = sign.read_certificate(linked.certificate, named_by=item.label).der \
+            if linked.signature and linked.certificate else None
+        module = patch.ReleaseModule(
+            linked.release, linked.linked(), changed_functions(item),
+            signer=linked.signature["signer"] if linked.signature else None,
+            hash=linked.signature["hash"] if linked.signature else None,
+            certificate=certificate)
         other = releases.get(linked.release)
         if other is not None and other.sha256 != module.sha256:
             raise KpbError(f"recipe {recipe.name}: two of its targets build different modules "
                            f"for one kernel release, {linked.release}; keep one of them")
         releases[linked.release] = module
+    certificates = {r.certificate for r in releases.values()}
+    if len(certificates) > 1:
+        signers = sorted({r.signer or "unsigned" for r in releases.values()})
+        raise KpbError(f"recipe {recipe.name}: its modules are not all signed by one key "
+                       f"({', '.join(signers)}); a package ships one signer's certificate: "
+                       "build every cell with the same key (doit build module_key=...)")
     # Each target's patches (a backport may differ): every file once, by name and content.
     patches = sorted({(p.name, sha256_file(p)) for item in cells
                       for p in item.recipe.patches_for(item.target)})

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kpatchbuild.base import modsig
 from kpatchbuild.base.commands import say
 from kpatchbuild.base.errors import BuildError, KpbError, RecipeError, about
 from kpatchbuild.base.store import (
@@ -63,6 +65,8 @@ from kpatchbuild.stages.patches import patching
 from kpatchbuild.stages.prove import vm
 
 RECIPES_ENV = "KPATCHBUILD_RECIPES"
+# How a kernel that does not force signatures is made to (the proof of a signed module).
+ENFORCED_SIGNATURES = "module.sig_enforce=1"
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ class TargetPipeline:
     def trusted_key_options(self) -> tuple[ConfigOption, ...]:
         """What makes the kernel built here trust the signing key, and check signatures:
         its certificate (PEM, in the store under its hash, so that another certificate is
-        another config) in CONFIG_SYSTEM_TRUSTED_KEYS."""
+        another config) in CONFIG_SYSTEM_TRUSTED_KEYS, and what checking needs."""
         assert self.signing is not None, "a target that trusts the signing key has one"
         certificate = sign.made(self.signing).checked()
 
@@ -245,7 +249,10 @@ class TargetPipeline:
         stored = self.store.make("trustedcert", certificate.sha256,
                                  {"signer": certificate.signer}, write)
         place = replace(self.target.place, key=f"{self.target.place.key}.trust_signing_key")
+        # Debian's kernel looks up each validly signed module's sha256 in its blocklist
+        # (kernel/module/signing.c): without sha256 the load fails with ENOENT.
         return (ConfigOption("CONFIG_MODULE_SIG", "y", place),
+                ConfigOption("CONFIG_CRYPTO_SHA256", "y", place),
                 ConfigOption("CONFIG_SYSTEM_TRUSTED_KEYRING", "y", place),
                 ConfigOption("CONFIG_SYSTEM_TRUSTED_KEYS",
                              f'"{stored.path / "certificate.pem"}"', place))
@@ -562,9 +569,16 @@ class TargetPipeline:
                 "transitions, disables and unloads cleanly, not that it fixes anything")
         linked = self.linked()
         ko = linked.linked()
-        result = vm.prove_livepatch(self.kernel_image(), ko, self.recipe.check,
-                                    workdir=self.work / "prove", preload=self.patched_modules(),
-                                    network=self.recipe.network)
+        scratch = Path(tempfile.mkdtemp(prefix="signature-", dir=self.work))
+        try:
+            copies, proven_signature = self.signature_trials(linked, scratch)
+            result = vm.prove_livepatch(
+                self.kernel_image(), ko, self.recipe.check, workdir=self.work / "prove",
+                preload=self.patched_modules(), network=self.recipe.network, refused=copies,
+                kernel_args=ENFORCED_SIGNATURES if copies else "")
+            refusals = self.refusal_lines(copies, result)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         exit_line = f"{vm.module_name(ko)}: exit"
         if exit_line not in result.console_log.read_text(errors="replace"):
             raise KpbError(f"{self.label}: the module unloaded but its exit function never ran "
@@ -572,10 +586,54 @@ class TargetPipeline:
                            f"the kernel's; console log: {result.console_log}")
         say(f"  proven in {linked.release} under qemu "
             f"({result.accel}, {result.elapsed:.1f} s): {', '.join(s.name for s in result.steps)}")
+        for line in refusals:
+            say(f"  refused under {ENFORCED_SIGNATURES}, as it must be: {line}")
+        if proven_signature:
+            say(f"  signature {proven_signature}")
         say(f"  console log: {result.console_log}")
         write_record(self.prove_record, ProveRecord(
             ko, result.console_log, tuple(s.name for s in result.steps),
-            self.recipe.check is not None, result.elapsed, result.accel))
+            self.recipe.check is not None, result.elapsed, result.accel,
+            signature=proven_signature, refusals=refusals))
+
+    def signature_trials(self, linked: ModuleRecord,
+                         scratch: Path) -> tuple[list[tuple[str, Path]], str | None]:
+        """How the proof shows the signature holds: a kernel built here to trust the key
+        boots with module.sig_enforce=1 and must refuse the module unsigned and signed by a
+        throwaway key (the copies returned, made in ``scratch``) before it loads the signed
+        one; Debian's kernel trusts only Debian's keys and enrolled ones, so there the
+        signature is verified offline against its certificate."""
+        if linked.signature is None or linked.certificate is None:
+            return [], None
+        ko = linked.linked()
+        named = f"by '{linked.signature['signer']}' ({linked.signature['hash']})"
+        if not self.target.trusts_signing_key:
+            certificate = sign.read_certificate(linked.certificate, named_by="the module record")
+            sign.verify_module(ko, certificate)
+            return [], f"{named} verified offline against {linked.certificate}"
+        content, _ = modsig.split_signature(ko.read_bytes())
+        unsigned = scratch / ko.name
+        unsigned.write_bytes(content)
+        other = scratch / "other-key" / ko.name
+        other.parent.mkdir()
+        hash = sign.module_hash(self.config_file)
+        assert hash is not None, "a kernel that trusts the signing key checks signatures"
+        sign.sign_module(unsigned, other, sign.throwaway_key(scratch), hash=hash,
+                         tool=sign.sign_file_tool(self.store, self.stage().tree),
+                         log=self.store.log_path(f"prove-{self.recipe.name}-{self.target.name}"))
+        return ([("unsigned", unsigned), ("other-key", other)],
+                f"{named} checked by the kernel under {ENFORCED_SIGNATURES}")
+
+    @staticmethod
+    def refusal_lines(refused: list[tuple[str, Path]], result: vm.ProofResult) -> tuple[str, ...]:
+        """Each refused copy as the one line a user reads, with the kernel's own words."""
+        said = {step.name: step.detail for step in result.steps}
+        lines = []
+        for label, path in refused:
+            signature = modsig.read_signature(path.read_bytes())
+            lines.append(f"{label}: {modsig.refusal_line(vm.module_name(path), signature)} "
+                         f"(the kernel: {said.get(vm.refused_step(label), '').strip()})")
+        return tuple(lines)
 
 
 def recipes_dir() -> Path:

@@ -279,17 +279,25 @@ class ProveRecord:
     elapsed: float = 0.0
     accel: str = ""
     refused: str | None = None
+    # How the module's signature was proven: checked by the kernel under
+    # module.sig_enforce=1, or verified offline against the certificate; None: unsigned.
+    signature: str | None = None
+    # Under module.sig_enforce=1, the copies the kernel refused, each as the one line a
+    # user would read.
+    refusals: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         if self.refused is not None:
             return {"refused": self.refused}
         return {"module": str(self.module), "console_log": str(self.console_log),
                 "steps": list(self.steps), "checked": self.checked, "elapsed": self.elapsed,
-                "accel": self.accel}
+                "accel": self.accel, "signature": self.signature,
+                "refusals": list(self.refusals)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProveRecord:
         if "refused" in data:
             return cls(refused=data["refused"])
         return cls(Path(data["module"]), Path(data["console_log"]), tuple(data["steps"]),
-                   data["checked"], data["elapsed"], data["accel"])
+                   data["checked"], data["elapsed"], data["accel"],
+                   signature=data.get("signature"), refusals=tuple(data.get("refusals", ())))

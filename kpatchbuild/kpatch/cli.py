@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.kpatch import install as installing
-from kpatchbuild.kpatch import livepatch
+from kpatchbuild.kpatch import livepatch, signing
 from kpatchbuild.kpatch.errors import KpatchError, exit_codes_text
 from kpatchbuild.kpatch.modfile import ModuleFile, PatchedFunction, read_module
 from kpatchbuild.kpatch.system import ROOT_ENV, System
@@ -239,6 +240,17 @@ def info_state(system: System, spec: str) -> dict[str, Any]:
                       release=module.release, build_id=module.build_id,
                       description=module.description, replace=module.replace)
     result["package"] = installing.package_metadata(module.path) if module else None
+    checks = signing.kernel_checks(system)
+    result["kernel_checks_signatures"] = {"lockdown": checks.lockdown,
+                                          "sig_enforce": checks.enforced}
+    result["signature"] = None
+    if module and module.signature:
+        certificate = signing.certificate_of(system, result["package"])
+        result["signature"] = {
+            "signer": module.signature.signer, "hash": module.signature.hash,
+            "serial": module.signature.serial,
+            "certificate": signing.shown_certificate(system, certificate),
+            "trusted": signing.signer_trusted(system, module, certificate)}
     result["loaded"] = system.loaded_module(name) is not None
     if loaded:
         patch = system.patch_dir(name)
@@ -275,6 +287,7 @@ def cmd_info(system: System, args: argparse.Namespace) -> int:
                  ("recipe", package["recipe"])]
         rows += [("patch", f"{p['file']} (sha256 {p['sha256'][:16]})")
                  for p in package["patches"]]
+    rows += _signature_rows(state)
     if "enabled" in state:
         status = ("enabled" if state["enabled"] else "disabled") + \
             (", in transition" if state["transition"] else ", transition done")
@@ -289,6 +302,28 @@ def cmd_info(system: System, args: argparse.Namespace) -> int:
     if not state["functions"]:
         _say("  (none recorded)")
     return 0
+
+
+def _signature_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
+    checks = state["kernel_checks_signatures"]
+    lockdown = checks["lockdown"] or "unknown (no securityfs)"
+    enforce = {True: "module.sig_enforce=1", False: "no module.sig_enforce",
+               None: "the kernel checks no signatures (no CONFIG_MODULE_SIG)"}[
+        checks["sig_enforce"]]
+    rows = [("kernel", f"lockdown: {lockdown}; {enforce}")]
+    signature = state["signature"]
+    if not state["file"]:
+        return rows
+    if signature is None:
+        rows.append(("signature", "unsigned: a kernel in lockdown (Secure Boot) refuses it"))
+        return rows
+    rows.append(("signed by", f"{signature['signer']} ({signature['hash']}, serial "
+                              f"{signature['serial']})"))
+    if signature["certificate"]:
+        rows.append(("certificate", f"{signature['certificate']} (mokutil --import it to "
+                                    "enrol the signer)"))
+    rows.append(("trusted", signature["trusted"]))
+    return rows
 
 
 def cmd_signal(system: System, args: argparse.Namespace) -> int:
@@ -317,6 +352,19 @@ def _timeout_options(parser: argparse.ArgumentParser) -> None:
                              "instead of rolling it back")
 
 
+SECURE_BOOT = (
+    "A kernel in lockdown (Secure Boot) or booted with module.sig_enforce=1 loads only "
+    "modules signed by a key it trusts. kpatch info MODULE names a module's signer, its "
+    "certificate and whether the kernel trusts it. A patch package ships its signer's "
+    "certificate in /usr/share/kpatch/certs/; enrol it once as a machine-owner key: run "
+    "mokutil --import /usr/share/kpatch/certs/<package>.der (it asks for a one-time "
+    "password), reboot, and in MokManager choose \"Enroll MOK\" and give that password. "
+    "Until then a refused patch stays installed and nothing changes (exit code 8): kpatch "
+    "load it, or reboot, once the key is enrolled.")
+SECURE_BOOT_TEXT = "Secure Boot:\n" + textwrap.fill(
+    SECURE_BOOT, 78, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -325,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{exit_codes_text()}\n\nmodules:\n  an argument with a '/' or ending in .ko is a "
                "module file; any other is the name\n  of a patch installed for the running "
                "kernel (or loaded), never a file of the current directory\n\n"
+               f"{SECURE_BOOT_TEXT}\n\n"
                f"environment:\n  {ROOT_ENV}  a directory standing for / (sysfs, /proc, "
                "/var/lib/kpatch, /etc), for\n               install, uninstall, list and info "
                "on an image; no module is inserted or removed under it",

@@ -18,6 +18,8 @@ EXIT_CODES: dict[int, str] = {
     5: "the module was built for another kernel",
     6: "a livepatch transition did not finish in time (the message says if it was rolled back)",
     7: "the kernel refused an operation (module load or removal, a sysfs write)",
+    8: "the kernel does not trust the module's signature (Secure Boot lockdown or "
+       "module.sig_enforce): enrol its signer's certificate; the system is as it was",
 }
 
 
@@ -45,6 +47,13 @@ class TransitionTimeoutError(KpatchError):
 
 class KernelRefusedError(KpatchError):
     exit_code = 7
+
+
+class UntrustedSignatureError(KernelRefusedError):
+    """The kernel refused the module for its signature: nothing changed, and a later load
+    (or the boot) succeeds once the signer's certificate is enrolled."""
+
+    exit_code = 8
 
 
 def exit_codes_text() -> str:

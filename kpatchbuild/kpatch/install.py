@@ -35,7 +35,6 @@ an interrupted install leaves either the old state or the new one.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import site
@@ -43,7 +42,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kpatchbuild.base import process
 from kpatchbuild.kpatch.errors import KpatchError
@@ -53,7 +51,7 @@ from kpatchbuild.kpatch.livepatch import (
     check_release,
     require_root,
 )
-from kpatchbuild.kpatch.modfile import ModuleFile, read_module
+from kpatchbuild.kpatch.modfile import ModuleFile, package_metadata, read_module
 from kpatchbuild.kpatch.system import System
 from kpatchbuild.kpatch.trust import (
     is_module_name,
@@ -391,20 +389,6 @@ def describe_installed(item: Installed) -> str:
         metadata = None
     package = metadata.get("package") if metadata else None
     return f"{item.name} (package {package})" if package else item.name
-
-
-def package_metadata(module: Path) -> dict[str, Any] | None:
-    """What the package that installed ``module`` says of it (``<name>.json`` beside it:
-    package, version, recipe, patches and their hashes, changed functions), if any."""
-    path = module.with_suffix(".json")
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise KpatchError(f"{path}: unreadable package metadata ({error}); reinstall the "
-                          "package that carries it") from None
-    return data if isinstance(data, dict) else None
 
 
 def uses_initramfs_tools(system: System) -> bool:

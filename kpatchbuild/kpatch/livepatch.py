@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpatchbuild.kpatch import signing
 from kpatchbuild.kpatch.errors import (
     KernelRefusedError,
     KpatchError,
@@ -27,7 +28,7 @@ from kpatchbuild.kpatch.errors import (
     TransitionTimeoutError,
     WrongKernelError,
 )
-from kpatchbuild.kpatch.modfile import ModuleFile
+from kpatchbuild.kpatch.modfile import ModuleFile, package_metadata
 from kpatchbuild.kpatch.system import System, errno_name
 from kpatchbuild.kpatch.trust import untrusted_reason
 
@@ -182,6 +183,9 @@ def load(system: System, module: ModuleFile, *, timeout: float = DEFAULT_TIMEOUT
     try:
         system.loader.insert(module.descriptor, module.path)
     except OSError as error:
+        untrusted = signing.refusal(system, module, error, package_metadata(module.path))
+        if untrusted is not None:
+            raise untrusted from None
         hint = " (see dmesg)" if error.errno in (errno.EINVAL, errno.ENOEXEC) else ""
         raise KernelRefusedError(f"{module.path}: the kernel refused to load it: "
                                  f"{errno_name(error)}{hint}") from None

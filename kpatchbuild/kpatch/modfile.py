@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import Symbol, SymbolTableSection
 
+from kpatchbuild.base import modsig
 from kpatchbuild.kpatch.errors import KpatchError
 from kpatchbuild.kpatch.trust import module_name
 
@@ -74,6 +77,8 @@ class ModuleFile:
     replace: bool | None  # None: the file does not say (not a kpatchbuild module)
     functions: tuple[PatchedFunction, ...]
     sha256: str = ""
+    # The signature appended to it (None: unsigned; a malformed one is refused on reading).
+    signature: modsig.ModuleSignature | None = field(default=None, compare=False)
     status: os.stat_result | None = field(default=None, compare=False, repr=False)
     descriptor: int = field(default=-1, compare=False, repr=False)
 
@@ -145,9 +150,15 @@ def _read_all(descriptor: int, size: int) -> bytes:
 def parse_module(path: Path, data: bytes) -> ModuleFile:
     """What the bytes ``data`` of the module file ``path`` say (no descriptor kept)."""
     try:
-        return _read(path, ELFFile(io.BytesIO(data)), hashlib.sha256(data).hexdigest())
+        signature = modsig.read_signature(data)
+    except modsig.SignatureFormatError as error:
+        raise KpatchError(f"{path}: its appended signature is malformed ({error}); "
+                          "reinstall the package that carries it") from None
+    try:
+        module = _read(path, ELFFile(io.BytesIO(data)), hashlib.sha256(data).hexdigest())
     except (ELFError, struct.error, ValueError, IndexError, KeyError) as error:
         raise KpatchError(f"{path}: not a kernel module (unreadable ELF: {error})") from None
+    return replace(module, signature=signature)
 
 
 def _read(path: Path, elf: ELFFile, sha256: str) -> ModuleFile:
@@ -266,3 +277,17 @@ class _Tables:
             (sympos,) = struct.unpack_from("<Q", data, entry + 16)
             result.append(PatchedFunction(objname, self._string(*old_name), sympos))
         return result
+
+
+def package_metadata(module: Path) -> dict[str, Any] | None:
+    """What the package that installed ``module`` says of it (``<name>.json`` beside it:
+    package, version, recipe, patches and their hashes, changed functions), if any."""
+    path = module.with_suffix(".json")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise KpatchError(f"{path}: unreadable package metadata ({error}); reinstall the "
+                          "package that carries it") from None
+    return data if isinstance(data, dict) else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,36 @@ def test_built_kernel(built_recipe_stage: RecipeStage) -> None:
     assert "-ffunction-sections -fdata-sections" in record.command
     assert record.sources[0] == "fs/proc/cmdline.c"
     assert "include/linux/seq_file.h" in record.sources
+
+
+def test_a_kernel_built_to_trust_the_key_enforces_signatures_in_the_proof(
+        built_recipe_stage: RecipeStage) -> None:
+    """The built kernel trusts the signing key: its module is signed with the kernel's hash
+    (kbuild's default, sha512), loads under module.sig_enforce=1, and the proof saw the
+    unsigned copy and one signed by a throwaway key refused, each said in one line."""
+    config = (built_recipe_stage.tree / ".config").read_text()
+    assert "CONFIG_MODULE_SIG=y" in config and "CONFIG_CRYPTO_SHA256=y" in config
+    trusted = re.search(r'^CONFIG_SYSTEM_TRUSTED_KEYS="(.+)"$', config, re.M)
+    assert trusted is not None
+    module = json.loads((built_recipe_stage.work / "module.json").read_text())
+    certificate = Path(module["certificate"]).read_bytes()
+    assert b"CERTIFICATE" in certificate or certificate[:1] == b"\x30"
+    assert module["signature"]["hash"] == "sha512"
+    proof = json.loads((built_recipe_stage.work / "prove.json").read_text())
+    assert proof["steps"][:4] == ["mount", "check-before", "refused:unsigned",
+                                  "refused:other-key"]
+    assert proof["signature"].endswith("checked by the kernel under module.sig_enforce=1")
+    unsigned, other = proof["refusals"]
+    assert unsigned.startswith("unsigned: livepatch_cmdline_tiny: unsigned: a kernel in "
+                               "lockdown (Secure Boot) refuses it")
+    assert other.startswith("other-key: livepatch_cmdline_tiny: the kernel does not trust "
+                            "its signer 'kpatchbuild throwaway key (untrusted)'")
+    assert all(line.endswith("Key was rejected by service)") for line in proof["refusals"])
+    console = Path(proof["console_log"]).read_text()
+    assert "module.sig_enforce=1" in console
+    # Trusted: the kernel took no 'unsigned module' taint (E, 8192) from the signed one.
+    taint = int(re.search(r"KPB-INFO taint-end (\d+)", console)[1])
+    assert taint & 8192 == 0
 
 
 def test_second_build_does_no_work(default_recipe_stage: RecipeStage,

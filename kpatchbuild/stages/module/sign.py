@@ -45,6 +45,7 @@ CERT_ENV = "KPATCHBUILD_MODULE_CERT"
 UNSIGNED = "unsigned: a kernel in lockdown (Secure Boot) refuses it"
 TOOL_KIND = "signtool"
 TOOL_FORMAT = 1
+SIGN_TIMEOUT = 120.0  # seconds: a token may ask a slow HSM, never this long
 DEVELOPMENT_SUBJECT = "kpatchbuild development key"
 
 _PIN = re.compile(r"(pin-value=)[^;?&]*", re.IGNORECASE)
@@ -190,6 +191,19 @@ def made(key: SigningKey) -> SigningKey:
     return key
 
 
+def throwaway_key(directory: Path) -> SigningKey:
+    """A key made now in ``directory`` and trusted by no kernel: what a proof signs the copy
+    with that the kernel must refuse."""
+    key, cert = directory / "throwaway.key", directory / "throwaway.pem"
+    process.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
+                 "-days", "2", "-batch", "-subj", "/CN=kpatchbuild throwaway key (untrusted)",
+                 "-keyout", key, "-out", cert],
+                error=SigningError, what="making a throwaway key",
+                missing="openssl not found: install openssl")
+    key.chmod(0o600)
+    return SigningKey(str(key), cert, "the proof's throwaway key")
+
+
 def named_key(environ: Mapping[str, str]) -> SigningKey | None:
     """The key the environment names (``$KPATCHBUILD_MODULE_KEY`` and
     ``$KPATCHBUILD_MODULE_CERT``, which ``doit build module_key=.. module_cert=..`` set),
@@ -257,8 +271,14 @@ def sign_module(unsigned: Path, signed: Path, key: SigningKey, *, tool: Path, ha
     try:
         with open(log, "a") as sink:
             sink.write(f"\n$ sign-file {hash} {key.shown} {key.certificate} {signed.name}\n")
-        result = process.run([tool, hash, key.key, key.certificate, partial], check=False,
-                             error=SigningError)
+        result = process.run(
+            [tool, hash, key.key, key.certificate, partial], check=False, error=SigningError,
+            what=f"sign-file with {key.shown}", timeout=SIGN_TIMEOUT,
+            # A token's provider that hangs (SoftHSM under a provider loaded late deadlocks
+            # in C_OpenSession) must not hang the build.
+            hint="a PKCS#11 provider loaded on demand can deadlock with its token (SoftHSM): "
+                 "load it from OPENSSL_CONF with 'pkcs11-module-load-behavior = early'"
+            if key.in_token else "")
         if result.returncode != 0:
             complaint = process.last_complaint(result)
             with open(log, "a") as sink:

@@ -109,7 +109,8 @@ class DebSpec:
         check_one_line(" ".join(self.description.split()),
                        f"package {self.package}: its Description")
         for paragraph in self.description.strip().split("\n\n"):
-            wrapped = textwrap.wrap(" ".join(paragraph.split()), 78)
+            wrapped = textwrap.wrap(" ".join(paragraph.split()), 78,
+                                    break_on_hyphens=False, break_long_words=False)
             lines += [f" {line}" for line in wrapped]
             lines.append(" .")
         return "\n".join(lines[:-1]) + "\n"

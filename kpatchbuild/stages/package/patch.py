@@ -1,6 +1,9 @@
 """A ``kpatch-patch-<recipe>`` package: one recipe's module for every kernel release of its
 matrix, and the maintainer scripts that load it on the running system.
 
+Signed modules bring their signer's certificate, ``/usr/share/kpatch/certs/<package>.der``
+(DER, as ``mokutil --import`` takes it), named in each module's metadata.
+
 The modules are installed where ``kpatch install`` puts them, ``/var/lib/kpatch/<release>/
 <module>.ko``, owned by the package (an upgrade replaces them, a purge leaves nothing), each
 with ``<module>.json`` beside it: the package, version, recipe, patches with their sha256
@@ -15,7 +18,10 @@ The scripts, for the running kernel only:
   timed out and was rolled back, the kernel refused) fails the configure step with kpatch's
   message, and the older patch stays loaded. Without a module for the running kernel it
   says so and loads nothing. kpatch refuses it while another atomic-replace module is
-  installed for the kernel, naming it.
+  installed for the kernel, naming it. A kernel that does not trust the modules' signer
+  (lockdown under Secure Boot) is the one refusal that does not fail the step: kpatch
+  names the certificate to enrol, the package stays installed, and ``kpatch load`` or the
+  next boot loads the patch once the key is enrolled.
 - prerm (remove, not upgrade): ``kpatch unload``; if the patch cannot be disabled the
   removal stops, the patch still applied.
 
@@ -27,6 +33,7 @@ has its ``<module>.manifest`` (sha256, build id, replace mode), which both boot 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -38,8 +45,10 @@ import kpatchbuild
 from kpatchbuild.base.errors import RecipeError
 from kpatchbuild.base.store import sha256_file
 from kpatchbuild.kpatch import trust as kpatch_trust
+from kpatchbuild.kpatch.errors import UntrustedSignatureError
 from kpatchbuild.kpatch.install import INSTALL_DIR, MANIFEST_SUFFIX, Manifest
 from kpatchbuild.kpatch.modfile import read_module
+from kpatchbuild.kpatch.signing import CERTIFICATES
 from kpatchbuild.stages.package import tool
 from kpatchbuild.stages.package.deb import DebSpec, File
 
@@ -62,11 +71,14 @@ _DEBIAN_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
 @dataclass(frozen=True)
 class ReleaseModule:
-    """The recipe's module for one kernel release, as proven."""
+    """The recipe's module for one kernel release, as proven, and who signed it."""
 
     release: str
     module: Path
     functions: tuple[str, ...]
+    signer: str | None = None  # None: unsigned
+    hash: str | None = None
+    certificate: bytes | None = None  # the signer's certificate (DER)
 
     @cached_property
     def sha256(self) -> str:
@@ -95,13 +107,26 @@ class PatchPackage:
     def package(self) -> str:
         return package_name(self.recipe)
 
+    @property
+    def certificate(self) -> bytes | None:
+        """The signer's certificate, which every module shares (checked when the package
+        is put together); None: the modules are unsigned."""
+        return self.releases[0].certificate if self.releases else None
+
+    @property
+    def certificate_path(self) -> str:
+        return f"{CERTIFICATES}/{self.package}.der"
+
     def metadata(self, version: str, release: ReleaseModule) -> dict[str, object]:
+        signature = None if release.signer is None else {
+            "signer": release.signer, "hash": release.hash,
+            "certificate": self.certificate_path}
         return {"format": 1, "package": self.package, "version": version,
                 "recipe": self.recipe, "module": self.module,
                 "description": self.description,
                 "patches": [{"file": p.name, "sha256": p.sha256} for p in self.patches],
                 "release": release.release, "functions": list(release.functions),
-                "releases": [r.release for r in self.releases]}
+                "releases": [r.release for r in self.releases], "signature": signature}
 
 
 def package_name(recipe: str) -> str:
@@ -151,7 +176,16 @@ configure)
     elif [ -d {root}"/sys/kernel/livepatch/$MODULE" ]; then
         echo "{item.package}: $MODULE is loaded already"
     else
-        {shlex.quote(places.kpatch)} {action} "$module"
+        # Exit 8: the kernel does not trust the signer (kpatch said which certificate to
+        # enrol). Nothing changed: the package stays installed, and kpatch load or the
+        # next boot loads the patch once the certificate is enrolled.
+        {shlex.quote(places.kpatch)} {action} "$module" || {{
+            status=$?
+            [ "$status" -eq {UntrustedSignatureError.exit_code} ] || exit "$status"
+            echo "{item.package}: installed, not loaded: the running kernel does not" \
+                 "trust its signer; enrol the certificate as said above, then" \
+                 "kpatch load $MODULE (or reboot)"
+        }}
     fi
     ;;
 esac
@@ -207,6 +241,8 @@ def spec(item: PatchPackage, version: str) -> DebSpec:
     # the kpatch this package depends on, whatever PATH dpkg was started with.
     files[f"/usr/share/lintian/overrides/{item.package}"] = File(
         f"{item.package}: command-with-path-in-maintainer-script {tool.COMMAND} *\n".encode())
+    if item.certificate is not None:
+        files[item.certificate_path] = File(item.certificate)
     lines = [f"{r.release}: {', '.join(r.functions) or 'no function changed'}"
              for r in item.releases]
     description = (f"{item.description or 'A kernel livepatch'}. Built by kpatchbuild from "
@@ -215,7 +251,7 @@ def spec(item: PatchPackage, version: str) -> DebSpec:
                    f"{len(item.releases)} kernel release(s); installing it loads the patch "
                    "into the running kernel at once, and kpatch.service loads it at every "
                    "boot of a kernel it has a module for.\n\n"
-                   "Changed functions: " + "; ".join(lines) + ".")
+                   "Changed functions: " + "; ".join(lines) + ".\n\n" + _signing_text(item))
     slots = tuple(replace_slot(r.release) for r in item.releases) if item.replace else ()
     return DebSpec(
         package=item.package, version=version, architecture="amd64",
@@ -224,6 +260,18 @@ def spec(item: PatchPackage, version: str) -> DebSpec:
         provides=slots, conflicts=slots, scripts=maintainer_scripts(item),
         changes=(f"{item.module} for {', '.join(r.release for r in item.releases)}.",
                  *(f"{p.name} (sha256 {p.sha256})" for p in item.patches)))
+
+
+def _signing_text(item: PatchPackage) -> str:
+    signer = item.releases[0].signer if item.releases else None
+    if signer is None:
+        return ("Its modules are unsigned: a kernel in lockdown (Secure Boot) refuses "
+                "them.")
+    return (f"Its modules are signed by '{signer}'. A kernel in lockdown (Secure Boot) "
+            "loads them once that key is trusted: enrol the certificate as a machine-owner "
+            f"key with mokutil --import {item.certificate_path}, reboot and confirm the "
+            "enrolment in MokManager. Until then the patch stays installed but not loaded, "
+            "and kpatch load (or the next boot) loads it once the key is enrolled.")
 
 
 def _summary(item: PatchPackage) -> str:
@@ -236,7 +284,8 @@ def content(item: PatchPackage) -> list[object]:
     """What decides whether a package changed: everything but its version."""
     return [item.recipe, item.module, item.description, item.replace,
             [(p.name, p.sha256) for p in item.patches],
-            [(r.release, r.sha256, list(r.functions)) for r in item.releases]]
+            [(r.release, r.sha256, list(r.functions)) for r in item.releases],
+            hashlib.sha256(item.certificate).hexdigest() if item.certificate else None]
 
 
 def modules_by_release(item: PatchPackage) -> dict[str, tuple[str, str]]:

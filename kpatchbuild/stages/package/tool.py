@@ -131,8 +131,11 @@ def manual_page(version: str) -> str:
             f".SH SYNOPSIS\n{_roff(usage.getvalue().removeprefix('usage: ').strip())}\n"
             f".SH DESCRIPTION\n{_roff(DESCRIPTION)}\n"
             ".SH COMMANDS\n" + "".join(commands) +
+            f".SH SECURE BOOT\n{_roff(cli.SECURE_BOOT)}\n"
             ".SH FILES\n.TP\n.I /var/lib/kpatch/<release>/\ninstalled patch modules, "
             "loaded at boot by kpatch.service\n"
+            ".TP\n.I /usr/share/kpatch/certs/<package>.der\nthe certificate of the key a "
+            "patch package's modules are signed with, to enrol with mokutil\n"
             ".SH SEE ALSO\n.BR kpatch COMMAND \" \\-\\-help\"\n")
 
 

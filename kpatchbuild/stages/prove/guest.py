@@ -40,16 +40,23 @@ def preload_step(module: Path) -> str:
 CHECK_STEPS = ("check-before", "check-patched", "check-after")
 
 
-def expected_steps(preload: Sequence[Path] = (), *, with_check: bool = True) -> list[str]:
+def refused_step(label: str) -> str:
+    return f"refused:{label}"
+
+
+def expected_steps(preload: Sequence[Path] = (), *, with_check: bool = True,
+                   refused: Sequence[str] = ()) -> list[str]:
     """The steps a proof's guest runs, in order, each of which must report ``ok``.
 
     Without a check, what remains proves the module loads, completes its transition,
     disables and unloads cleanly (kernel problems and taint are judged from the console).
+    ``refused`` labels the copies of the module the kernel must refuse to load first.
     """
     steps = [
         "mount",
         *(preload_step(path) for path in preload),
         "check-before",       # the check fails on the original kernel
+        *(refused_step(label) for label in refused),
         "insmod",
         "transition-enable",  # /sys/kernel/livepatch/<name>/transition reads 0
         "check-patched",      # the check passes
@@ -88,18 +95,19 @@ def base_entries(init_script: str, busybox: Path) -> list[initramfs.Entry]:
 
 def build_proof_initramfs(dest: Path, module: Path, check: str | None, *,
                           patch_name: str | None = None, preload: Sequence[Path] = (),
+                          refused: Sequence[tuple[str, Path]] = (),
                           busybox: Path = BUSYBOX,
                           wait_seconds: int = GUEST_WAIT_SECONDS) -> Path:
     """Write the initramfs of a proof of ``module`` to ``dest`` and return ``dest``.
 
     It holds busybox, the generated ``/init``, the check (if any) as ``/kpb/check.sh``, the
-    module as
-    ``/kpb/<file name>`` and the ``preload`` modules as ``/kpb/preload/NN-<file name>``
-    (loaded in the given order).
+    module as ``/kpb/<file name>``, the ``preload`` modules as
+    ``/kpb/preload/NN-<file name>`` (loaded in the given order) and the ``refused`` copies
+    (label, file) as ``/kpb/refused/NN-<label>.ko``.
     """
     if not busybox.is_file():
         raise KpbError(f"{busybox} not found: install busybox-static (./run setup)")
-    for path in (module, *preload):
+    for path in (module, *preload, *(path for _, path in refused)):
         if not path.is_file():
             raise KpbError(f"module not found: {path}")
     name = patch_name or module_name(module)
@@ -110,5 +118,9 @@ def build_proof_initramfs(dest: Path, module: Path, check: str | None, *,
     entries.append(initramfs.directory("kpb/preload"))
     for index, path in enumerate(preload):
         entries.append(initramfs.regular_file(f"kpb/preload/{index:02d}-{path.name}",
+                                              path.read_bytes()))
+    entries.append(initramfs.directory("kpb/refused"))
+    for index, (label, path) in enumerate(refused):
+        entries.append(initramfs.regular_file(f"kpb/refused/{index:02d}-{label}.ko",
                                               path.read_bytes()))
     return initramfs.write_initramfs(dest, entries)

@@ -48,11 +48,12 @@ from kpatchbuild.stages.prove.guest import (
     build_proof_initramfs,
     expected_steps,
     module_name,
+    refused_step,
 )
 from kpatchbuild.stages.prove.qemu import run_guest
 
 __all__ = ["ProofResult", "ScriptRun", "expected_steps", "module_name", "prove_livepatch",
-           "run_guest_script"]
+           "refused_step", "run_guest_script"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ProofResult:
 
 def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: Path,
                     patch_name: str | None = None, preload: Sequence[Path] = (),
+                    refused: Sequence[tuple[str, Path]] = (), kernel_args: str = "",
                     timeout: float = 120.0, accel: str | None = None,
                     network: bool = False) -> ProofResult:
     """Prove ``module`` live-patches ``kernel``: boot it under qemu and run the steps.
@@ -78,8 +80,11 @@ def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: P
     proves what can be proven without one (load, transition, disable, unload, no kernel
     problem). ``patch_name`` is the /sys/kernel/livepatch name, by default the module's name
     (``-`` -> ``_``). ``preload`` modules are loaded first, in order (for a patch to a
-    module). ``workdir`` receives the initramfs and ``console.log``. ``accel`` overrides
-    :func:`choose_accel`. The guest has no network card unless ``network``.
+    module). ``refused`` (label, file) are copies of the module the kernel must refuse,
+    each tried before the module itself (booted with ``kernel_args`` such as
+    ``module.sig_enforce=1``); each refusal's words are its step's detail. ``workdir``
+    receives the initramfs and ``console.log``. ``accel`` overrides :func:`choose_accel`.
+    The guest has no network card unless ``network``.
 
     Raises :class:`VmProofError` naming the failed step and the console log.
     """
@@ -88,10 +93,11 @@ def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: P
     workdir.mkdir(parents=True, exist_ok=True)
     name = patch_name or module_name(module)
     initrd = build_proof_initramfs(workdir / "initramfs.cpio.gz", module, check,
-                                   patch_name=name, preload=preload)
+                                   patch_name=name, preload=preload, refused=refused)
     accel = accel or choose_accel(kernel, workdir)
     console_log = workdir / "console.log"
-    run = run_guest(kernel, initrd, console_log, accel=accel, timeout=timeout, network=network)
+    run = run_guest(kernel, initrd, console_log, accel=accel, timeout=timeout, network=network,
+                    extra_args=kernel_args)
     report = parse_console(console_log.read_text(errors="replace"))
 
     def failed(step: str, detail: str) -> VmProofError:
@@ -104,7 +110,9 @@ def prove_livepatch(kernel: Path, module: Path, check: str | None, *, workdir: P
         if report.problems:
             detail += f" (kernel problem: {report.problems[0]})"
         raise failed(where, detail)
-    if failure := first_failure(report, expected_steps(preload, with_check=check is not None)):
+    expected = expected_steps(preload, with_check=check is not None,
+                              refused=[label for label, _ in refused])
+    if failure := first_failure(report, expected):
         raise failed(*failure)
     return ProofResult(name, report.steps, run.elapsed, accel, console_log, report.dmesg)
 

@@ -29,6 +29,7 @@ from kpatchbuild.stages.package.repository import (
     Repository,
 )
 from tests.kpatch.modules import make_module
+from tests.support.signing import SigningFiles, appended_signature, make_key
 
 RELEASES = ("6.1.0-57-cloud-amd64", "6.12.118+deb12-cloud-amd64")
 NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
@@ -167,6 +168,58 @@ def test_a_failed_load_fails_the_configure_step_with_kpatchs_words(tmp_path: Pat
     done, calls = run_script(tmp_path, "postinst", "configure", kpatch_exit=4)
     assert done.returncode == 4
     assert "the transition did not finish; rolled back" in done.stderr
+
+
+def test_a_kernel_that_does_not_trust_the_signer_leaves_the_package_installed(
+        tmp_path: Path) -> None:
+    done, calls = run_script(tmp_path, "postinst", "configure", kpatch_exit=8)
+    assert done.returncode == 0, done.stderr
+    assert len(calls) == 1
+    assert "kpatch-patch-cmdline: installed, not loaded: the running kernel does not trust " \
+           "its signer; enrol the certificate as said above, then kpatch load " \
+           "livepatch_cmdline (or reboot)" in done.stdout
+
+
+def signed_package(tmp_path: Path, key: SigningFiles) -> patch.PatchPackage:
+    item = patch_package(tmp_path)
+    releases = []
+    for release in item.releases:
+        with tempfile.TemporaryDirectory() as work:
+            release.module.write_bytes(appended_signature(release.module.read_bytes(), key,
+                                                          Path(work)))
+        releases.append(replace(release, signer="Team signing key", hash="sha256",
+                                certificate=key.der.read_bytes()))
+    return replace(item, releases=tuple(releases))
+
+
+def test_a_signed_package_ships_its_signers_certificate_and_says_how_to_enrol_it(
+        tmp_path: Path) -> None:
+    key = make_key(tmp_path / "keys", "Team signing key")
+    item = signed_package(tmp_path, key)
+    published = publish(Repository(tmp_path / "repo"), item)
+    assert lintian(published.deb) == []
+    root = contents(published.deb, tmp_path / "root")
+    certificate = "/usr/share/kpatch/certs/kpatch-patch-cmdline.der"
+    assert (root / certificate.lstrip("/")).read_bytes() == key.der.read_bytes()
+    for release in RELEASES:
+        meta = json.loads((root / "var/lib/kpatch" / release / "livepatch_cmdline.json")
+                          .read_text())
+        assert meta["signature"] == {"signer": "Team signing key", "hash": "sha256",
+                                     "certificate": certificate}
+    info = subprocess.run(["dpkg-deb", "-f", str(published.deb), "Description"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "signed by 'Team signing key'" in info
+    assert f"mokutil --import {certificate}" in " ".join(info.split())
+    # Another certificate is another package content: a new version.
+    other = make_key(tmp_path / "keys", "Rotated key")
+    assert patch.content(item) != patch.content(signed_package(tmp_path / "again", other))
+
+
+def test_an_unsigned_package_says_lockdown_refuses_it(tmp_path: Path) -> None:
+    spec = patch.spec(patch_package(tmp_path), "1")
+    assert "Its modules are unsigned: a kernel in lockdown (Secure Boot) refuses them." \
+        in spec.description
+    assert not any(path.startswith("/usr/share/kpatch/certs") for path in spec.files)
 
 
 @pytest.mark.parametrize(("situation", "said"), [

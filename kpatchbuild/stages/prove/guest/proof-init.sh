@@ -69,6 +69,21 @@ if [ -e /kpb/check.sh ]; then
     expect_check_fails "before the patch"
 fi
 
+# Copies of the module the kernel must refuse (unsigned, signed by a key it does not trust),
+# each before the module itself, so that a wrong acceptance shows as this step's failure.
+for module in /kpb/refused/*.ko; do
+    [ -e "$module" ] || continue
+    label=$(basename "$module" .ko | sed "s/^[0-9]*-//")
+    begin "refused:$label"
+    enforced=$(cat /sys/module/module/parameters/sig_enforce 2>/dev/null)
+    [ "$enforced" = Y ] || fail "module.sig_enforce reads '$enforced', not Y"
+    if out=$(insmod "$module" 2>&1); then
+        rmmod $PATCH_NAME 2>/dev/null
+        fail "the kernel loaded $(basename "$module"), which it must refuse"
+    fi
+    ok "$out"
+done
+
 begin insmod
 out=$(insmod /kpb/$MODULE_FILE 2>&1) || fail "insmod $MODULE_FILE failed (exit $?) $out"
 [ -d $LP ] || fail "loaded, but there is no $LP (patch name $PATCH_NAME)"
