@@ -81,20 +81,31 @@ def certificate_of(system: System, metadata: dict[str, object] | None) -> Path |
 
 
 def signer_trusted(system: System, module: ModuleFile, certificate: Path | None) -> str:
-    """"yes", "no" or "unknown (why)": whether a key the kernel trusts is the signer's."""
+    """"yes", "no" or "unknown (why)": whether the kernel trusts the module's signer.
+
+    A loaded module the kernel did not taint 'E' passed its signature check: that is the
+    kernel's own word. Otherwise the signer is looked up among the keys in /proc/keys, by
+    the certificate's subject key identifier when the package shipped it (the kernel names
+    a key "<organization>: <common name>: <key id>", or "<common name>: <key id>"), else by
+    name."""
     if module.signature is None:
         return "no (unsigned)"
+    loaded = system.loaded_module(module.name)
+    if loaded is not None and kernel_checks(system).enforced is not None:
+        return "no (the kernel loaded it unverified: taint E)" if "E" in loaded.taint \
+            else "yes (the kernel verified it when loading it)"
     keys = trusted_key_names(system)
     if keys is None:
         return f"unknown ({KEYS} not readable: run as root)"
     if certificate is not None:
         try:
-            name, key_id = modsig.certificate_key_id(certificate.read_bytes())
+            _, key_id = modsig.certificate_key_id(certificate.read_bytes())
         except (OSError, modsig.SignatureFormatError):
-            name, key_id = module.signature.signer, None
+            key_id = None
         if key_id is not None:
-            return "yes" if (name, key_id) in keys else "no"
-    named = any(name == module.signature.signer for name, _ in keys)
+            return "yes" if any(found == key_id for _, found in keys) else "no"
+    signer = module.signature.signer
+    named = any(name == signer or name.endswith(f": {signer}") for name, _ in keys)
     return "yes (a key of that name)" if named else "no"
 
 

@@ -29,6 +29,12 @@ patches:
 """
 
 
+def built_target(key: str) -> str:
+    """A recipe of one kernel built here, with one more key (line 5) on its target."""
+    return ("targets:\n  - name: k\n    source: {debian: linux-source-6.1}\n"
+            f"    config: {{base: tinyconfig}}\n    {key}\npatches: [fix.patch]\n")
+
+
 def error_of(directory: Path) -> str:
     with pytest.raises(RecipeError) as caught:
         load_recipe(directory)
@@ -167,13 +173,7 @@ def test_header_index_is_a_debian_target_key(tmp_path: Path) -> None:
 
 
 def test_header_index_on_a_built_target_is_refused(tmp_path: Path) -> None:
-    message = error_of(write_recipe(tmp_path, """targets:
-  - name: k
-    source: {debian: linux-source-6.1}
-    config: {base: tinyconfig}
-    header_index: true
-patches: [fix.patch]
-"""))
+    message = error_of(write_recipe(tmp_path, built_target("header_index: true")))
     assert message.startswith(f"{tmp_path}/demo/recipe.yaml:5: targets[0].header_index: only "
                               "a 'debian' target needs a header index")
 
@@ -418,13 +418,7 @@ def test_a_signing_key_that_is_not_there_is_refused(tmp_path: Path, signing: str
 
 
 def test_only_a_kernel_built_here_trusts_the_signing_key(tmp_path: Path) -> None:
-    built = load_recipe(write_recipe(tmp_path, """targets:
-  - name: k
-    source: {debian: linux-source-6.1}
-    config: {base: tinyconfig}
-    trust_signing_key: true
-patches: [fix.patch]
-"""))
+    built = load_recipe(write_recipe(tmp_path, built_target("trust_signing_key: true")))
     assert built.targets[0].trusts_signing_key
     message = error_of(write_recipe(tmp_path, """targets:
   - debian: {series: "6.1", flavour: cloud-amd64}

@@ -67,6 +67,7 @@ class FakeKernel:
     stuck: bool = False  # a task never switches unless forced (or signalled, see below)
     signal_unsticks: bool = True
     refuse_insert: int | None = None  # errno finit_module fails with
+    verifies_signatures: bool = False  # a loaded module is not tainted E (signature checked)
     register_patch: bool = True  # False: an insert that registers no patch
     modules: list[str] = field(default_factory=list)  # newest first, as /proc/modules
     livepatch_modules: set[str] = field(default_factory=set)
@@ -232,6 +233,7 @@ class FakeKernel:
     def _write_modules(self) -> None:
         lines = []
         for name in self.modules:
-            taint = " (OEK)" if name in self.livepatch_modules else " (OE)"
+            flags = "O" + ("" if self.verifies_signatures else "E")
+            taint = f" ({flags}K)" if name in self.livepatch_modules else f" ({flags})"
             lines.append(f"{name} 16384 0 - Live 0x0000000000000000{taint}")
         self.path("proc/modules").write_text("".join(f"{line}\n" for line in lines))

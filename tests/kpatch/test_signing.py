@@ -115,14 +115,17 @@ def test_info_names_signer_certificate_lockdown_and_trust(machine: Machine,
         "Team signing key", "sha256", CERTIFICATE)
     assert signature["trusted"].startswith("unknown (/proc/keys not readable")
 
-    name, key_id = modsig.certificate_key_id(team.der.read_bytes())
+    _, key_id = modsig.certificate_key_id(team.der.read_bytes())
+    assert key_id is not None
     keys = machine.kernel.path("proc/keys")
     keys.write_text("0b9d7b55 I------     1 perm 1f030000     0     0 asymmetri Debian Secure "
                     "Boot CA: 6ccece7e4c6c0d1f6149f3dd27dfcc5cbb419ea1: X509.rsa 4c6c0d1f []\n")
     assert json.loads(machine.kpatch("info", "--json", "lp_a").out)["signature"]["trusted"] \
         == "no"
+    # The kernel names the key after the subject's organization and common name.
     keys.write_text(keys.read_text() + f"2f1a8c03 I------     1 perm 1f010000     0     0 "
-                    f"asymmetri {name}: {key_id}: X509.rsa {key_id[-8:]} []\n")
+                    f"asymmetri Example Security: Team signing key: {key_id}: X509.rsa "
+                    f"{key_id[-8:]} []\n")
     human = machine.kpatch("info", "lp_a").out
     assert "kernel:      lockdown: integrity; no module.sig_enforce" in human
     assert "signed by:   Team signing key (sha256, serial" in human
@@ -144,3 +147,16 @@ def test_a_malformed_signature_is_refused_on_reading(machine: Machine) -> None:
     result = machine.kpatch("info", str(module))
     assert result.code == 1
     assert "its appended signature is malformed" in result.err
+
+
+@pytest.mark.parametrize(("verified", "said"), [
+    (True, "yes (the kernel verified it when loading it)"),
+    (False, "no (the kernel loaded it unverified: taint E)")])
+def test_a_loaded_modules_taint_is_the_kernels_word_on_its_signature(
+        machine: Machine, team: SigningFiles, verified: bool, said: str) -> None:
+    checks_signatures(machine, enforce="N")
+    machine.kernel.verifies_signatures = verified
+    installed_by_package(machine, signed_module(machine, "lp_a", team), team)
+    assert machine.kpatch("load", "lp_a").code == 0
+    state = json.loads(machine.kpatch("info", "--json", "lp_a").out)
+    assert state["signature"]["trusted"] == said

@@ -64,6 +64,7 @@ def firmware(store: Store, where: Path, machine_owner_keys: Sequence[Path]) -> F
     certificates) enrolled in shim's MokList."""
     index = debian.index_for(store, "12")
     extracted = where / "packages"
+    extracted.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         newest = debian.newest(debian.available_versions(index, [name])[name])
         deb = debian.fetch_package(store, debian.package_record(index, name, newest))
@@ -87,13 +88,15 @@ def esp_disk(where: Path, chain: Firmware, kernel: Path, initrd: Path,
     esp.unlink(missing_ok=True)
     _run(["mkfs.vfat", "-C", esp, str(ESP_MB * 1024)], "mkfs.vfat")
     config = where / "grub.cfg"
-    config.write_text("set timeout=0\nsearch --no-floppy --file --set=root /vmlinuz\n"
-                      f"linux /vmlinuz {command_line}\ninitrd /initrd.img\nboot\n")
+    # Names of the ESP's own: the root disk has a /vmlinuz too (Debian's link to its newest
+    # kernel), which a search for /vmlinuz could find first.
+    config.write_text("set timeout=0\nsearch --no-floppy --file --set=root /kpb-vmlinuz\n"
+                      f"linux /kpb-vmlinuz {command_line}\ninitrd /kpb-initrd.img\nboot\n")
     _run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"], "mmd")
     for source, target in ((chain.shim, "EFI/BOOT/BOOTX64.EFI"),
                            (chain.grub, "EFI/BOOT/grubx64.efi"),
                            (config, "EFI/BOOT/grub.cfg"), (config, "EFI/debian/grub.cfg"),
-                           (kernel, "vmlinuz"), (initrd, "initrd.img")):
+                           (kernel, "kpb-vmlinuz"), (initrd, "kpb-initrd.img")):
         _run(["mcopy", "-i", esp, source, f"::/{target}"], f"mcopy {target}")
     disk = where / "esp-disk.img"
     disk.unlink(missing_ok=True)

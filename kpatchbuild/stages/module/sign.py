@@ -13,8 +13,9 @@ cell's copy, so a new key re-signs without relinking.
   this host (a tree prepared in a build root holds a binary of another release's libraries,
   and a token's PKCS#11 module lives on this host), and the kernel's own hash,
   ``CONFIG_MODULE_SIG_HASH``. sign-file reads a PKCS#11 key through OpenSSL's ``pkcs11``
-  provider (OpenSSL 3) and a token's PIN from ``KBUILD_SIGN_PIN``; both come from the
-  environment, as for the kernel's own build.
+  provider (OpenSSL 3), set up by the environment as for the kernel's own build
+  (``OPENSSL_CONF``, ``OPENSSL_MODULES``); the token's PIN is in the URI or the provider's
+  configuration (the provider path of sign-file reads no ``KBUILD_SIGN_PIN``).
 - **Checked**: the signed module's PKCS#7 signature is verified against the certificate
   with ``openssl cms`` before it is published: a certificate that is not the key's is
   caught here, not by a kernel refusing the module on a user's machine.
@@ -303,7 +304,8 @@ def _explain_refusal(key: SigningKey, complaint: str, output: str, log: Path) ->
         return (f"sign-file could not use the PKCS#11 key {key.shown} ({complaint}): OpenSSL "
                 "needs its pkcs11 provider (Debian 13: apt-get install pkcs11-provider; "
                 "Debian 12: from bookworm-backports, or OPENSSL_MODULES pointing at its "
-                f"pkcs11.so) and the token's module and PIN (KBUILD_SIGN_PIN); log: {log}")
+                f"pkcs11.so), the token's module, and its PIN in the URI (pin-source=file:...); "
+                f"log: {log}")
     return (f"sign-file refused the key {key.shown} ({key.named_by}): {complaint}; is it "
             f"the PEM private key of {key.certificate}? log: {log}")
 

@@ -325,53 +325,10 @@ def test_apt_install_reboot_upgrade_other_kernel_remove(tmp_path: Path,
     print(f"{guest_release.suite}: guest root {made:.0f} s; boots: {summary}")
 
 
-SIGNED_INSTALL = f"""
-# Signatures enforced from now on (the parameter can be turned on, never off): as a kernel
-# in lockdown, this one now refuses a module whose signer it does not trust.
-echo 1 > /sys/module/module/parameters/sig_enforce
-check key-installed cp {REPOSITORY_MOUNT}/{KEYRING} {INSTALLED_KEYRING}
-apt_update
-echo "KPB-RUN: apt-get install -y kpatch-patch-cmdline"
-apt-get install -y kpatch-patch-cmdline > /tmp/install.log 2>&1
-echo "apt-get install: exit $?" >> /tmp/install.log
-sed 's/^/  | /' /tmp/install.log
-check install-succeeded grep -qx 'apt-get install: exit 0' /tmp/install.log
-check refusal-named-the-certificate grep -q "livepatch_cmdline: the kernel does not trust \\
-its signer 'Team signing key': enrol /usr/share/kpatch/certs/kpatch-patch-cmdline.der as a \\
-machine-owner key (mokutil --import /usr/share/kpatch/certs/kpatch-patch-cmdline.der" \\
-    /tmp/install.log
-check installed-not-loaded sh -c "dpkg -s kpatch-patch-cmdline | grep -qx 'Status: install \\
-ok installed' && test -z \\"\\$(ls /sys/kernel/livepatch)\\" && test -e \\
-/var/lib/kpatch/\\$(uname -r)/livepatch_cmdline.ko"
-check unpatched sh -c '! grep -q kpatch=1 /proc/cmdline'
-show kpatch info livepatch_cmdline
-check info-names-the-signer info_says livepatch_cmdline "^signed by: *Team signing key (sha256"
-check info-says-untrusted info_says livepatch_cmdline "^trusted: *no"
-check certificate-shipped test -s /usr/share/kpatch/certs/kpatch-patch-cmdline.der
-show kpatch load livepatch_cmdline
-check load-exits-8 sh -c 'kpatch load livepatch_cmdline; test $? -eq 8'
-check still-nothing-loaded test -z "$(ls /sys/kernel/livepatch)"
-"""
-
-
-def test_a_signed_package_under_enforced_signatures_stays_installed_and_says_what_to_enrol(
-        tmp_path: Path) -> None:
-    """Debian 12's guest, signatures enforced: ``apt install`` of a package signed with a
-    key the kernel does not trust succeeds, loads nothing and names the certificate to enrol;
-    ``kpatch info`` names the signer and says it is not trusted; ``kpatch load`` exits 8."""
-    guest_release = RELEASES[0]
-    cache = seeded_cache(tmp_path / "cache")
-    recipes = tmp_path / "recipes"
-    shutil.copytree(PROJECT / "recipes" / "cmdline", recipes / "cmdline")
-    team = make_key(tmp_path / "signing", "Team signing key")
-    done = run_doit("package", "recipe=cmdline", f"kernel={guest_release.cell}", env={
-        "KPATCHBUILD_CACHE": str(cache), "KPATCHBUILD_DOIT_DB": str(cache / "db"),
-        "KPATCHBUILD_RECIPES": str(recipes), KEY_HOME_ENV: str(tmp_path / "key"),
-        sign.KEY_ENV: str(team.key), sign.CERT_ENV: str(team.certificate)})
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "signed by 'Team signing key' (sha256)" in done.stderr
-    repository = cache / "package" / guest_release.suite
-
+def booted_guest(cache: Path, guest_release: GuestRelease, workdir: Path,
+                 steps: dict[str, str]) -> tuple[DebianGuest, str]:
+    """The release's guest (its cell's kernel and another installed) with ``steps``, and
+    the release of the cell's kernel it boots."""
     store = Store()
     fetched = json.loads((cache / "work/cmdline" / guest_release.cell / "fetch.json")
                          .read_text())
@@ -380,17 +337,12 @@ def test_a_signed_package_under_enforced_signatures_stays_installed_and_says_wha
         **fetched["kernel"]["packages"]["image"]))
     other = debian.fetch_package(store, guest_release.other_kernel(store, release))
     root = guest_root(store, [image, other], guest_release.suite)
-    guest = DebianGuest(root, tmp_path / "guest", {"signed-install": HELPERS + SIGNED_INSTALL})
-    guest.publish_repository(repository)
-    booted = guest.boot("signed-install", release)
-    expected = ["key-installed", "install-succeeded", "refusal-named-the-certificate",
-                "installed-not-loaded", "unpatched", "info-names-the-signer",
-                "info-says-untrusted", "certificate-shipped", "load-exits-8",
-                "still-nothing-loaded"]
-    assert not booted.failures(expected), (booted.failures(expected), booted.console_log)
+    return DebianGuest(root, workdir, {name: HELPERS + body for name, body in steps.items()}), \
+        release
 
 
 SECURE_BOOT_STEP = f"""
+check running-the-cells-kernel test "$(uname -r)" = "@RELEASE@"
 check secure-boot-on sh -c 'dmesg | grep -q "Secure boot enabled"'
 check lockdown sh -c "grep -q '\\[integrity\\]' /sys/kernel/security/lockdown"
 check key-installed cp {REPOSITORY_MOUNT}/{KEYRING} {INSTALLED_KEYRING}
@@ -401,63 +353,81 @@ install() {{
     echo "apt-get install: exit $?" >> "/tmp/$1.log"
     sed 's/^/  | /' "/tmp/$1.log"
 }}
+installed() {{
+    grep -qx 'apt-get install: exit 0' "/tmp/$1.log" &&
+        dpkg -s "$1" | grep -qx 'Status: install ok installed'
+}}
 install kpatch-patch-unsigned
-check unsigned-installed grep -qx 'apt-get install: exit 0' /tmp/kpatch-patch-unsigned.log
+check unsigned-installed installed kpatch-patch-unsigned
 check unsigned-refused-in-one-line grep -q "livepatch_unsigned: unsigned: a kernel in \\
 lockdown (Secure Boot) refuses it" /tmp/kpatch-patch-unsigned.log
 check unsigned-not-loaded test ! -e /sys/module/livepatch_unsigned
+install kpatch-patch-untrusted
+check untrusted-installed installed kpatch-patch-untrusted
+check untrusted-refusal-names-the-certificate grep -q "livepatch_untrusted: the kernel does \\
+not trust its signer 'Another key': enrol /usr/share/kpatch/certs/kpatch-patch-untrusted.der \\
+as a machine-owner key (mokutil --import /usr/share/kpatch/certs/kpatch-patch-untrusted.der" \\
+    /tmp/kpatch-patch-untrusted.log
+check untrusted-not-loaded test -z "$(ls /sys/kernel/livepatch)"
+show kpatch info livepatch_untrusted
+check info-says-untrusted info_says livepatch_untrusted "^trusted: *no"
+check load-exits-8 sh -c 'kpatch load livepatch_untrusted; test $? -eq 8'
+check certificate-shipped test -s /usr/share/kpatch/certs/kpatch-patch-untrusted.der
 install kpatch-patch-cmdline
-check signed-installed grep -qx 'apt-get install: exit 0' /tmp/kpatch-patch-cmdline.log
+check signed-installed installed kpatch-patch-cmdline
 check patched-at-once grep -q kpatch=1 /proc/cmdline
 check signed-loaded test "$(loaded_patches)" = livepatch_cmdline
 show kpatch info livepatch_cmdline
 check info-lockdown info_says livepatch_cmdline "^kernel: *lockdown: integrity"
+check info-names-the-signer info_says livepatch_cmdline "^signed by: *Team signing key (sha256"
 check info-trusted info_says livepatch_cmdline "^trusted: *yes"
 check signature-accepted sh -c 'test $(( $(cat /proc/sys/kernel/tainted) & 8192 )) -eq 0'
 """
 
 
-def test_secure_boot_takes_the_enrolled_signers_package_and_refuses_an_unsigned_one(
+def test_secure_boot_takes_the_enrolled_signers_package_and_refuses_the_others(
         tmp_path: Path) -> None:
     """Debian 12 booted by OVMF with Secure Boot, Microsoft's keys, Debian's signed shim,
     grub and kernel, the team's certificate enrolled as a machine-owner key: the kernel is
-    in lockdown; the signed package's patch loads at once and is trusted; an unsigned
-    package installs, loads nothing and says so in one line."""
+    in lockdown. An unsigned package, and one signed by a key nobody enrolled, install, load
+    nothing and say in one line what is wrong (the second, which certificate to enrol;
+    ``kpatch info`` says its signer is not trusted, ``kpatch load`` exits 8); the enrolled
+    signer's package loads at once, its signer trusted."""
     guest_release = RELEASES[0]
     cache = seeded_cache(tmp_path / "cache")
     recipes = tmp_path / "recipes"
-    shutil.copytree(PROJECT / "recipes" / "cmdline", recipes / "cmdline")
-    shutil.copytree(PROJECT / "recipes" / "cmdline", recipes / "unsigned")
-    unsigned_recipe = recipes / "unsigned" / "recipe.yaml"
-    unsigned_recipe.write_text(unsigned_recipe.read_text().replace(
-        "module: livepatch_cmdline", "module: livepatch_unsigned"))
     team = make_key(tmp_path / "signing", "Team signing key")
+    another = make_key(tmp_path / "signing", "Another key")
     env = {"KPATCHBUILD_CACHE": str(cache), "KPATCHBUILD_DOIT_DB": str(cache / "db"),
            "KPATCHBUILD_RECIPES": str(recipes), KEY_HOME_ENV: str(tmp_path / "key")}
-    for recipe, signing in (("unsigned", {}), ("cmdline", {
-            sign.KEY_ENV: str(team.key), sign.CERT_ENV: str(team.certificate)})):
+    # Three copies of the default recipe, each its own module: unsigned, signed by a key
+    # nobody enrolled, signed by the enrolled one.
+    for recipe, key in (("unsigned", None), ("untrusted", another), ("cmdline", team)):
+        shutil.copytree(PROJECT / "recipes" / "cmdline", recipes / recipe)
+        copied = recipes / recipe / "recipe.yaml"
+        copied.write_text(copied.read_text().replace("module: livepatch_cmdline",
+                                                     f"module: livepatch_{recipe}"))
+        signing = {sign.KEY_ENV: str(key.key), sign.CERT_ENV: str(key.certificate)} \
+            if key else {}
         done = run_doit("package", f"recipe={recipe}", f"kernel={guest_release.cell}",
                         env={**env, **signing})
         assert done.returncode == 0, done.stdout + done.stderr
     repository = cache / "package" / guest_release.suite
     assert {name.split("_")[0] for name in debs(repository)} == {
-        "kpatch", "kpatch-patch-cmdline", "kpatch-patch-unsigned"}
+        "kpatch", "kpatch-patch-cmdline", "kpatch-patch-unsigned", "kpatch-patch-untrusted"}
 
-    store = Store()
-    fetched = json.loads((cache / "work/cmdline" / guest_release.cell / "fetch.json")
-                         .read_text())
-    release = fetched["kernel"]["release"]
-    image = debian.fetch_package(store, debian.DebianPackage(
-        **fetched["kernel"]["packages"]["image"]))
-    other = debian.fetch_package(store, guest_release.other_kernel(store, release))
-    root = guest_root(store, [image, other], guest_release.suite)
-    guest = DebianGuest(root, tmp_path / "guest", {"secure-boot": HELPERS + SECURE_BOOT_STEP})
+    release = json.loads((cache / "work/cmdline" / guest_release.cell / "fetch.json")
+                         .read_text())["kernel"]["release"]
+    guest, _ = booted_guest(cache, guest_release, tmp_path / "guest",
+                            {"secure-boot": SECURE_BOOT_STEP.replace("@RELEASE@", release)})
     guest.publish_repository(repository)
-    chain = secure_boot.firmware(store, tmp_path / "firmware", [team.der])
+    chain = secure_boot.firmware(Store(), tmp_path / "firmware", [team.der])
     booted = secure_boot.boot(guest, chain, "secure-boot", release)
-    expected = ["secure-boot-on", "lockdown", "key-installed", "unsigned-installed",
-                "unsigned-refused-in-one-line", "unsigned-not-loaded", "signed-installed",
-                "patched-at-once", "signed-loaded", "info-lockdown", "info-trusted",
-                "signature-accepted"]
+    expected = ["running-the-cells-kernel", "secure-boot-on", "lockdown", "key-installed",
+                "unsigned-installed", "unsigned-refused-in-one-line", "unsigned-not-loaded",
+                "untrusted-installed", "untrusted-refusal-names-the-certificate",
+                "untrusted-not-loaded", "info-says-untrusted", "load-exits-8",
+                "certificate-shipped", "signed-installed", "patched-at-once", "signed-loaded",
+                "info-lockdown", "info-names-the-signer", "info-trusted", "signature-accepted"]
     assert not booted.failures(expected), (booted.failures(expected), booted.console_log)
     print(f"secure boot: {booted.seconds:.0f} s ({booted.accel})")
