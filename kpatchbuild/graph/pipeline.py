@@ -500,7 +500,8 @@ class TargetPipeline:
                     )
                 shutil.copyfile(ko, work / name)
         final = self.work / name
-        signature, unsigned = self.sign(self.store.path("module", key) / name, final, log)
+        signature, unsigned = self.cell_module(self.store.path("module", key) / name, final,
+                                               log)
         say(f"  module: {final}")
         for diff in diffs:
             for change in diff.changed_functions:
@@ -514,8 +515,8 @@ class TargetPipeline:
             signature=signature.to_json() if signature else None, unsigned=unsigned,
             certificate=self.signing.certificate if signature and self.signing else None))
 
-    def sign(self, unsigned: Path, final: Path, log: Path) -> tuple[sign.Signature | None,
-                                                                     str | None]:
+    def cell_module(self, unsigned: Path, final: Path,
+                    log: Path) -> tuple[sign.Signature | None, str | None]:
         """The cell's module at ``final``: ``unsigned`` signed with the cell's key, checked
         against its certificate; else a copy, and why it is unsigned."""
         hash = sign.module_hash(self.config_file)
