@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base import modsig, process
+from kpatchbuild.base import locks, modsig, process
 from kpatchbuild.base.commands import run_step, say
 from kpatchbuild.base.errors import KpbError
 from kpatchbuild.base.private import private_directory, private_file
@@ -173,23 +173,29 @@ def made(key: SigningKey) -> SigningKey:
     home = private_directory(development_home(), what="the development key's home",
                              error=SigningError,
                              remedy=f"name a key of your own with ${KEY_ENV} and ${CERT_ENV}")
-    if not key.certificate.is_file():
-        say(f"  making kpatchbuild's development module signing key in {home} (once)")
-        with tempfile.TemporaryDirectory(dir=home) as work:
-            new_key, new_cert = Path(work) / "key.pem", Path(work) / "cert.pem"
-            process.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:4096", "-nodes",
-                         "-sha256", "-days", "36500", "-batch", "-outform", "PEM",
-                         "-subj", f"/O=kpatchbuild/CN={DEVELOPMENT_SUBJECT}",
-                         "-addext", "basicConstraints=critical,CA:FALSE",
-                         "-addext", "keyUsage=digitalSignature",
-                         "-addext", "extendedKeyUsage=codeSigning",
-                         "-keyout", new_key, "-out", new_cert],
-                        error=SigningError, what="making the development key",
-                        missing="openssl not found: install openssl")
-            new_key.chmod(0o600)
-            os.replace(new_key, key.key)
-            os.replace(new_cert, key.certificate)  # last: a certificate means a whole pair
+    # Two cells at once (doit -n 2) must not each make half of a pair.
+    with locks.exclusive(home / ".making.lock"):
+        if not key.certificate.is_file():
+            _make_development_key(home, key)
     return key
+
+
+def _make_development_key(home: Path, key: SigningKey) -> None:
+    say(f"  making kpatchbuild's development module signing key in {home} (once)")
+    with tempfile.TemporaryDirectory(dir=home) as work:
+        new_key, new_cert = Path(work) / "key.pem", Path(work) / "cert.pem"
+        process.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:4096", "-nodes",
+                     "-sha256", "-days", "36500", "-batch", "-outform", "PEM",
+                     "-subj", f"/O=kpatchbuild/CN={DEVELOPMENT_SUBJECT}",
+                     "-addext", "basicConstraints=critical,CA:FALSE",
+                     "-addext", "keyUsage=digitalSignature",
+                     "-addext", "extendedKeyUsage=codeSigning",
+                     "-keyout", new_key, "-out", new_cert],
+                    error=SigningError, what="making the development key",
+                    missing="openssl not found: install openssl")
+        new_key.chmod(0o600)
+        os.replace(new_key, key.key)
+        os.replace(new_cert, key.certificate)  # last: a certificate means a whole pair
 
 
 def throwaway_key(directory: Path) -> SigningKey:

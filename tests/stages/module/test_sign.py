@@ -176,7 +176,7 @@ def test_the_development_key_is_made_once_and_kept_private(
     first = key.certificate.read_bytes()
     sign.made(key)
     assert key.certificate.read_bytes() == first
-    assert sorted(p.name for p in home.iterdir()) == ["cert.pem", "key.pem"]
+    assert sorted(p.name for p in home.iterdir()) == [".making.lock", "cert.pem", "key.pem"]
 
 
 def test_a_development_key_home_open_to_others_is_refused(
