@@ -163,11 +163,12 @@ def test_option_that_does_not_stick_fails_the_config_step(built_recipe_stage: Re
         "        - tiny-guest.config\n",
         "        - tiny-guest.config\n      options:\n        - CONFIG_VIRTIO_PCI=y\n")
     (recipe / "recipe.yaml").write_text(text)
+    option_line = text.splitlines().index("        - CONFIG_VIRTIO_PCI=y") + 1
     result = run_doit("config:t-dropped/tiny-6.1", "recipe=t-dropped", env=env)
     assert result.returncode != 0
     (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("kpatchbuild: error")]
-    assert "recipe.yaml:15: targets[0].config.options[0]: CONFIG_VIRTIO_PCI=y did not stick" \
-        in line
+    assert f"recipe.yaml:{option_line}: targets[0].config.options[0]: CONFIG_VIRTIO_PCI=y did " \
+           "not stick" in line
     assert "it depends on VIRTIO_MENU" in line and "PCI" in line
     assert "Traceback" not in result.stdout + result.stderr
 
