@@ -164,8 +164,14 @@ def _name(element: tuple[int, bytes]) -> str:
         for _, attribute in _children((_SET, rdn)):
             parts = _children((_SEQUENCE, attribute))
             if len(parts) == 2:
-                found.setdefault(_oid(parts[0]), parts[1][1].decode("utf-8", "replace"))
+                found.setdefault(_oid(parts[0]), _printable(parts[1][1]))
     return found.get(_OID_COMMON_NAME) or found.get(_OID_ORGANIZATION, "")
+
+
+def _printable(value: bytes) -> str:
+    """A name as messages may show it: whoever made the certificate chose its bytes, and
+    root's kpatch prints them (no terminal escapes, no line breaks)."""
+    return "".join(c if c.isprintable() else "?" for c in value.decode("utf-8", "replace"))
 
 
 # --- DER: just enough to walk SEQUENCEs and SETs ---

@@ -74,10 +74,13 @@ def certificate_of(system: System, metadata: dict[str, object] | None) -> Path |
     is there under /usr/share/kpatch/certs."""
     signature = metadata.get("signature") if metadata else None
     named = signature.get("certificate") if isinstance(signature, dict) else None
-    if not isinstance(named, str) or not named.startswith(f"{CERTIFICATES}/"):
+    # Only a file directly in the certificates' directory: the metadata beside a module
+    # given by path is not the package's, and must not point root's kpatch elsewhere.
+    if not isinstance(named, str) or Path(named).parent != Path(CERTIFICATES) \
+            or Path(named).name in ("", ".", "..") or not named.endswith(".der"):
         return None
     path = system.path(named)
-    return path if path.is_file() else None
+    return path if path.is_file() and not path.is_symlink() else None
 
 
 def signer_trusted(system: System, module: ModuleFile, certificate: Path | None) -> str:

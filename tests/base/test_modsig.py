@@ -99,3 +99,14 @@ def test_a_damaged_signature_reads_or_is_refused_but_never_crashes(
         modsig.split_signature(bytes(damaged))
     except modsig.SignatureFormatError:
         pass
+
+
+def test_a_signer_name_with_control_characters_is_shown_harmless(tmp_path: Path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=evilXYZname", "-keyout", tmp_path / "k.pem",
+                    "-outform", "DER", "-out", tmp_path / "c.der"],
+                   check=True, capture_output=True)
+    # The same length, so the DER stays well formed: an escape, a line break, a bell.
+    der = (tmp_path / "c.der").read_bytes().replace(b"XYZ", b"\x1b\n\x07")
+    name, _ = modsig.certificate_key_id(der)
+    assert name == "evil???name"

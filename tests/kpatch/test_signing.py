@@ -160,3 +160,24 @@ def test_a_loaded_modules_taint_is_the_kernels_word_on_its_signature(
     assert machine.kpatch("load", "lp_a").code == 0
     state = json.loads(machine.kpatch("info", "--json", "lp_a").out)
     assert state["signature"]["trusted"] == said
+
+
+@pytest.mark.parametrize("named", ["/usr/share/kpatch/certs/../../../../etc/passwd",
+                                   "/etc/kpatch-patch-cmdline.der",
+                                   "/usr/share/kpatch/certs/sub/x.der"])
+def test_metadata_naming_a_certificate_elsewhere_is_ignored(machine: Machine,
+                                                            team: SigningFiles,
+                                                            named: str) -> None:
+    checks_signatures(machine)
+    machine.kernel.refuse_insert = errno.EKEYREJECTED
+    module = signed_module(machine, "lp_a", team)
+    for path in (named, CERTIFICATE):  # the one named, and the good one, both there
+        target = machine.kernel.path(path.lstrip("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.write_bytes(team.der.read_bytes())
+    module.with_suffix(".json").write_text(json.dumps({"signature": {"certificate": named}}))
+    result = machine.kpatch("load", str(module))
+    assert result.code == 8
+    assert "enrol the signer's certificate as a machine-owner key (mokutil --import <its " \
+           "DER file>" in result.err
