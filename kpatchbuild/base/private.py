@@ -17,6 +17,13 @@ from kpatchbuild.base.errors import KpbError
 Error = Callable[[str], KpbError]
 
 
+def data_home(name: str) -> Path:
+    """``${XDG_DATA_HOME:-$HOME/.local/share}/kpatchbuild/<name>``: where kpatchbuild keeps
+    its own keys, outside the cache, which is thrown away while the keys must outlive it."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(data) / "kpatchbuild" / name
+
+
 def private_directory(path: Path, *, what: str, remedy: str, error: Error) -> Path:
     """``path``, made 0700 if it is not there; refused when it is not the user's own or
     others could get in. ``what`` names it in messages ("the repository key home"),

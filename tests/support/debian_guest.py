@@ -112,8 +112,11 @@ class GuestError(ChrootError):
     """The guest could not be made or booted: one line saying why."""
 
 
-def _run(argv: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(argv), capture_output=True, text=True)
+def run_tool(argv: Sequence[str | os.PathLike[str]], what: str, *,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A tool making part of the guest, its failure as one line naming ``what``."""
+    result = subprocess.run([os.fspath(a) for a in argv], capture_output=True, text=True,
+                            input=input)
     if result.returncode != 0:
         tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
         raise GuestError(f"{what} failed (exit {result.returncode}): {tail}")
@@ -137,7 +140,7 @@ def guest_root(store: Store, kernel_debs: Sequence[Path], suite: str = "bookworm
         manifest = {"suite": suite, "kernels": [deb.name for deb in kernel_debs]}
         with store.publishing("guest-root", key, manifest) as work:
             root = work / "root"
-            _run(["cp", "-a", str(chroot.root), str(root)], f"copying the {suite} chroot")
+            run_tool(["cp", "-a", str(chroot.root), str(root)], f"copying the {suite} chroot")
             system = Chroot(suite, root, chroot.packages)
             debs = work / "debs"
             debs.mkdir()
@@ -160,14 +163,14 @@ def guest_root(store: Store, kernel_debs: Sequence[Path], suite: str = "bookworm
 def ext4_image(tree: Path, image: Path, size_mb: int) -> Path:
     """``tree`` as an ext4 file system image (``mkfs.ext4 -d``: no mount needed)."""
     image.unlink(missing_ok=True)
-    _run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{size_mb}M"],
+    run_tool(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{size_mb}M"],
          f"mkfs.ext4 -d {tree}")
     return image
 
 
 def read_from_image(image: Path, path: str, destination: Path) -> Path:
     destination.unlink(missing_ok=True)
-    _run(["debugfs", "-R", f"dump {path} {destination}", str(image)], f"debugfs dump {path}")
+    run_tool(["debugfs", "-R", f"dump {path} {destination}", str(image)], f"debugfs dump {path}")
     if not destination.is_file() or destination.stat().st_size == 0:
         raise GuestError(f"{image}: has no {path}")
     return destination
@@ -219,7 +222,7 @@ class DebianGuest:
         with tempfile.TemporaryDirectory(dir=workdir) as temp:
             staged = Path(temp) / "root"
             # Hardlinks: the new files below are the only ones written, and mkfs only reads.
-            _run(["cp", "-al", str(root), str(staged)], "staging the guest's root")
+            run_tool(["cp", "-al", str(root), str(staged)], "staging the guest's root")
             steps_dir = staged / STEPS_DIR.lstrip("/")
             steps_dir.mkdir(parents=True)
             (steps_dir / "common.sh").write_text(COMMON)

@@ -19,7 +19,6 @@ root and repository disks stay ``/dev/vda`` and ``/dev/vdb`` as in every boot.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,14 @@ from pathlib import Path
 from kpatchbuild.base.store import Store
 from kpatchbuild.stages.fetch import debian
 from kpatchbuild.stages.prove import accel as accelerator
-from tests.support.debian_guest import MEMORY_MB, Boot, DebianGuest, GuestError, read_from_image
+from tests.support.debian_guest import (
+    MEMORY_MB,
+    Boot,
+    DebianGuest,
+    GuestError,
+    read_from_image,
+    run_tool,
+)
 
 SHIM_LOCK_GUID = "605dab50-e046-4300-abb6-3dd810dd8b23"
 EFI_SYSTEM_PARTITION = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -51,14 +57,6 @@ class Firmware:
     grub: Path
 
 
-def _run(argv: Sequence[str | os.PathLike[str]], what: str, **options: object) -> None:
-    result = subprocess.run([os.fspath(a) for a in argv], capture_output=True, text=True,
-                            **options)  # type: ignore[call-overload]
-    if result.returncode != 0:
-        tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-4:])
-        raise GuestError(f"{what} failed (exit {result.returncode}): {tail}")
-
-
 def firmware(store: Store, where: Path, machine_owner_keys: Sequence[Path]) -> Firmware:
     """Debian 12's firmware and signed boot chain, with ``machine_owner_keys`` (DER
     certificates) enrolled in shim's MokList."""
@@ -68,13 +66,13 @@ def firmware(store: Store, where: Path, machine_owner_keys: Sequence[Path]) -> F
     for name in FILES:
         newest = debian.newest(debian.available_versions(index, [name])[name])
         deb = debian.fetch_package(store, debian.package_record(index, name, newest))
-        _run(["dpkg-deb", "-x", deb, extracted], f"unpacking {deb.name}")
+        run_tool(["dpkg-deb", "-x", deb, extracted], f"unpacking {deb.name}")
     code, template = (extracted / path for path in FILES["ovmf"])
     variables = where / "OVMF_VARS.fd"
     tool = Path(sys.executable).with_name("virt-fw-vars")
     mok = [argument for key in machine_owner_keys
            for argument in ("--add-mok", SHIM_LOCK_GUID, str(key))]
-    _run([tool, "--input", template, "--output", variables, "--secure-boot", *mok],
+    run_tool([tool, "--input", template, "--output", variables, "--secure-boot", *mok],
          "virt-fw-vars (enrolling the machine-owner keys)")
     return Firmware(code, variables, extracted / FILES["shim-signed"][0],
                     extracted / FILES["grub-efi-amd64-signed"][0])
@@ -86,25 +84,25 @@ def esp_disk(where: Path, chain: Firmware, kernel: Path, initrd: Path,
     ``kernel`` with ``command_line``."""
     esp = where / "esp.fat"
     esp.unlink(missing_ok=True)
-    _run(["mkfs.vfat", "-C", esp, str(ESP_MB * 1024)], "mkfs.vfat")
+    run_tool(["mkfs.vfat", "-C", esp, str(ESP_MB * 1024)], "mkfs.vfat")
     config = where / "grub.cfg"
     # Names of the ESP's own: the root disk has a /vmlinuz too (Debian's link to its newest
     # kernel), which a search for /vmlinuz could find first.
     config.write_text("set timeout=0\nsearch --no-floppy --file --set=root /kpb-vmlinuz\n"
                       f"linux /kpb-vmlinuz {command_line}\ninitrd /kpb-initrd.img\nboot\n")
-    _run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"], "mmd")
+    run_tool(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"], "mmd")
     for source, target in ((chain.shim, "EFI/BOOT/BOOTX64.EFI"),
                            (chain.grub, "EFI/BOOT/grubx64.efi"),
                            (config, "EFI/BOOT/grub.cfg"), (config, "EFI/debian/grub.cfg"),
                            (kernel, "kpb-vmlinuz"), (initrd, "kpb-initrd.img")):
-        _run(["mcopy", "-i", esp, source, f"::/{target}"], f"mcopy {target}")
+        run_tool(["mcopy", "-i", esp, source, f"::/{target}"], f"mcopy {target}")
     disk = where / "esp-disk.img"
     disk.unlink(missing_ok=True)
     with open(disk, "wb") as image:
         image.truncate((ESP_MB + 2) * 1024 * 1024)
-    _run(["sfdisk", "--quiet", disk], "sfdisk",
+    run_tool(["sfdisk", "--quiet", disk], "sfdisk",
          input=f"label: gpt\nstart=2048, size={ESP_MB * 2048}, type={EFI_SYSTEM_PARTITION}\n")
-    _run(["dd", f"if={esp}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc"], "dd")
+    run_tool(["dd", f"if={esp}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc"], "dd")
     esp.unlink()
     return disk
 

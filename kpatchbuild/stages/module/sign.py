@@ -38,7 +38,7 @@ from pathlib import Path
 from kpatchbuild.base import locks, modsig, process
 from kpatchbuild.base.commands import run_step, say
 from kpatchbuild.base.errors import KpbError
-from kpatchbuild.base.private import private_directory, private_file
+from kpatchbuild.base.private import data_home, private_directory, private_file
 from kpatchbuild.base.store import Store, content_key, sha256_file
 
 KEY_ENV = "KPATCHBUILD_MODULE_KEY"
@@ -154,8 +154,7 @@ def read_certificate(path: Path, *, named_by: str) -> Certificate:
 def development_home() -> Path:
     """``${XDG_DATA_HOME:-$HOME/.local/share}/kpatchbuild/module-key``: outside the cache,
     which is thrown away, while a kernel that trusts the key must keep trusting it."""
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
-    return Path(data) / "kpatchbuild" / "module-key"
+    return data_home("module-key")
 
 
 def development_key() -> SigningKey:
@@ -184,16 +183,10 @@ def _make_development_key(home: Path, key: SigningKey) -> None:
     say(f"  making kpatchbuild's development module signing key in {home} (once)")
     with tempfile.TemporaryDirectory(dir=home) as work:
         new_key, new_cert = Path(work) / "key.pem", Path(work) / "cert.pem"
-        process.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:4096", "-nodes",
-                     "-sha256", "-days", "36500", "-batch", "-outform", "PEM",
-                     "-subj", f"/O=kpatchbuild/CN={DEVELOPMENT_SUBJECT}",
-                     "-addext", "basicConstraints=critical,CA:FALSE",
-                     "-addext", "keyUsage=digitalSignature",
-                     "-addext", "extendedKeyUsage=codeSigning",
-                     "-keyout", new_key, "-out", new_cert],
-                    error=SigningError, what="making the development key",
-                    missing="openssl not found: install openssl")
-        new_key.chmod(0o600)
+        _self_signed(new_key, new_cert, f"/O=kpatchbuild/CN={DEVELOPMENT_SUBJECT}",
+                     bits=4096, days=36500, what="making the development key",
+                     extensions=("basicConstraints=critical,CA:FALSE",
+                                 "keyUsage=digitalSignature", "extendedKeyUsage=codeSigning"))
         os.replace(new_key, key.key)
         os.replace(new_cert, key.certificate)  # last: a certificate means a whole pair
 
@@ -202,13 +195,20 @@ def throwaway_key(directory: Path) -> SigningKey:
     """A key made now in ``directory`` and trusted by no kernel: what a proof signs the copy
     with that the kernel must refuse."""
     key, cert = directory / "throwaway.key", directory / "throwaway.pem"
-    process.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes",
-                 "-days", "2", "-batch", "-subj", "/CN=kpatchbuild throwaway key (untrusted)",
-                 "-keyout", key, "-out", cert],
-                error=SigningError, what="making a throwaway key",
-                missing="openssl not found: install openssl")
-    key.chmod(0o600)
+    _self_signed(key, cert, "/CN=kpatchbuild throwaway key (untrusted)", bits=2048, days=2,
+                 what="making a throwaway key")
     return SigningKey(str(key), cert, "the proof's throwaway key")
+
+
+def _self_signed(key: Path, certificate: Path, subject: str, *, bits: int, days: int,
+                 what: str, extensions: tuple[str, ...] = ()) -> None:
+    """A new RSA key at ``key`` (mode 0600) and its self-signed certificate (PEM)."""
+    process.run(["openssl", "req", "-new", "-x509", "-newkey", f"rsa:{bits}", "-nodes",
+                 "-sha256", "-days", str(days), "-batch", "-subj", subject,
+                 *(item for extension in extensions for item in ("-addext", extension)),
+                 "-keyout", key, "-out", certificate],
+                error=SigningError, what=what, missing="openssl not found: install openssl")
+    key.chmod(0o600)
 
 
 def named_key(environ: Mapping[str, str]) -> SigningKey | None:

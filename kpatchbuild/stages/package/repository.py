@@ -37,7 +37,7 @@ from typing import Any
 
 from kpatchbuild.base import locks, process
 from kpatchbuild.base.errors import BuildError, RecipeError
-from kpatchbuild.base.private import private_directory
+from kpatchbuild.base.private import data_home, private_directory
 from kpatchbuild.base.store import content_key, write_atomically
 from kpatchbuild.stages.package import deb
 from kpatchbuild.stages.package.deb import DebSpec
@@ -72,8 +72,7 @@ def key_home() -> Path:
     ``${XDG_DATA_HOME:-$HOME/.local/share}/kpatchbuild/repository-key``."""
     if os.environ.get(KEY_HOME_ENV):
         return Path(os.environ[KEY_HOME_ENV]).expanduser()
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
-    return Path(data) / "kpatchbuild" / "repository-key"
+    return data_home("repository-key")
 
 
 def valid_days() -> int:

@@ -327,8 +327,8 @@ def test_apt_install_reboot_upgrade_other_kernel_remove(tmp_path: Path,
 
 def booted_guest(cache: Path, guest_release: GuestRelease, workdir: Path,
                  steps: dict[str, str]) -> tuple[DebianGuest, str]:
-    """The release's guest (its cell's kernel and another installed) with ``steps``, and
-    the release of the cell's kernel it boots."""
+    """The release's guest (its cell's kernel and another installed) with ``steps`` (their
+    ``@RELEASE@`` is that kernel's release), and the release it boots."""
     store = Store()
     fetched = json.loads((cache / "work/cmdline" / guest_release.cell / "fetch.json")
                          .read_text())
@@ -337,8 +337,8 @@ def booted_guest(cache: Path, guest_release: GuestRelease, workdir: Path,
         **fetched["kernel"]["packages"]["image"]))
     other = debian.fetch_package(store, guest_release.other_kernel(store, release))
     root = guest_root(store, [image, other], guest_release.suite)
-    return DebianGuest(root, workdir, {name: HELPERS + body for name, body in steps.items()}), \
-        release
+    return DebianGuest(root, workdir, {name: HELPERS + body.replace("@RELEASE@", release)
+                                       for name, body in steps.items()}), release
 
 
 SECURE_BOOT_STEP = f"""
@@ -416,10 +416,8 @@ def test_secure_boot_takes_the_enrolled_signers_package_and_refuses_the_others(
     assert {name.split("_")[0] for name in debs(repository)} == {
         "kpatch", "kpatch-patch-cmdline", "kpatch-patch-unsigned", "kpatch-patch-untrusted"}
 
-    release = json.loads((cache / "work/cmdline" / guest_release.cell / "fetch.json")
-                         .read_text())["kernel"]["release"]
-    guest, _ = booted_guest(cache, guest_release, tmp_path / "guest",
-                            {"secure-boot": SECURE_BOOT_STEP.replace("@RELEASE@", release)})
+    guest, release = booted_guest(cache, guest_release, tmp_path / "guest",
+                                  {"secure-boot": SECURE_BOOT_STEP})
     guest.publish_repository(repository)
     chain = secure_boot.firmware(Store(), tmp_path / "firmware", [team.der])
     booted = secure_boot.boot(guest, chain, "secure-boot", release)
