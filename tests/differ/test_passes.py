@@ -9,7 +9,13 @@ from pathlib import Path
 
 from kpatchbuild.differ.compare import compare_objects
 from kpatchbuild.differ.correlate import correlate_symbols
-from kpatchbuild.differ.include import PatchBuilder
+from kpatchbuild.differ.include import (
+    Selection,
+    check,
+    emit,
+    select_functions,
+    select_table_entries,
+)
 from kpatchbuild.differ.index import ObjectIndex
 from kpatchbuild.differ.resolve import Resolver
 from kpatchbuild.differ.special import EntrySizes
@@ -27,53 +33,55 @@ int uses_desc(int v) { return v + (int)(long)&kpb_desc; }
 """
 
 
-def _builder(tmp_path: Path, source: str, patched: str) -> tuple[PatchBuilder, Trace]:
+SIZES = EntrySizes({}, {})
+
+
+def _selection(tmp_path: Path, source: str, patched: str) -> tuple[Selection, Trace]:
     pair = build_pair(tmp_path, source, patched)
     orig, new = ObjectIndex(read_elf(pair.orig)), ObjectIndex(read_elf(pair.patched))
     correlation = correlate_symbols(orig, new)
     trace = Trace(["all"])
     resolver = Resolver(orig, "vmlinux", load_symbol_table(pair.orig), None)
-    return PatchBuilder(correlation, compare_objects(correlation), resolver, EntrySizes({}, {}),
-                        trace), trace
+    return Selection(correlation, compare_objects(correlation), resolver, trace), trace
 
 
-def _kept(builder: PatchBuilder) -> dict[str, int]:
-    return {piece.source.name: len(piece.ranges) for piece in builder.slices.values()}
+def _kept(selection: Selection) -> dict[str, int]:
+    return {piece.source.name: len(piece.ranges) for piece in selection.slices.values()}
 
 
 def test_select_functions_carries_code_not_yet_entries(tmp_path: Path) -> None:
-    builder, trace = _builder(tmp_path, BUG_SOURCE, BUG_SOURCE.replace("v + 2", "v + 5"))
-    builder.select_functions()
-    assert set(_kept(builder)) == {".text.second"}
-    assert [s.name for s in builder.functions] == ["second"]
+    selection, trace = _selection(tmp_path, BUG_SOURCE, BUG_SOURCE.replace("v + 2", "v + 5"))
+    select_functions(selection)
+    assert set(_kept(selection)) == {".text.second"}
+    assert [s.name for s in selection.functions] == ["second"]
     assert "[select-functions] carry .text.second (for second)" in trace.lines
 
 
 def test_select_table_entries_keeps_those_of_carried_code(tmp_path: Path) -> None:
-    builder, trace = _builder(tmp_path, BUG_SOURCE, BUG_SOURCE.replace("v + 2", "v + 5"))
-    builder.select_functions()
-    builder.select_table_entries()
-    assert _kept(builder)["__bug_table"] == 1
+    selection, trace = _selection(tmp_path, BUG_SOURCE, BUG_SOURCE.replace("v + 2", "v + 5"))
+    select_functions(selection)
+    select_table_entries(selection, SIZES)
+    assert _kept(selection)["__bug_table"] == 1
     assert "[select-entries] __bug_table: 1 entries kept" in trace.lines
 
 
 def test_check_refuses_what_selection_cannot_carry_safely(tmp_path: Path) -> None:
-    builder, trace = _builder(tmp_path, DYNDBG_CLASSES,
+    selection, trace = _selection(tmp_path, DYNDBG_CLASSES,
                               DYNDBG_CLASSES.replace("v + (int)", "v + 3 + (int)"))
-    builder.select_functions()
-    builder.select_table_entries()
-    assert not builder.refusals
-    builder.check()
-    assert any("__dyndbg_classes" in r for r in builder.refusals)
+    select_functions(selection)
+    select_table_entries(selection, SIZES)
+    assert not selection.refusals
+    check(selection)
+    assert any("__dyndbg_classes" in r for r in selection.refusals)
     assert any(line.startswith("[check] refused:") for line in trace.lines)
 
 
 def test_emit_writes_only_the_selection(tmp_path: Path) -> None:
-    builder, trace = _builder(tmp_path, BUG_SOURCE, BUG_SOURCE.replace("v + 2", "v + 5"))
-    builder.select_functions()
-    builder.select_table_entries()
-    builder.check()
-    out = builder.build()
+    selection, trace = _selection(tmp_path, BUG_SOURCE, BUG_SOURCE.replace("v + 2", "v + 5"))
+    select_functions(selection)
+    select_table_entries(selection, SIZES)
+    check(selection)
+    out = emit(selection)
     names = {s.name for s in out.sections}
     assert {".text.second", "__bug_table"} <= names and ".text.first" not in names
     assert any(line.startswith("[emit] section __bug_table: 12 bytes") for line in trace.lines)
