@@ -35,13 +35,21 @@ from kpatchbuild.elf.write import write_elf_file
 from kpatchbuild.stages.patched.patched import ObjectPair, Workspace
 
 
+def differ_sources() -> list[Path]:
+    """The differ's and ELF code's sources, subpackages included (the include passes)."""
+    found = []
+    for package in (differ, elf):
+        assert package.__file__ is not None
+        found += sorted(Path(package.__file__).parent.rglob("*.py"))
+    return found
+
+
 def differ_version() -> str:
     """A hash of the differ's and ELF code's sources: a changed differ re-diffs everything."""
     digest = xxhash.xxh3_64()
-    for package in (differ, elf):
-        assert package.__file__ is not None
-        for path in sorted(Path(package.__file__).parent.glob("*.py")):
-            digest.update(path.read_bytes())
+    for path in differ_sources():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
