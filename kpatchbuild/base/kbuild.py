@@ -108,6 +108,38 @@ def host_compiler(cc: str = "gcc") -> CompilerVersion:
     return parse_compiler_text(output.splitlines()[0] if output else "")
 
 
+# --- which objects kbuild compiles in a directory ---
+
+# A flag no recorded command has: every object's command line differs from its record, so
+# kbuild's if_changed reports all of them, the ones compiled before included.
+DRY_RUN_FLAG = "-DKPATCHBUILD_DRY_RUN"
+_COMPILE_ECHO = re.compile(r"echo '  CC(?: \[M\])?\s+(\S+\.o)'")
+
+
+def dry_run_command(tree: Path, directory: str) -> list[str]:
+    """``make -n`` of ``directory`` (and below): kbuild prints each object it would compile."""
+    return ["make", "-C", str(tree), "-n", f"KCFLAGS={KCFLAGS} {DRY_RUN_FLAG}",
+            f"{directory.rstrip('/')}/"]
+
+
+def compiled_objects(dry_run_output: str) -> set[str]:
+    """The objects a dry run of kbuild says it compiles, as paths in the tree.
+
+    kbuild writes objects of a parent's composite lists relative to the parent's directory
+    (``arch/x86/kvm/../../../virt/kvm/kvm_main.o``): normalized here.
+    """
+    return {os.path.normpath(found) for found in _COMPILE_ECHO.findall(dry_run_output)}
+
+
+def objects_in(tree: Path, directory: str, runner: Runner = HOST) -> set[str]:
+    """The objects kbuild compiles under ``directory`` with the tree's config: kbuild's own
+    answer, which knows a parent's ``kvm-amd-y += svm/nested.o`` and every generated list,
+    where a reading of Makefiles would not."""
+    result = process.run(runner.command(dry_run_command(tree, directory), None),
+                         what=f"make -n {directory}/ in {tree}")
+    return compiled_objects(str(result.stdout))
+
+
 # --- kbuild's records of how each object was made ---
 
 @dataclass(frozen=True)

@@ -169,6 +169,13 @@ class Workspace:
             raise BuildError(f"compiling {obj} produced no object; log: {log}")
         return output
 
+    def built_objects(self, directory: str) -> set[str]:
+        """The objects kbuild compiles under ``directory`` in this tree's config (a dry run:
+        nothing is written)."""
+        with self.locked(), no_write_through(self.tree, what=f"make -n {directory}/",
+                                             on_damage=self.discard):
+            return kbuild.objects_in(self.tree, directory, self.runner)
+
     def recorded(self, obj: str) -> kbuild.ObjectRecord | None:
         """How kbuild compiles ``obj``: its record here, left by an earlier ``make``, or else
         the one the header index holds; None before the first compile without an index."""
@@ -264,12 +271,80 @@ def objects_to_rebuild(stage: OriginalStage, workspace: Workspace, changed: list
         if not rel.endswith(".c"):
             raise RecipeError(f"{rel} is not C source; kpatchbuild cannot tell what "
                               "it changes")
-        if not _listed_in_kbuild(workspace.tree, rel):
-            raise RecipeError(f"kbuild does not build {rel} (its directory's Makefile "
-                              "does not list it); nothing to live-patch there")
-        _refuse_unbuilt(stage, workspace, [rel])
-        by_source[rel[:-2] + ".o"] = [rel]
+        for obj in _objects_of_source(stage, workspace, rel):
+            by_source.setdefault(obj, []).append(rel)
     return by_source
+
+
+def _objects_of_source(stage: OriginalStage, workspace: Workspace, rel: str) -> list[str]:
+    """The objects kbuild builds from ``rel`` in this config: its own object when kbuild
+    lists it (also from a parent directory's Makefile, ``kvm-amd-y += svm/nested.o``),
+    else the listed objects whose source ``#include``s it (kernel/sched/build_policy.c
+    includes rt.c)."""
+    own = rel[:-2] + ".o"
+    listed: set[str] = set()
+    for directory in _kbuild_directories(workspace.tree, rel):
+        listed |= workspace.built_objects(directory)
+        if own in listed:
+            return [own]
+        includers = _including_objects(workspace.tree, rel, listed)
+        if includers:
+            return includers
+    _refuse_unbuilt(stage, workspace, [rel])
+    raise RecipeError(f"kbuild does not build {rel} in this kernel's config, and no object "
+                      "it builds there includes it; nothing to live-patch there")
+
+
+def _kbuild_directories(tree: Path, rel: str) -> list[str]:
+    """Where kbuild is asked about ``rel``: the nearest directory with a Makefile of its own,
+    then its parent, whose lists may name objects of subdirectories."""
+    directory = Path(rel).parent
+    while str(directory) not in ("", ".") and not any(
+            (tree / directory / name).is_file() for name in ("Kbuild", "Makefile")):
+        directory = directory.parent
+    found = [str(directory)]
+    if str(directory.parent) not in ("", "."):
+        found.append(str(directory.parent))
+    return found
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+\.c)"', re.M)
+
+
+def _including_objects(tree: Path, rel: str, listed: set[str], depth: int = 0) -> list[str]:
+    """Objects in ``listed`` whose source includes ``rel``, directly or through another
+    included ``.c`` file."""
+    found: list[str] = []
+    directory = (tree / rel).parent
+    for candidate in sorted(directory.parent.rglob("*.c")) if depth < 3 else ():
+        text = candidate.read_text(errors="replace")
+        if Path(rel).name not in text:
+            continue
+        for included in _INCLUDE.findall(text):
+            if os.path.normpath(candidate.parent / included) != os.path.normpath(tree / rel):
+                continue
+            including = str(candidate.relative_to(tree))
+            obj = including[:-2] + ".o"
+            if obj in listed:
+                found.append(obj)
+            else:
+                found += _including_objects(tree, including, listed, depth + 1)
+    return sorted(set(found))
+
+
+def _check_inputs_recorded(workspace: Workspace, obj: str, inputs: list[str]) -> None:
+    """kbuild's record of the compile must name every file the object was chosen for (an
+    included ``.c`` file found by its ``#include`` line): else the patch would miss it."""
+    record = workspace.recorded(obj)
+    if record is None or not record.sources:
+        return
+    tree = str(workspace.tree)
+    seen = {os.path.normpath(os.path.relpath(source, tree) if source.startswith("/")
+                             else source) for source in record.sources}
+    unseen = [rel for rel in inputs if rel not in seen]
+    if unseen:
+        raise BuildError(f"{obj} was compiled for {', '.join(unseen)}, but kbuild's record of "
+                         "its compile does not list it; report this with the patch")
 
 
 def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[str]) -> None:
@@ -285,17 +360,6 @@ def _refuse_unbuilt(stage: OriginalStage, workspace: Workspace, sources: list[st
         if reason:
             raise RecipeError(f"{obj} is not built in {stage.release}: {reason}; "
                               "nothing to live-patch there")
-
-
-def _listed_in_kbuild(tree: Path, rel: str) -> bool:
-    directory = (tree / rel).parent
-    stem = Path(rel).stem
-    for name in ("Kbuild", "Makefile"):
-        makefile = directory / name
-        if makefile.is_file() and re.search(rf"(^|[\s=/]){re.escape(stem)}\.o\b",
-                                            makefile.read_text(errors="replace"), re.M):
-            return True
-    return False
 
 
 def object_key(stage: OriginalStage, obj: str, contents: dict[str, bytes]) -> str:
@@ -366,6 +430,7 @@ def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, 
         patched = compiled_object(store, workspace, obj, {rel: after[rel] for rel in feeds}, log)
         with workspace.locked():
             target = workspace.link_target(obj)
+            _check_inputs_recorded(workspace, obj, inputs)
         identical = original.read_bytes() == patched.read_bytes()
         pairs.append(ObjectPair(obj, target, str(original), str(patched), identical))
     with workspace.locked():

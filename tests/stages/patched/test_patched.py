@@ -18,10 +18,23 @@ from kpatchbuild.stages.patched.patched import Workspace, objects_to_rebuild
 from tests.conftest import CI_KERNEL, PROJECT, RecipeStage, run_doit
 
 
-def prepared_stage(tmp_path: Path) -> tuple[OriginalStage, Workspace]:
+class KbuildWorkspace(Workspace):
+    """A workspace whose kbuild (asked by a dry run on a real tree) compiles ``objects``."""
+
+    objects: set[str] = set()
+    asked: list[str]
+
+    def built_objects(self, directory: str) -> set[str]:
+        self.asked.append(directory)
+        return {o for o in self.objects if o.startswith(f"{directory}/")}
+
+
+def prepared_stage(tmp_path: Path, objects: frozenset[str] = frozenset(
+        {"fs/proc/cmdline.o", "fs/proc/base.o"})) -> tuple[OriginalStage, Workspace]:
     store = Store(tmp_path / "cache")
     stage = OriginalStage("prepared", "k", tmp_path / "stage", "6.1.0-1-test")
-    workspace = Workspace(store, stage)
+    workspace = KbuildWorkspace(store, stage)
+    workspace.objects, workspace.asked = set(objects), []
     (workspace.tree / "fs/proc").mkdir(parents=True)
     (workspace.tree / "fs/proc/Makefile").write_text("proc-y := cmdline.o base.o\n")
     return stage, workspace
@@ -49,8 +62,42 @@ def test_a_c_file_means_its_object(tmp_path: Path) -> None:
         == {"fs/proc/cmdline.o": ["fs/proc/cmdline.c"]}
 
 
+def test_an_object_listed_by_a_parent_directory_is_its_own(tmp_path: Path) -> None:
+    stage, workspace = prepared_stage(tmp_path, frozenset({"arch/x86/kvm/svm/nested.o"}))
+    (workspace.tree / "arch/x86/kvm/svm").mkdir(parents=True)
+    (workspace.tree / "arch/x86/kvm/Makefile").write_text(
+        "kvm-amd-y += svm/svm.o svm/nested.o\n")
+    assert objects_to_rebuild(stage, workspace, ["arch/x86/kvm/svm/nested.c"]) == {
+        "arch/x86/kvm/svm/nested.o": ["arch/x86/kvm/svm/nested.c"]}
+    assert workspace.asked == ["arch/x86/kvm"]  # svm/ has no Makefile: kvm/'s lists it
+
+
+def test_an_included_c_file_belongs_to_the_objects_including_it(tmp_path: Path) -> None:
+    stage, workspace = prepared_stage(tmp_path, frozenset(
+        {"kernel/sched/build_policy.o", "kernel/sched/core.o", "kernel/fork.o"}))
+    sched = workspace.tree / "kernel/sched"
+    sched.mkdir(parents=True)
+    (sched / "Makefile").write_text("obj-y += core.o build_policy.o\n")
+    (sched / "build_policy.c").write_text('#include "sched.h"\n#include "idle.c"\n'
+                                          '# include "rt.c"\n')
+    (sched / "core.c").write_text('#include "rt.h"\n/* rt.c is not included */\n')
+    (sched / "idle.c").write_text('#include "idle_helpers.c"\n')
+    (sched / "rt.c").write_text("int rt;\n")
+    (sched / "idle_helpers.c").write_text("int idle;\n")
+    assert objects_to_rebuild(stage, workspace, ["kernel/sched/rt.c",
+                                                 "kernel/sched/idle_helpers.c"]) == {
+        "kernel/sched/build_policy.o": ["kernel/sched/rt.c", "kernel/sched/idle_helpers.c"]}
+    (sched / "orphan.c").write_text("int orphan;\n")
+    with pytest.raises(RecipeError, match="kbuild does not build kernel/sched/orphan.c in this "
+                                          "kernel's config, and no object it builds there "
+                                          "includes it"):
+        objects_to_rebuild(stage, workspace, ["kernel/sched/orphan.c"])
+    assert workspace.asked[-2:] == ["kernel/sched", "kernel"]
+
+
 def test_object_the_config_leaves_out_is_refused_naming_the_option(tmp_path: Path) -> None:
-    stage, workspace = prepared_stage(tmp_path)
+    stage, workspace = prepared_stage(tmp_path, frozenset(
+        {"fs/bar_main.o", "fs/proc/base.o"}))
     stage.tree.mkdir(parents=True)
     (stage.tree / ".config").write_text("CONFIG_PROC_FS=y\n# CONFIG_FOO is not set\n"
                                         "CONFIG_BAR_MOD=m\n")
@@ -70,6 +117,7 @@ def test_object_the_config_leaves_out_is_refused_naming_the_option(tmp_path: Pat
     assert objects_to_rebuild(stage, workspace, ["fs/proc/base.c"]) == {
         "fs/proc/base.o": ["fs/proc/base.c"]}
     (stage.tree / ".config").write_text("# CONFIG_PROC_FS is not set\n")
+    workspace.objects = set()  # type: ignore[attr-defined]
     with pytest.raises(RecipeError, match="fs/proc/base.o is not built .*CONFIG_PROC_FS is not"):
         objects_to_rebuild(stage, workspace, ["fs/proc/base.c"])
 
