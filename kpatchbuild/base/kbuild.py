@@ -150,6 +150,12 @@ class ObjectRecord:
     command: str
     sources: tuple[str, ...]
 
+    @property
+    def shell_command(self) -> str:
+        """The command as a shell runs it: the record holds it as a make variable, where
+        ``$$`` is ``$`` and ``\\#`` is ``#``."""
+        return self.command.replace("$$", "$").replace("\\#", "#")
+
 
 _CMD_LINE = re.compile(r"^(?:savedcmd|cmd)_(\S+) := (.*)$", re.MULTILINE)
 _SOURCE_LINE = re.compile(r"^source_\S+ := (\S+)$", re.MULTILINE)

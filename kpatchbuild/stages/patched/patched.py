@@ -32,6 +32,7 @@ from kpatchbuild.base.errors import BuildError, RecipeError
 from kpatchbuild.base.store import PROJECT_ROOT, Store, content_key, write_atomically
 from kpatchbuild.stages.fetch.source import link_tree, no_write_through
 from kpatchbuild.stages.original.original import STORE_KIND, OriginalStage
+from kpatchbuild.stages.patched import symversions
 from kpatchbuild.stages.patched.header_index import HeaderIndex, build_index, load_index
 from kpatchbuild.stages.patches.patching import apply_patches
 
@@ -158,7 +159,7 @@ class Workspace:
         output.with_name(f".{output.name}.d").unlink(missing_ok=True)
         recorded = self.recorded(obj)
         if recorded is not None:
-            command = _unescape_make(recorded.command)
+            command = recorded.shell_command
             run_step(["sh", "-c", command], step=f"compile {obj}", log=log, cwd=self.tree,
                      runner=self.runner)
         else:
@@ -197,11 +198,6 @@ class Workspace:
         if not found:
             raise BuildError(f"{obj}: a module object without KBUILD_MODNAME in its command")
         return found.group(1)
-
-
-def _unescape_make(command: str) -> str:
-    """A .cmd file holds the command as a make variable: ``$$`` is ``$``, ``\\#`` is ``#``."""
-    return command.replace("$$", "$").replace("\\#", "#")
 
 
 def patched_contents(patches: tuple[Path, ...], tree: Path, strip: int = 1
@@ -332,6 +328,44 @@ def _including_objects(tree: Path, rel: str, listed: set[str], depth: int = 0) -
     return sorted(set(found))
 
 
+def _refuse_export_version_changes(store: Store, workspace: Workspace, obj: str,
+                                   original: Path, patched: Path,
+                                   contents: tuple[dict[str, bytes], dict[str, bytes]],
+                                   log: Path) -> None:
+    """Refuse a patch that changes the version (CRC) of a symbol ``obj`` exports: the
+    running kernel's modules were linked against the old one (see symversions)."""
+    config = workspace.stage.tree / ".config"
+    tool = symversions.versioning_tool(config.read_text(errors="replace")
+                                       if config.is_file() else "")
+    if tool is None or not (symversions.exports_symbols(original)
+                            or symversions.exports_symbols(patched)):
+        return
+    found = []
+    for compiled, files in zip((original, patched), contents, strict=True):
+        key = ("symversions", object_key(workspace.stage, obj, {**patch_headers(), **files}))
+        remembered = store.recall(key)
+        if remembered is None:
+            with workspace.locked():
+                workspace.set_contents({**patch_headers(), **files})
+                record = workspace.recorded(obj)
+                if record is None:
+                    raise BuildError(f"{obj}: compiled, but kbuild left no record of its "
+                                     "command")
+                versions = symversions.symbol_versions(workspace.tree, record, tool,
+                                                       obj=compiled, log=log,
+                                                       runner=workspace.runner)
+            remembered = {"crcs": versions.crcs, "types": versions.types}
+            store.remember(key, remembered)
+        found.append(symversions.SymbolVersions(remembered["crcs"], remembered["types"]))
+    changes = symversions.version_changes(found[0], found[1])
+    if changes:
+        raise symversions.ExportedTypeChanged(
+            f"{obj}: cannot live-patch: {changes}: the running kernel's "
+            "modules were linked against the old version; keep the exported types as they "
+            "are (a shadow variable instead of a new field, no new include that completes "
+            "a type the file saw as opaque)")
+
+
 def _check_inputs_recorded(workspace: Workspace, obj: str, inputs: list[str]) -> None:
     """kbuild's record of the compile must name every file the object was chosen for (an
     included ``.c`` file found by its ``#include`` line): else the patch would miss it."""
@@ -431,6 +465,9 @@ def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, 
         with workspace.locked():
             target = workspace.link_target(obj)
             _check_inputs_recorded(workspace, obj, inputs)
+        _refuse_export_version_changes(store, workspace, obj, original, patched,
+                                       ({rel: before[rel] for rel in feeds},
+                                        {rel: after[rel] for rel in feeds}), log)
         identical = original.read_bytes() == patched.read_bytes()
         pairs.append(ObjectPair(obj, target, str(original), str(patched), identical))
     with workspace.locked():
