@@ -209,7 +209,10 @@ def diff_objects(
         )
     result.callbacks = {kind: function.name for kind, function in marks.callbacks.items()}
     result.kept_sections = inclusion.kept_sections
-    result.notes = inclusion.notes
+    result.notes = inclusion.notes + [
+        f"{name} is marked KPATCH_FORCE_UNSAFE: livepatch has no per-function immediate "
+        "switch (since Linux 4.16), so it is patched under the consistency model like the rest"
+        for name in sorted(marks.forced_functions)]
     result.output = output
     shared_data = any(s.bind != STB_LOCAL for s in comparison.new_data)
     if not (result.changed_functions or result.new_functions or result.callbacks

@@ -109,12 +109,30 @@ _EXPORT_PREFIXES = ("__ksymtab", "___ksymtab", "__kcrctab", "___kcrctab", ".expo
 
 # Sections kpatch-macros.h fills: `.kpatchbuild.pre_patch`, `.kpatchbuild.ignore_function`...
 MARK_PREFIX = ".kpatchbuild."
+# The sections kpatch's own kpatch-macros.h fills, for objects built against it: the same
+# marks, spelled kpatch's way (`.kpatch.callbacks.pre_patch` holds {fn, objname} pairs).
+KPATCH_MARK_SECTIONS = {
+    ".kpatch.callbacks.pre_patch": "pre_patch",
+    ".kpatch.callbacks.post_patch": "post_patch",
+    ".kpatch.callbacks.pre_unpatch": "pre_unpatch",
+    ".kpatch.callbacks.post_unpatch": "post_unpatch",
+    ".kpatch.ignore.functions": "ignore_function",
+    ".kpatch.ignore.sections": "ignore_section",
+    ".kpatch.force": "force",
+}
+
+
+def mark_kind(section: Section) -> str | None:
+    """The kind of mark a section holds (``pre_patch``, ``ignore_function``...), or None."""
+    if section.name.startswith(MARK_PREFIX):
+        return section.name[len(MARK_PREFIX):]
+    return KPATCH_MARK_SECTIONS.get(section.name)
 
 
 def role_of(section: Section) -> SectionRole:
     """Classify a section of a kernel object by name and flags."""
     name = section.name
-    if name.startswith(MARK_PREFIX):
+    if mark_kind(section) is not None:
         return SectionRole.MARKS
     if name in ENTRY_TABLES:
         return SectionRole.ORC if name == ".orc_unwind_ip" else SectionRole.ENTRIES

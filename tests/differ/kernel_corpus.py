@@ -131,6 +131,32 @@ CASES = [
             ".text.cmdline_proc_show", "__mcount_loc", "__patchable_function_entries"})}},
     ),
     Case(
+        # What patches written for kpatch use from its kpatch-macros.h, in one real file:
+        # KPATCH_PRINTK, the old string-named shadow API, a callback, a forced function.
+        "kpatch_macros",
+        CMDLINE,
+        lambda t: replace_once(
+            "seq_putc(m, '\\n');",
+            "seq_putc(m, '\\n');\n\tif (!kpatch_shadow_get(m, \"kpb_seen\"))\n"
+            "\t\tkpatch_shadow_alloc(m, \"kpb_seen\", sizeof(int), GFP_ATOMIC);\n"
+            "\tKPATCH_PRINTK(\"kpb: cmdline shown\\n\");")(
+            replace_once(
+                "static int cmdline_proc_show",
+                '#include "kpatch-macros.h"\n\n'
+                "static void kpb_announce(patch_object *obj)\n{\n"
+                "\tKPATCH_PRINTK(\"kpb: patched\\n\");\n}\n"
+                "KPATCH_POST_PATCH_CALLBACK(kpb_announce);\n\n"
+                "static int cmdline_proc_show")(t)
+        ) + "KPATCH_FORCE_UNSAFE(cmdline_proc_show);\n",
+        0,
+        changed=frozenset({"cmdline_proc_show"}),
+        new=frozenset({"kpb_announce"}),
+        # printk() is __cold: the paths calling it go out of line, where gcc splits.
+        carried=frozenset({"cmdline_proc_show.cold", "kpb_announce.cold"}),
+        notes=("cmdline_proc_show is marked KPATCH_FORCE_UNSAFE",),
+        per_series={"6.12": {"carried": frozenset()}},
+    ),
+    Case(
         "new_function",
         CMDLINE,
         lambda t: replace_once("seq_puts(m, saved_command_line);", "kpb_show_twice(m);",

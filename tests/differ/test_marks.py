@@ -83,3 +83,32 @@ def test_unknown_mark_refused(tmp_path: Path) -> None:
         diff_pair(build_pair(tmp_path, BASE, patched))
     assert "section .kpatchbuild.force_unsafe: a mark kpatchbuild does not know" in (
         caught.value.message)
+
+
+# The shapes kpatch's own kpatch-macros.h gives its marks: a {fn, objname} pair per
+# callback, and global pointers for ignored and forced functions.
+KPATCH_CALLBACK = """
+struct kpatch_post_patch_callback { void (*fn)(void *obj); char *objname; };
+static struct kpatch_post_patch_callback kpatch_post_patch_data
+	__attribute__((used, section(".kpatch.callbacks.post_patch"))) = { .fn = {fn} };
+"""
+
+
+def test_kpatchs_own_mark_sections_are_read(tmp_path: Path) -> None:
+    patched = (BASE.replace("v + 1", "v + 2").replace("v * 3", "v * 4")
+               + "static void announce(void *obj) { counter = 9; }\n"
+               + KPATCH_CALLBACK.replace("{fn}", "announce")
+               + 'void *__kpatch_ignore_func_noisy __attribute__((section('
+                 '".kpatch.ignore.functions"))) = noisy;\n'
+               + 'void *__kpatch_force_func_real __attribute__((section(".kpatch.force")))'
+                 ' = real;\n')
+    result = diff_pair(build_pair(tmp_path, BASE, patched))
+    assert result.callbacks == {"post_patch": "announce"}
+    assert names(result.changed_functions) == {"real"}  # noisy's change is ignored
+    assert result.output is not None
+    out_sections = {s.name for s in result.output.sections}
+    assert not any(name.startswith(".kpatch.") for name in out_sections)
+    out_symbols = {s.name for s in result.output.symbols}
+    assert "__kpatch_ignore_func_noisy" not in out_symbols
+    assert "__kpatch_force_func_real" not in out_symbols
+    assert any("real is marked KPATCH_FORCE_UNSAFE" in note for note in result.notes)
