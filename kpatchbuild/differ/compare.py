@@ -24,6 +24,7 @@ from kpatchbuild.differ.index import (
     StringTarget,
     SymbolTarget,
     Target,
+    is_fresh_static,
     normalized_name,
     parent_function_name,
 )
@@ -82,6 +83,9 @@ class Comparison:
 def _identity(correlation: Correlation, symbol: Symbol, side: str) -> tuple[Any, ...]:
     if symbol.section is None:
         return ("ext", symbol.name)
+    if is_fresh_static(symbol):
+        # Never paired: the same kind of static counts as the same, whatever its number.
+        return ("fresh", normalized_name(symbol.name), symbol.size)
     if side == "orig":
         return ("sym", symbol.name)
     original = correlation.orig_of(symbol)

@@ -6,6 +6,8 @@ per-file counter that moves when anything is added above them. Numbered names ar
 their un-numbered form when that is one-to-one; otherwise a static local is paired by the
 functions that use it, and a clone by identical contents. What stays ambiguous is reported
 so the caller can refuse, rather than guessing a pairing that would patch the wrong function.
+Some statics are never paired (``is_fresh_static``: lockdep keys, once-flags, ratelimit
+states, compiler-made data): the patch carries fresh copies of them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kpatchbuild.differ.index import (
     StringTarget,
     SymbolTarget,
     base_function_name,
+    is_fresh_static,
     is_numbered,
     normalized_name,
 )
@@ -90,7 +93,7 @@ def _kind(symbol: Symbol) -> str:
 def _candidates(index: ObjectIndex) -> dict[tuple[bool, str, str], list[Symbol]]:
     groups: dict[tuple[bool, str, str], list[Symbol]] = defaultdict(list)
     for symbol in index.obj.symbols:
-        if not symbol.name or symbol.type in (STT_SECTION, STT_FILE):
+        if not symbol.name or symbol.type in (STT_SECTION, STT_FILE) or is_fresh_static(symbol):
             continue
         kind = _kind(symbol)
         if kind == "undefined" or not symbol.is_local or not is_numbered(symbol.name):

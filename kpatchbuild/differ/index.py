@@ -34,6 +34,39 @@ _CONTENT_NAMES = ("__func__.", "__FUNCTION__.", "__PRETTY_FUNCTION__.", ".LC")
 _SUBFUNCTION_PART = re.compile(r"\.(cold|part|isra|constprop|lto_priv|llvm)(\.\d+)?")
 
 
+# Statics that are never paired with the original's: the patch gets fresh copies, as kpatch
+# gives them (its "special statics"). Their names are not identities (127 `__key.0` in
+# vmlinux; a `lock.__key.12` of clang moves with every edit), and a fresh one is harmless
+# where a wrong pairing is not: a lockdep class key, a once-flag that may fire once more, a
+# ratelimit state, compiler-made switch tables and printk-index entries.
+_FRESH_STATIC_NAMES = ("__key", "__warned", "__already_done", "_rs", "CSWTCH", "_entry")
+# Sections whose every symbol is such a static: once-flags, and compiler-made data (clang's
+# unnamed constants, UBSAN's type and source-location descriptors).
+_FRESH_SECTIONS = (".data.once", ".data..once")
+_FRESH_SECTION_PREFIXES = (".data..L__unnamed_", ".data.__unnamed_", ".data..Lubsan_",
+                           ".data.rel.local..Lubsan_", ".Lubsan_", ".rodata..L__unnamed_")
+
+
+def is_fresh_static(symbol: Symbol) -> bool:
+    """Whether ``symbol`` is a static the patch must carry a fresh copy of, never pair."""
+    section = symbol.section
+    if section is None or symbol.type in (STT_SECTION, STT_FILE) or not symbol.is_local:
+        return False
+    if section.name.startswith(_FRESH_SECTION_PREFIXES) or symbol.name.startswith(
+            (".L__unnamed_", ".Lubsan_")):
+        return True
+    if symbol.is_function:
+        return False
+    if section.name in _FRESH_SECTIONS:
+        return True
+    for name in _FRESH_STATIC_NAMES:
+        # gcc: `__key.12`; clang: `ep_alloc.__key.3`, `__key` alone when unique.
+        if symbol.name == name or symbol.name.startswith(f"{name}.") or f".{name}." in \
+                f"{symbol.name}." and not symbol.name.startswith("."):
+            return True
+    return False
+
+
 def normalized_name(name: str) -> str:
     """The name without the compiler's numbering, to pair `foo.123` with `foo.456`."""
     return _NUMBER_PART.sub("", _UNIQUE_ID_COUNTER.sub(r"\1", name))

@@ -57,6 +57,9 @@ class Case:
     # Static locals with namesakes all over vmlinux (`__key`, `_rs`, `__already_done`) that
     # OUT.o must reference in the running kernel, at the position of its own file's one.
     klp_locals: frozenset[str] = frozenset()
+    # Statics the patch must carry fresh copies of (lockdep keys, once-flags, ratelimit
+    # states: kpatch's "special statics"), never reference in the running kernel.
+    fresh_locals: frozenset[str] = frozenset()
     # Per kernel series, fields that differ from the ones above: {"6.12": {"carried": ...}};
     # a tree's label (a series built by another compiler: "6.12-gcc14") may refine them.
     per_series: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
@@ -81,7 +84,6 @@ def wrong_compiler(symbol: str) -> dict[str, object]:
 
 # gcc 9 numbers static locals by its declaration counter (`__key.78972`), Debian's gcc 10
 # by a per-file one (`__key.3`): the wrong compiler's statics are not the kernel's.
-GCC9_STATICS = {"exit_code": 2, "refusal": "not exported and not in the vmlinux symbol table"}
 
 
 def replace_once(old: str, new: str, after: str = "") -> Callable[[str], str]:
@@ -299,7 +301,7 @@ CASES = [
         changed=frozenset({"__x64_sys_umask", "__ia32_sys_umask"}),
     ),
     Case(
-        # mutex_init()'s lockdep key: one of vmlinux's 127 `__key.0`, told by its file.
+        # mutex_init()'s lockdep key (one of vmlinux's 127 `__key.0`): a fresh one.
         "mutex_init_key",
         EVENTPOLL,
         replace_once("kzalloc(sizeof(*ep), GFP_KERNEL);",
@@ -307,39 +309,36 @@ CASES = [
                      after="static int ep_alloc("),
         0,
         changed=frozenset({"do_epoll_create"}),
-        klp_locals=frozenset({"__key"}),
-        per_series={"5.10": {"changed": frozenset({"ep_alloc.constprop.0"})},
-                    "5.10-gcc9": GCC9_STATICS},
+        fresh_locals=frozenset({"__key"}),
+        per_series={"5.10": {"changed": frozenset({"ep_alloc.constprop.0"})}},
     ),
     Case(
-        # printk_ratelimited()'s state (`_rs.N`), one of hundreds of namesakes, in a helper
-        # inlined into both its callers: they are what changed.
+        # printk_ratelimited()'s state (`_rs.N`, one of hundreds of namesakes: a fresh one),
+        # in a helper inlined into both its callers: they are what changed.
         "ratelimit_state",
         READ_WRITE,
         replace_once('"kernel %s not supported', '"kernel %s unsupported'),
         0,
         changed=frozenset({"__kernel_read", "__kernel_write_iter"}),
         carried=frozenset({"__kernel_read.cold", "__kernel_write_iter.cold"}),
-        klp_locals=frozenset({"_rs"}),
+        fresh_locals=frozenset({"_rs"}),
         per_series={"5.10": {"changed": frozenset({"__kernel_read", "__kernel_write"}),
                              "carried": frozenset({"__kernel_read.cold",
                                                    "__kernel_write.cold"})},
-                    "5.10-gcc9": GCC9_STATICS,
                     "6.12": {"carried": frozenset()},
                     "6.12-gcc14": {"carried": frozenset({"__kernel_read.cold",
                                                          "__kernel_write_iter.cold"})}},
     ),
     Case(
-        # WARN_ONCE()'s flag (`__already_done.N`): the running kernel's, so it warns once.
+        # WARN_ONCE()'s flag (`__already_done.N`): a fresh one, so it may warn once more.
         "warn_once_flag",
         NAMESPACE,
         replace_once('"Expected s_iflags to contain', '"kpatched: expected s_iflags to contain'),
         0,
         changed=frozenset({"mount_too_revealing"}),
-        klp_locals=frozenset({"__already_done"}),
+        fresh_locals=frozenset({"__already_done"}),
         # 5.10's WARN_ONCE keeps its flag in `__warned.N`.
-        per_series={"5.10": {"klp_locals": frozenset({"__warned"})},
-                    "5.10-gcc9": GCC9_STATICS},
+        per_series={"5.10": {"fresh_locals": frozenset({"__warned"})}},
     ),
     Case(
         # A tracepoint whose key vmlinux does not export (trace_task_rename): its jump entry

@@ -228,6 +228,9 @@ def test_corpus_case(
                 f".klp.sym.vmlinux.{symbol['target_name']},{symbol['sympos']}"
             )
     _check_local_positions(data, pair, kernel_tree, case)
+    defined = {s.name for s in read_elf(out).symbols if s.section is not None}
+    for prefix in case.fresh_locals:
+        assert any(name.startswith(f"{prefix}.") for name in defined), defined
 
 
 def _check_local_positions(report: dict, pair: BuiltPair, kernel_tree: KernelTree,
