@@ -27,6 +27,7 @@ from kpatchbuild.differ.index import (
     is_fresh_static,
     normalized_name,
     parent_function_name,
+    relocation_place,
 )
 from kpatchbuild.differ.lines import LineShift, line_shift, without_line_numbers
 from kpatchbuild.differ.marks import Marks
@@ -37,6 +38,7 @@ from kpatchbuild.elf.model import (
     SHF_WRITE,
     SHT_NOBITS,
     STT_FUNC,
+    Section,
     Symbol,
 )
 
@@ -114,15 +116,34 @@ def symbol_contents(
     assert section is not None
     start, end = symbol.value, symbol.value + symbol.size
     in_code = section.is_text
-    relocations = [
-        (
-            relocation.offset - start,
-            relocation.type,
-            target_key(correlation, index.target_of(relocation, in_code), side),
-        )
-        for relocation in index.relocations_between(section, start, end)
-    ]
+    relocations = []
+    for relocation in index.relocations_between(section, start, end):
+        target = index.target_of(relocation, in_code)
+        if isinstance(target, AnonymousTarget) and role_of(target.section) is \
+                SectionRole.CODE_PIECES:
+            key = piece_key(index, target.section, relocation_place(relocation, section))
+        else:
+            key = target_key(correlation, target, side)
+        relocations.append((relocation.offset - start, relocation.type, key))
     return index.symbol_bytes(symbol), relocations
+
+
+def piece_key(index: ObjectIndex, section: Section, place: int) -> tuple[Any, ...]:
+    """A reference into out-of-line code (an alternative's replacement, an `.altinstr_aux`
+    stub) by the piece's contents, not its offset: pieces move when one before them grows,
+    and a function whose only difference is that move is unchanged."""
+    start, end = index.piece_bounds(section, place)
+    digest = xxhash.xxh3_64(section.data[start:end])
+    for relocation in index.relocations_between(section, start, end):
+        target = index.target_of(relocation, in_code=True)
+        if isinstance(target, SymbolTarget):
+            loose: tuple[Any, ...] = (normalized_name(target.symbol.name), target.delta)
+        elif isinstance(target, StringTarget):
+            loose = (target.text, target.delta)
+        else:
+            loose = (target.section.name, target.addend)
+        digest.update(repr((relocation.offset - start, relocation.type, loose)).encode())
+    return ("piece", section.name, digest.hexdigest(), place - start)
 
 
 def fingerprint(contents: bytes, relocations: list[tuple[Any, ...]]) -> str:
@@ -190,6 +211,8 @@ def _describe_key(key: tuple[Any, ...]) -> str:
         return repr(key[1][:40].decode(errors="replace"))
     if key[0] == "anon":
         return f"{key[1]}+{key[2]:#x}"
+    if key[0] == "piece":
+        return f"a piece of {key[1]} ({key[2][:8]})+{key[3]:#x}"
     identity, delta = key
     return f"{identity[1]}{f'{delta:+#x}' if delta else ''}"
 

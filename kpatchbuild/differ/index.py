@@ -67,6 +67,16 @@ def is_fresh_static(symbol: Symbol) -> bool:
     return False
 
 
+def relocation_place(relocation: Relocation, source: Section) -> int:
+    """The offset a relocation designates in its symbol's section (addend minus the PC bias)."""
+    base = relocation.addend
+    if relocation.symbol.type != STT_SECTION:
+        base += relocation.symbol.value
+    if source.is_text and relocation.type in PC_RELATIVE_TYPES:
+        return base + 4
+    return base
+
+
 def normalized_name(name: str) -> str:
     """The name without the compiler's numbering, to pair `foo.123` with `foo.456`."""
     return _NUMBER_PART.sub("", _UNIQUE_ID_COUNTER.sub(r"\1", name))
@@ -164,6 +174,7 @@ class ObjectIndex:
             self._starts[key] = [s.value for s in symbols]
         self.relocations: dict[int, list[Relocation]] = {}
         self._reloc_offsets: dict[int, list[int]] = {}
+        self._piece_starts: dict[int, list[int]] = {}
         for section in obj.sections:
             if section.relocations:
                 ordered = sorted(section.relocations, key=lambda r: r.offset)
@@ -196,6 +207,26 @@ class ObjectIndex:
                 return None
             position -= 1
         return None
+
+    def piece_bounds(self, section: Section, place: int) -> tuple[int, int]:
+        """The piece of out-of-line code (an alternative's replacement, an `.altinstr_aux`
+        stub) holding ``place``: from a referenced offset to the next one."""
+        starts = self._piece_starts.get(id(section))
+        if starts is None:
+            found = {0}
+            for other in self.obj.sections:
+                for relocation in self.relocations.get(id(other), ()):
+                    if relocation.symbol.section is section:
+                        if relocation.symbol.type == STT_SECTION:
+                            found.add(relocation_place(relocation, other))
+                        else:
+                            found.add(relocation.symbol.value)
+            starts = sorted(p for p in found if 0 <= p < section.size)
+            self._piece_starts[id(section)] = starts
+        index = bisect_right(starts, place) - 1
+        start = starts[max(index, 0)]
+        end = starts[index + 1] if index + 1 < len(starts) else section.size
+        return start, end
 
     def relocations_between(self, section: Section, start: int, end: int) -> list[Relocation]:
         """Relocations of ``section`` patching bytes in [start, end), sorted by offset."""

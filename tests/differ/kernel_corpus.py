@@ -119,6 +119,7 @@ ASYNC = "kernel/async.c"
 EVENTPOLL = "fs/eventpoll.c"
 READ_WRITE = "fs/read_write.c"
 NAMESPACE = "fs/namespace.c"
+PROCESS = "arch/x86/kernel/process.c"
 
 CASES = [
     Case("no_op", CMDLINE, lambda t: t + "\n/* nothing but a comment */\n", 3),
@@ -299,6 +300,17 @@ CASES = [
             "\tmask = xchg(&current->fs->umask, mask & S_IRWXUGO & ~S_IWOTH);")(text),
         0,
         changed=frozenset({"__x64_sys_umask", "__ia32_sys_umask"}),
+    ),
+    Case(
+        # A new static_cpu_has() adds a stub to `.altinstr_aux` and moves every later one:
+        # the functions jumping to those are unchanged (a stub is known by its contents).
+        "altinstr_aux_moved",
+        PROCESS,
+        replace_once("void exit_thread(struct task_struct *tsk)\n{\n",
+                     "void exit_thread(struct task_struct *tsk)\n{\n"
+                     "\tif (static_cpu_has(X86_FEATURE_AVX2))\n\t\tbarrier_nospec();\n"),
+        0,
+        changed=frozenset({"exit_thread"}),
     ),
     Case(
         # mutex_init()'s lockdep key (one of vmlinux's 127 `__key.0`): a fresh one.

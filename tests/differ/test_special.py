@@ -9,7 +9,7 @@ import pytest
 from kpatchbuild.differ import CannotPatch
 from kpatchbuild.differ.special import ENTRY_TABLES, EntrySizes
 from kpatchbuild.elf.model import Section
-from tests.differ.cfixtures import build_pair, diff_pair
+from tests.differ.cfixtures import build_pair, diff_pair, names
 
 # Two functions, each with one hand-made 12-byte bug entry (address, file, line, flags).
 SOURCE = r"""
@@ -117,3 +117,30 @@ def test_wrong_measured_size_corrected_by_the_relocations(tmp_path: Path) -> Non
     result = diff_pair(pair, entry_sizes={".parainstructions": 24})
     table = _para_table(result)
     assert len(table.data) == 10 and table.data[8] == 4
+
+
+AUX_STUB = (
+    "int {name}(int v)\n{{\n"
+    "\tasm goto(\"jmp 6f\\n\"\n"
+    "\t\t \".pushsection .altinstr_aux,\\\"ax\\\"\\n\"\n"
+    "\t\t \"6: testb ${bit}, kpb_flags(%%rip)\\n\"\n"
+    "\t\t \" jnz %l[yes]\\n\"\n"
+    "\t\t \" jmp %l[no]\\n\"\n"
+    "\t\t \".popsection\\n\" : : : : yes, no);\n"
+    "yes:\n\treturn v + {bit};\nno:\n\treturn v;\n}}\n"
+)
+AUX_SOURCE = "unsigned char kpb_flags;\n" + AUX_STUB.format(name="late", bit=4)
+
+
+def test_code_moved_in_altinstr_aux_leaves_its_users_unchanged(tmp_path: Path) -> None:
+    # A stub added before `late`'s moves it within .altinstr_aux: late is the same.
+    patched = AUX_SOURCE.replace("unsigned char kpb_flags;\n", "unsigned char kpb_flags;\n"
+                                 + AUX_STUB.format(name="early", bit=2))
+    result = diff_pair(build_pair(tmp_path, AUX_SOURCE, patched))
+    assert names(result.changed_functions) == set()
+    assert names(result.new_functions) == {"early"}
+    # A changed stub is a changed function.
+    (tmp_path / "b").mkdir()
+    changed = diff_pair(build_pair(tmp_path / "b", AUX_SOURCE, AUX_SOURCE.replace(
+        "testb $4", "testb $8")))
+    assert names(changed.changed_functions) == {"late"}

@@ -8,8 +8,8 @@ the running kernel.
 
 from __future__ import annotations
 
-from kpatchbuild.differ.include.selection import Selection, Slice, place_of
-from kpatchbuild.differ.index import SymbolTarget
+from kpatchbuild.differ.include.selection import Selection, Slice
+from kpatchbuild.differ.index import SymbolTarget, relocation_place
 from kpatchbuild.differ.special import ENTRY_TABLES
 from kpatchbuild.elf.model import (
     SHF_GROUP,
@@ -136,7 +136,7 @@ class _Emitter:
         if symbol.type == STT_SECTION and symbol.section is not None:
             target_piece = self.selection.slices.get(id(symbol.section))
             if target_piece is not None:
-                place = place_of(relocation, source)
+                place = relocation_place(relocation, source)
                 mapped = target_piece.map(place, allow_end=True)
                 if mapped is None:
                     refusals.append(f"{where}: refers to {symbol.section.name}+{place:#x}, "

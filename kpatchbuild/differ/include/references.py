@@ -9,19 +9,19 @@ nor referenced safely becomes a refusal naming the section and the reason.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 
 from kpatchbuild.differ.compare import Status
-from kpatchbuild.differ.include.selection import Selection, place_of
+from kpatchbuild.differ.include.selection import Selection
 from kpatchbuild.differ.index import (
     AnonymousTarget,
     StringTarget,
     Target,
     padded_function_name,
     parent_function_name,
+    relocation_place,
 )
 from kpatchbuild.differ.special import DYNDBG_TABLE, SectionRole, role_of
-from kpatchbuild.elf.model import SHF_WRITE, STT_SECTION, Relocation, Section, Symbol
+from kpatchbuild.elf.model import SHF_WRITE, Relocation, Section, Symbol
 
 
 class ReferenceFollower:
@@ -32,7 +32,6 @@ class ReferenceFollower:
         self.pass_name = pass_name  # the pass that asked, for the trace
         self.patched = selection.patched
         self._walked: set[tuple[int, int, int]] = set()
-        self._piece_starts_by_section: dict[int, list[int]] = {}
 
     def carry_function(self, section: Section, because: Symbol) -> None:
         """Carry the section of function ``because``, with its aliases and padding."""
@@ -140,7 +139,8 @@ class ReferenceFollower:
         section = target.section
         role = role_of(section)
         if role is SectionRole.CODE_PIECES:
-            start, end = self._piece_bounds(section, place_of(relocation, source))
+            start, end = self.patched.piece_bounds(section,
+                                                   relocation_place(relocation, source))
             selection.include_range(section, start, end)
             return
         if selection.carries(section):
@@ -179,29 +179,6 @@ class ReferenceFollower:
                 if parent is not None and parent in self.selection.functions:
                     return functions[0] if functions else parent
         return None
-
-    def _piece_bounds(self, section: Section, place: int) -> tuple[int, int]:
-        """A piece of out-of-line code runs from a referenced offset to the next one."""
-        starts = self._piece_starts(section)
-        index = bisect_right(starts, place) - 1
-        start = starts[max(index, 0)]
-        end = starts[index + 1] if index + 1 < len(starts) else section.size
-        return start, end
-
-    def _piece_starts(self, section: Section) -> list[int]:
-        cache = self._piece_starts_by_section
-        starts = cache.get(id(section))
-        if starts is None:
-            found = {0}
-            for other in self.patched.obj.sections:
-                for relocation in self.patched.relocations.get(id(other), ()):
-                    if relocation.symbol.section is section:
-                        if relocation.symbol.type == STT_SECTION:
-                            found.add(place_of(relocation, other))
-                        else:
-                            found.add(relocation.symbol.value)
-            starts = cache[id(section)] = sorted(p for p in found if 0 <= p < section.size)
-        return starts
 
 
 def _pads(symbol: Symbol, functions: list[Symbol]) -> bool:

@@ -17,11 +17,8 @@ from kpatchbuild.differ.index import ObjectIndex
 from kpatchbuild.differ.resolve import Resolution, ResolveError, Resolver
 from kpatchbuild.differ.trace import Trace
 from kpatchbuild.elf.model import (
-    PC_RELATIVE_TYPES,
     SHT_NOBITS,
     STB_LOCAL,
-    STT_SECTION,
-    Relocation,
     Section,
     Symbol,
 )
@@ -145,13 +142,3 @@ class Selection:
         if record:
             self.resolutions[resolution.name] = resolution
         return resolution
-
-
-def place_of(relocation: Relocation, source: Section) -> int:
-    """The offset a relocation designates in its symbol's section (addend minus the PC bias)."""
-    base = relocation.addend
-    if relocation.symbol.type != STT_SECTION:
-        base += relocation.symbol.value
-    if source.is_text and relocation.type in PC_RELATIVE_TYPES:
-        return base + 4
-    return base
