@@ -25,7 +25,7 @@ LIBRARY_ROOMS = {
     # the kpatch command reads its modules' .modinfo and klp sections with pyelftools.
     "elftools": {"kpatch/modfile.py"},
     "yaml": {"graph/recipe.py"},
-    "iced_x86": {"differ/lines.py"},
+    "iced_x86": {"differ/line_decode.py"},
     # Short commands go through base/process.py, long logged steps through run_step, and
     # the guest's qemu (watched against a timeout, its console to a log) through qemu.py:
     # one way each to tell a failure.
