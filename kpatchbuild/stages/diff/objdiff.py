@@ -160,11 +160,12 @@ def new_globals(pair: ObjectPair) -> frozenset[str]:
 
 
 def provided_by_others(pair: ObjectPair, pairs: list[ObjectPair]) -> tuple[str, ...]:
-    """What the patch's other objects of the same target newly define: references to those
-    stay inside the patch (bound when its objects are linked into one module)."""
+    """What the patch's other objects newly define, whatever they patch (vmlinux or a
+    module): references to those stay inside the patch, bound when its objects are linked
+    into the one livepatch module, as kpatch binds them."""
     names: set[str] = set()
     for other in pairs:
-        if other.object != pair.object and other.target == pair.target:
+        if other.object != pair.object:
             names |= new_globals(other)
     return tuple(sorted(names))
 
