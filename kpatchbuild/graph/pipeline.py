@@ -419,6 +419,8 @@ class TargetPipeline:
         """Diff one object; a refusal the recipe expects is recorded, any other one fails."""
         sizes = objdiff.measured_entry_sizes(self.store, self.workspace())
         try:
+            if pair.exports_changed:
+                raise CannotPatch(pair.object, [pair.exports_changed])
             provided = objdiff.provided_by_others(pair, self.changed_pairs())
             diff = objdiff.diff_pair(self.store, pair, self.symbol_files(pair.target), sizes,
                                      self.stage().release, provided)
@@ -436,8 +438,20 @@ class TargetPipeline:
         write_record(self.object_diff_record(pair.object), record)
 
     def diff(self) -> None:
-        """The target's diffs in one record: what the module links, or the expected refusal."""
+        """The target's diffs in one record: what the module links, or the expected refusal.
+
+        A patch that cannot become a module (a refusal, an exported symbol's changed
+        version, no functional change) is recorded as refused when the recipe expects it
+        with those words, and fails otherwise.
+        """
+        expected = self.recipe.refused_on(self.target)
         pairs = self.changed_pairs()
+        # An object whose code did not change but whose exports' versions did has no diff.
+        for pair in read_record(self.patched_record, PatchedRecord).objects:
+            if pair.identical and pair.exports_changed:
+                self._refuse(CannotPatch(pair.object, [pair.exports_changed]).message,
+                             expected, exit_code=2)
+                return
         if not pairs:
             raise KpbError(f"{self.recipe.path}: the patches change no compiled code "
                            "(every rebuilt object is byte-identical)", exit_code=3)
@@ -447,16 +461,23 @@ class TargetPipeline:
         if refused:
             write_record(self.diff_record, DiffRecord(refused=refused[0]))
             return
-        expected = self.recipe.refused_on(self.target)
+        collected = DiffRecord(tuple(r.diff for r in records if r.diff is not None))
+        if not collected.with_code():
+            self._refuse("no functional change: the patches change only line numbers or "
+                         "nothing the kernel runs", expected, exit_code=3)
+            return
         if expected:
             raise KpbError(f"{self.recipe.path}: the recipe expects a refusal containing "
                            f"'{expected}' on {self.target.name}, but the differ accepted "
                            "the change")
-        collected = DiffRecord(tuple(r.diff for r in records if r.diff is not None))
-        if not collected.with_code():
-            raise KpbError(f"{self.recipe.path}: no functional change: the patches change "
-                           "only line numbers or nothing the kernel runs", exit_code=3)
         write_record(self.diff_record, collected)
+
+    def _refuse(self, message: str, expected: str | None, *, exit_code: int) -> None:
+        """Record ``message`` as the refusal the recipe expects, or fail with it."""
+        if not (expected and expected in message):
+            raise KpbError(f"{self.recipe.path}: {message}", exit_code=exit_code)
+        say(f"  refused, as the recipe expects: {message}")
+        write_record(self.diff_record, DiffRecord(refused=message))
 
     # --- the module and its proof ---
 

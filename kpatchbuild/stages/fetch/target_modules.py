@@ -43,18 +43,8 @@ def _module_stem(path: str) -> str | None:
 
 
 def modinfo(ko: Path) -> dict[str, str]:
-    """The ``key=value`` fields of a module's ``.modinfo`` section."""
-    try:
-        sections = read_elf(ko).sections
-    except (ElfFormatError, OSError) as error:
-        raise BuildError(f"{ko}: not a readable kernel module ({error})") from None
-    data = next((s.data for s in sections if s.name == ".modinfo"), b"")
-    fields: dict[str, str] = {}
-    for entry in data.split(b"\0"):
-        key, sep, value = entry.decode(errors="replace").partition("=")
-        if sep:
-            fields.setdefault(key, value)
-    return fields
+    """The ``key=value`` fields of a module's ``.modinfo`` section (the first of each)."""
+    return {key: values[0] for key, values in modinfo_all(ko).items()}
 
 
 def dependencies(ko: Path) -> list[str]:
@@ -63,8 +53,45 @@ def dependencies(ko: Path) -> list[str]:
     return [module_key(d) for d in depends.split(",") if d]
 
 
+def soft_dependencies(ko: Path) -> list[str]:
+    """What ``ko`` asks modprobe to load before it (``softdep=pre: crc32c``): not symbols
+    it links against, but services its init looks up (libcrc32c's init fails with ENOENT
+    without a crc32c algorithm)."""
+    wanted: list[str] = []
+    for field in modinfo_all(ko).get("softdep", []):
+        before = False  # `pre: a b post: c`: only what comes after pre:
+        for word in field.split():
+            if word.endswith(":"):
+                before = word == "pre:"
+            elif before:
+                wanted.append(module_key(word))
+    return wanted
+
+
+def modinfo_all(ko: Path) -> dict[str, list[str]]:
+    """Every value of each ``.modinfo`` key (a module may have several softdep lines)."""
+    try:
+        sections = read_elf(ko).sections
+    except (ElfFormatError, OSError) as error:
+        raise BuildError(f"{ko}: not a readable kernel module ({error})") from None
+    data = next((s.data for s in sections if s.name == ".modinfo"), b"")
+    fields: dict[str, list[str]] = {}
+    for entry in data.split(b"\0"):
+        key, sep, value = entry.decode(errors="replace").partition("=")
+        if sep:
+            fields.setdefault(key, []).append(value)
+    return fields
+
+
+# A soft dependency names a service, often a crypto algorithm, which its generic module
+# provides under the service's name with `_generic` (crc32c -> crc32c_generic).
+_PROVIDER_SUFFIXES = ("", "_generic")
+
+
 def with_dependencies(name: str, find: Callable[[str], Path]) -> list[Path]:
-    """``name``'s module and everything it depends on, in an order insmod can load them."""
+    """``name``'s module and everything it depends on, in an order insmod can load them;
+    soft dependencies too, where a module of the kernel provides them (one built into the
+    kernel needs nothing)."""
     ordered: list[Path] = []
     seen: set[str] = set()
 
@@ -74,12 +101,26 @@ def with_dependencies(name: str, find: Callable[[str], Path]) -> list[Path]:
             return
         seen.add(key)
         ko = find(key)
+        for soft in soft_dependencies(ko):
+            provider = _provider(soft, find)
+            if provider is not None:
+                visit(provider)
         for needed in dependencies(ko):
             visit(needed)
         ordered.append(ko)
 
     visit(name)
     return ordered
+
+
+def _provider(service: str, find: Callable[[str], Path]) -> str | None:
+    for suffix in _PROVIDER_SUFFIXES:
+        try:
+            find(service + suffix)
+        except (FetchError, BuildError):
+            continue
+        return service + suffix
+    return None
 
 
 def _decompress(source: Path, dest: Path) -> None:

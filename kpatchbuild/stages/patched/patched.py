@@ -52,6 +52,9 @@ class ObjectPair:
     original: str  # path of the object compiled from the original sources
     patched: str
     identical: bool  # same bytes: the patch does not change this object's code
+    # Why the patch cannot be live-patched though its code may be the same: the versions
+    # (CRCs) of symbols this object exports change (see symversions).
+    exports_changed: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -328,18 +331,19 @@ def _including_objects(tree: Path, rel: str, listed: set[str], depth: int = 0) -
     return sorted(set(found))
 
 
-def _refuse_export_version_changes(store: Store, workspace: Workspace, obj: str,
-                                   original: Path, patched: Path,
-                                   contents: tuple[dict[str, bytes], dict[str, bytes]],
-                                   log: Path) -> None:
-    """Refuse a patch that changes the version (CRC) of a symbol ``obj`` exports: the
-    running kernel's modules were linked against the old one (see symversions)."""
+def _export_version_changes(store: Store, workspace: Workspace, obj: str,
+                            original: Path, patched: Path,
+                            contents: tuple[dict[str, bytes], dict[str, bytes]],
+                            log: Path) -> str:
+    """Why the patch cannot change ``obj``: it changes the version (CRC) of a symbol the
+    object exports, which the running kernel's modules were linked against (see
+    symversions); "" when it does not."""
     config = workspace.stage.tree / ".config"
     tool = symversions.versioning_tool(config.read_text(errors="replace")
                                        if config.is_file() else "")
     if tool is None or not (symversions.exports_symbols(original)
                             or symversions.exports_symbols(patched)):
-        return
+        return ""
     found = []
     for compiled, files in zip((original, patched), contents, strict=True):
         key = ("symversions", object_key(workspace.stage, obj, {**patch_headers(), **files}))
@@ -358,12 +362,11 @@ def _refuse_export_version_changes(store: Store, workspace: Workspace, obj: str,
             store.remember(key, remembered)
         found.append(symversions.SymbolVersions(remembered["crcs"], remembered["types"]))
     changes = symversions.version_changes(found[0], found[1])
-    if changes:
-        raise symversions.ExportedTypeChanged(
-            f"{obj}: cannot live-patch: {changes}: the running kernel's "
-            "modules were linked against the old version; keep the exported types as they "
-            "are (a shadow variable instead of a new field, no new include that completes "
-            "a type the file saw as opaque)")
+    if not changes:
+        return ""
+    return (f"{changes}: the running kernel's modules were linked against the old "
+            "version; keep the exported types as they are (a shadow variable instead of a "
+            "new field, no new include that completes a type the file saw as opaque)")
 
 
 def _check_inputs_recorded(workspace: Workspace, obj: str, inputs: list[str]) -> None:
@@ -465,11 +468,12 @@ def build_object_pairs(store: Store, stage: OriginalStage, patches: tuple[Path, 
         with workspace.locked():
             target = workspace.link_target(obj)
             _check_inputs_recorded(workspace, obj, inputs)
-        _refuse_export_version_changes(store, workspace, obj, original, patched,
-                                       ({rel: before[rel] for rel in feeds},
-                                        {rel: after[rel] for rel in feeds}), log)
+        exports_changed = _export_version_changes(
+            store, workspace, obj, original, patched,
+            ({rel: before[rel] for rel in feeds}, {rel: after[rel] for rel in feeds}), log)
         identical = original.read_bytes() == patched.read_bytes()
-        pairs.append(ObjectPair(obj, target, str(original), str(patched), identical))
+        pairs.append(ObjectPair(obj, target, str(original), str(patched), identical,
+                                exports_changed))
     with workspace.locked():
         workspace.set_contents(before)  # leave the workspace as the original stage
     return pairs

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kpatchbuild.base import kbuild
 from kpatchbuild.base.commands import Runner, run_step
-from kpatchbuild.base.errors import BuildError, KpbError
+from kpatchbuild.base.errors import BuildError
 from kpatchbuild.elf.read import iter_symbol_records
 
 GENKSYMS = "scripts/genksyms/genksyms"
@@ -37,12 +37,6 @@ _COMPILE_OUTPUT = re.compile(r"\s-c\s+-o\s+\S+")
 _DEPENDENCY_FILE = re.compile(r"\s-Wp,-MM?D,\S+")
 # A type reference in genksyms' expansions: s#name (struct), u# (union), e# (enum), t#.
 _TYPE_REFERENCE = re.compile(r"\b[sute]#\w+")
-
-
-class ExportedTypeChanged(KpbError):
-    """The patch changes the version (CRC) of a symbol the running kernel exports."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,30 @@ def test_dependencies_come_first_and_once(tmp_path: Path) -> None:
     assert ordered == [kos["base"], kos["mid"], kos["top"]]
 
 
+def test_soft_dependencies_load_first_where_a_module_provides_them(tmp_path: Path) -> None:
+    # libcrc32c's init looks up the crc32c algorithm: modprobe loads crc32c_generic first.
+    kos = {
+        "xfs": fake_module(tmp_path / "xfs.ko", {"depends": "libcrc32c"}),
+        "libcrc32c": fake_module(tmp_path / "libcrc32c.ko",
+                                 {"softdep": "pre: crc32c", "depends": ""}),
+        "crc32c_generic": fake_module(tmp_path / "crc32c_generic.ko", {"depends": ""}),
+        "built": fake_module(tmp_path / "built.ko", {"softdep": "pre: in_vmlinux post: x",
+                                                     "depends": ""}),
+    }
+
+    def find(name: str) -> Path:
+        if name not in kos:
+            raise FetchError(f"no module named {name}")
+        return kos[name]
+
+    assert target_modules.soft_dependencies(kos["libcrc32c"]) == ["crc32c"]
+    assert target_modules.soft_dependencies(kos["built"]) == ["in_vmlinux"]
+    assert target_modules.with_dependencies("xfs", find) == [
+        kos["crc32c_generic"], kos["libcrc32c"], kos["xfs"]]
+    # A soft dependency built into the kernel (no module of that name) needs nothing.
+    assert target_modules.with_dependencies("built", find) == [kos["built"]]
+
+
 def test_not_a_module_is_named(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.ko"
     bogus.write_text("not an ELF")
