@@ -157,7 +157,9 @@ CASES = [
         # printk() is __cold: the paths calling it go out of line, where gcc splits.
         carried=frozenset({"cmdline_proc_show.cold", "kpb_announce.cold"}),
         notes=("cmdline_proc_show is marked KPATCH_FORCE_UNSAFE",),
-        per_series={"6.12": {"carried": frozenset()}},
+        per_series={"6.12": {"carried": frozenset()},
+                    "6.12-gcc14": {"carried": frozenset({"cmdline_proc_show.cold",
+                                                         "kpb_announce.cold"})}},
     ),
     Case(
         "new_function",
@@ -322,7 +324,8 @@ CASES = [
         0,
         changed=frozenset({"do_epoll_create"}),
         fresh_locals=frozenset({"__key"}),
-        per_series={"5.10": {"changed": frozenset({"ep_alloc.constprop.0"})}},
+        per_series={"5.10": {"changed": frozenset({"ep_alloc.constprop.0"})},
+                    "5.10-gcc9": {"changed": frozenset({"do_epoll_create"})}},
     ),
     Case(
         # printk_ratelimited()'s state (`_rs.N`, one of hundreds of namesakes: a fresh one),
