@@ -11,7 +11,7 @@ import pytest
 from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf import read_elf, write_elf_file
-from kpatchbuild.elf.model import STT_SECTION
+from kpatchbuild.elf.model import STB_GLOBAL, STB_LOCAL, STT_SECTION
 from tests.differ import cfixtures
 from tests.differ.cfixtures import available_compilers, build_pair, diff_pair, names
 
@@ -580,3 +580,17 @@ def test_the_padding_in_front_of_a_function_is_part_of_it(tmp_path: Path) -> Non
     assert result.output is not None
     carried = {s.name for s in result.output.symbols if s.section is not None and s.is_function}
     assert {"thing", "__pfx_thing"} <= carried
+
+
+def test_carried_functions_are_local_and_new_globals_global(tmp_path: Path) -> None:
+    # report() is global in the kernel: its copy in the patch must not take over its name.
+    patched = BASE.replace("printk(\"value %d\\n\", v);",
+                           "printk(\"value: %d\\n\", v);").replace(
+        "int unchanged(int v)", "int kpb_helper(int v) { return v - 1; }\n\n"
+                                "int unchanged(int v)")
+    result = diff_pair(build_pair(tmp_path, BASE, patched))
+    assert names(result.changed_functions) == {"report"}
+    assert result.output is not None
+    binding = {s.name: s.bind for s in result.output.symbols if s.section is not None}
+    assert binding["report"] == STB_LOCAL
+    assert binding["kpb_helper"] == STB_GLOBAL

@@ -16,6 +16,7 @@ from kpatchbuild.elf.model import (
     SHT_NOBITS,
     SHT_PROGBITS,
     STB_GLOBAL,
+    STB_LOCAL,
     STT_FILE,
     STT_SECTION,
     ElfObject,
@@ -87,10 +88,20 @@ class _Emitter:
             mapped = piece.map(symbol.value, allow_end=symbol.size == 0)
             if mapped is None:
                 continue
-            copy = Symbol(symbol.name, mapped, symbol.size, symbol.bind, symbol.type,
-                          symbol.other, section=section)
+            copy = Symbol(symbol.name, mapped, symbol.size, self._binding(symbol),
+                          symbol.type, symbol.other, section=section)
             self.symbol_map[id(symbol)] = copy
             self.out.symbols.append(copy)
+
+    def _binding(self, symbol: Symbol) -> int:
+        """A carried function the running kernel has is local in the patch object: the
+        kernel's own stays the one its name means (to modpost, to other objects of the
+        patch calling it by name). A global new in the patch stays global: another object
+        of the same patch may call it."""
+        if symbol.is_function and symbol.bind != STB_LOCAL and \
+                self.selection.correlation.orig_of(symbol) is not None:
+            return STB_LOCAL
+        return symbol.bind
 
     def _copy_relocations(self, piece: Slice) -> None:
         source = piece.source
