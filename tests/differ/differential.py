@@ -45,7 +45,7 @@ from kpatchbuild.elf.model import Symbol
 from kpatchbuild.stages.fetch.debian import DebianPackage, fetch_package
 from tests.differ.kernel_corpus import Case, CorpusBuilder
 from tests.differ.random_edits import _DEFINITION, FILES, _edit
-from tests.support.chroots import SUITE_TREES, suite_kernel
+from tests.support.chroots import SUITE_TREES, ChrootError, suite_kernel
 from tests.support.kpatch_reference import (
     KpatchReference,
     ReferenceOutcome,
@@ -184,7 +184,7 @@ def run_pair(comparison: Comparison, case: Case, builder: CorpusBuilder, kernel:
     """Compile one edit, run both differs, and compare them (filling ``comparison``)."""
     try:
         pair = builder.build(case)
-    except subprocess.CalledProcessError:
+    except (subprocess.CalledProcessError, ChrootError):
         return comparison  # the edit does not compile here
     trace = Trace(["compare"])
     try:
