@@ -72,7 +72,8 @@ def test_kpatchs_integration_patches(private_recipes, tmp_path: Path) -> None:  
         (recipes / f"kpatch-{name}" / "recipe.yaml").write_text(_recipe(name, expected))
     assert sorted(p.stem for p in source.glob("*.patch")) == sorted(PATCHES)
     report = tmp_path / "test.json"
-    result = run_doit("test", f"kernel={KERNEL}", f"json={report}", env=env)
+    # Two cells side by side: one builds while the other boots (one kernel prepare at once).
+    result = run_doit("-n", "2", "test", f"kernel={KERNEL}", f"json={report}", env=env)
     cells = {cell["recipe"]: cell for cell in json.loads(report.read_text())["cells"]}
     summary = {name: (cell["status"], cell.get("reason", "")) for name, cell in cells.items()}
     assert all(cell["status"] in ("passed", "refused") for cell in cells.values()), \
