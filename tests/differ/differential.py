@@ -19,7 +19,6 @@ small fixed subset, in CI).
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 import subprocess
@@ -44,7 +43,7 @@ from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import Symbol
 from kpatchbuild.stages.fetch.debian import DebianPackage, fetch_package
 from tests.differ.kernel_corpus import Case, CorpusBuilder
-from tests.differ.random_edits import _DEFINITION, FILES, _edit
+from tests.differ.random_edits import _edit, pick_edits
 from tests.support.chroots import SUITE_TREES, ChrootError, suite_kernel
 from tests.support.kpatch_reference import (
     KpatchReference,
@@ -92,28 +91,10 @@ class Comparison:
 
 def generate(count: int, tree: Path, seed: int = SEED) -> list[tuple[Comparison, Case]]:
     """``count`` edits of the tree's sources, the same for the same seed and sources."""
-    rng = random.Random(seed)
-    found: list[tuple[Comparison, Case]] = []
-    index = 0
-    while len(found) < count:
-        source = rng.choice(FILES)
-        text = (tree / source).read_text()
-        functions = [m for m in _DEFINITION.finditer(text)
-                     if "__init" not in text[max(0, m.start() - 80):m.start("name")]
-                     and "__exit" not in text[max(0, m.start() - 80):m.start("name")]]
-        if not functions:
-            continue
-        match = rng.choice(functions)
-        kind = rng.choice(KINDS)
-        edited = mutate(text, match, kind, index)
-        if edited is None:
-            continue
-        name = match.group("name")
-        found.append((Comparison(index, source, name, kind),
-                      Case(f"differential-{index}-{kind}-{name}", source,
-                           _constant(edited), 0)))
-        index += 1
-    return found
+    return [(Comparison(index, source, name, kind),
+             Case(f"differential-{index}-{kind}-{name}", source, _constant(edited), 0))
+            for index, source, name, kind, edited in pick_edits(count, tree, seed, KINDS,
+                                                                 mutate)]
 
 
 def _constant(text: str):  # noqa: ANN202 - the edit a Case wants: pristine -> edited

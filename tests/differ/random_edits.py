@@ -26,6 +26,7 @@ import json
 import random
 import re
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,10 +81,22 @@ class EditCase:
 
 def generate(count: int, tree: Path, seed: int = SEED) -> list[tuple[EditCase, Case]]:
     """``count`` cases over the tree's sources, the same for the same seed and sources."""
+    return [(EditCase(index, source, name, kind),
+             Case(f"random-{index}-{kind}-{name}", source, _constant(edited), 0))
+            for index, source, name, kind, edited in pick_edits(count, tree, seed, KINDS, _edit)]
+
+
+Edit = Callable[[str, "re.Match[str]", str, int], "str | None"]
+
+
+def pick_edits(count: int, tree: Path, seed: int, kinds: Sequence[str],
+               edit: Edit) -> list[tuple[int, str, str, str, str]]:
+    """``count`` (index, file, function, kind, edited text): a seeded choice of a file of
+    FILES, a function in it (not __init/__exit) and a kind of edit that applies to it."""
     rng = random.Random(seed)
-    cases = []
+    found = []
     index = 0
-    while len(cases) < count:
+    while len(found) < count:
         source = rng.choice(FILES)
         text = (tree / source).read_text()
         functions = [m for m in _DEFINITION.finditer(text)
@@ -92,15 +105,13 @@ def generate(count: int, tree: Path, seed: int = SEED) -> list[tuple[EditCase, C
         if not functions:
             continue
         match = rng.choice(functions)
-        kind = rng.choice(KINDS)
-        edited = _edit(text, match, kind, index)
+        kind = rng.choice(kinds)
+        edited = edit(text, match, kind, index)
         if edited is None:
             continue
-        name = match.group("name")
-        cases.append((EditCase(index, source, name, kind),
-                      Case(f"random-{index}-{kind}-{name}", source, _constant(edited), 0)))
+        found.append((index, source, match.group("name"), kind, edited))
         index += 1
-    return cases
+    return found
 
 
 def _constant(text: str):  # noqa: ANN202 - the edit a Case wants: pristine -> edited

@@ -281,6 +281,21 @@ def suite_kernel(store: Store, chroot: Chroot, series: str, flavour: str) -> Sui
     return SuiteKernel(chroot.suite, release, version, artifact.path)
 
 
+def dbg_vmlinux(chroot: Chroot, kernel: SuiteKernel, work: Path, checksum: str) -> Path:
+    """The kernel's -dbg vmlinux, fetched in ``chroot`` into ``work`` (its .deb, checked
+    against ``checksum`` from the suite's index, is dropped once the vmlinux is out)."""
+    name = f"linux-image-{kernel.release}-dbg"
+    chroot.run(["apt-get", "download", "-q", f"{name}={kernel.version}"],
+               binds=[work], cwd=work, network=True)
+    (deb,) = work.glob(f"{name}_*.deb")
+    if sha256_file(deb) != checksum:
+        raise ChrootError(f"{deb.name}: sha256 does not match {chroot.suite}'s index")
+    members = dbg_members(kernel.release)
+    extract_members(deb, members, work, first_only=True)
+    deb.unlink()
+    return work / members[1]
+
+
 def suite_kernel_symbols(store: Store, chroot: Chroot, kernel: SuiteKernel) -> Path:
     """The compact symbol table of the kernel's vmlinux (from its -dbg package, fetched again:
     the kernel's files keep only System.map)."""
@@ -291,15 +306,8 @@ def suite_kernel_symbols(store: Store, chroot: Chroot, kernel: SuiteKernel) -> P
         name = f"linux-image-{kernel.release}-dbg"
         checksum = _package_sha256(chroot, f"{name}={kernel.version}")
         with store.publishing("chroot-kernel-symbols", key, {"package": name}) as work:
-            chroot.run(["apt-get", "download", "-q", f"{name}={kernel.version}"],
-                       binds=[work], cwd=work, network=True)
-            (deb,) = work.glob(f"{name}_*.deb")
-            if sha256_file(deb) != checksum:
-                raise ChrootError(f"{deb.name}: sha256 does not match {chroot.suite}'s index")
-            members = dbg_members(kernel.release)
-            extract_members(deb, members, work, first_only=True)
-            deb.unlink()
-            compact_vmlinux_symbols(work / members[1], work / VMLINUX_SYMBOLS)
+            vmlinux = dbg_vmlinux(chroot, kernel, work, checksum)
+            compact_vmlinux_symbols(vmlinux, work / VMLINUX_SYMBOLS)
             shutil.rmtree(work / "usr")
         artifact = store.lookup("chroot-kernel-symbols", key)
         assert artifact is not None

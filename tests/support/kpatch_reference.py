@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatchbuild.base.store import Store, content_key, sha256_file
+from kpatchbuild.base.store import Store, content_key
 from kpatchbuild.differ.special import ENTRY_TABLES, ORC_TABLE, PRINTK_INDEX_TABLE
 from kpatchbuild.stages.fetch.debian import (
     dbg_members,
@@ -35,6 +35,7 @@ from tests.support.chroots import (
     Chroot,
     SuiteKernel,
     _package_sha256,
+    dbg_vmlinux,
     make_chroot,
 )
 
@@ -139,17 +140,10 @@ def suite_reference_symtab(store: Store, chroot: Chroot, kernel: SuiteKernel) ->
     key = content_key(SYMTAB_KIND, kernel.release, kernel.version, chroot.suite)
 
     def make(work: Path) -> None:
-        checksum = _package_sha256(chroot, f"{name}={kernel.version}")
-        chroot.run(["apt-get", "download", "-q", f"{name}={kernel.version}"], binds=[work],
-                   cwd=work, network=True)
-        (deb,) = work.glob(f"{name}_*.deb")
-        if sha256_file(deb) != checksum:
-            raise ValueError(f"{deb.name}: sha256 does not match {chroot.suite}'s index")
-        members = dbg_members(kernel.release)
-        extract_members(deb, members, work, first_only=True)
-        deb.unlink()
+        vmlinux = dbg_vmlinux(chroot, kernel, work,
+                              _package_sha256(chroot, f"{name}={kernel.version}"))
         with open(work / "vmlinux.symtab", "w") as handle:
-            subprocess.run(["readelf", "-s", "--wide", str(work / members[1])], stdout=handle,
+            subprocess.run(["readelf", "-s", "--wide", str(vmlinux)], stdout=handle,
                            check=True)
         shutil.rmtree(work / "usr")
 
