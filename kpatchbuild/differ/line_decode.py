@@ -26,7 +26,7 @@ from iced_x86 import (
     RegisterInfo,
 )
 
-from kpatchbuild.differ.lines import LINE_ARGUMENT, LineShift
+from kpatchbuild.differ.line_shift import LINE_ARGUMENT, LineShift
 
 _ARGUMENT_REGISTERS = (Register.RDI, Register.RSI, Register.RDX, Register.RCX, Register.R8,
                        Register.R9)
