@@ -1,9 +1,9 @@
 """Jump labels and static calls whose key the patch cannot carry, decided by kernel version.
 
 Since Linux 5.8 the loader applies vmlinux's livepatch relocations before it reads the
-module's `__jump_table`, so an unexported vmlinux key is kept through one; a module's key is
-resolved too late: a tracepoint's entry is dropped (the site stays disabled), any other
-refused.
+module's `__jump_table`, so an unexported vmlinux key is kept through one. A key resolved too
+late (a module's, or vmlinux's before 5.8): a tracepoint's or pr_debug()'s entry is dropped
+(the site stays disabled, as kpatch leaves it), any other refused naming the key.
 """
 
 from __future__ import annotations
@@ -67,13 +67,26 @@ def test_vmlinux_key_kept_through_a_livepatch_relocation_since_5_8(tmp_path: Pat
 
 
 @pytest.mark.parametrize("version", [(5, 4), None])
-def test_vmlinux_key_refused_before_5_8(tmp_path: Path, version: tuple[int, int] | None) -> None:
+def test_vmlinux_tracepoint_entry_dropped_before_5_8(tmp_path: Path,
+                                                     version: tuple[int, int] | None) -> None:
+    # As kpatch does there: the site stays as compiled, a disabled tracepoint.
+    result = _diff(tmp_path, "__tracepoint_kpb_event", version=version,
+                   lines=["ffffffff82000000 D __tracepoint_kpb_event"])
+    assert [f.name for f in result.changed_functions] == ["site"]
+    assert not any(s.name == "__jump_table" for s in result.output.sections)
+    (note,) = result.notes
+    assert note.startswith("tracepoint kpb_event in site+0x") and "before 5.8" in note
+
+
+@pytest.mark.parametrize("version", [(5, 4), None])
+def test_vmlinux_static_key_refused_before_5_8(tmp_path: Path,
+                                              version: tuple[int, int] | None) -> None:
     with pytest.raises(CannotPatch) as caught:
-        _diff(tmp_path, "__tracepoint_kpb_event", version=version,
-              lines=["ffffffff82000000 D __tracepoint_kpb_event"])
+        _diff(tmp_path, "kpb_feature_key", version=version,
+              lines=["ffffffff82000000 D kpb_feature_key"])
     message = caught.value.message
     assert "__jump_table entry in site+0x" in message
-    assert "__tracepoint_kpb_event" in message and "before 5.8" in message
+    assert "static key kpb_feature_key of vmlinux" in message and "before 5.8" in message
 
 
 def test_module_tracepoint_entry_is_dropped_with_a_note(tmp_path: Path) -> None:

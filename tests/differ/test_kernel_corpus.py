@@ -248,3 +248,26 @@ def _check_local_positions(report: dict, pair: BuiltPair, kernel_tree: KernelTre
         chosen = table.named(symbol["target_name"])[symbol["sympos"] - 1]
         if not chosen.is_global:
             assert chosen.source_file == source_file, (symbol, chosen)
+
+
+def test_a_tracepoint_entry_is_dropped_for_a_kernel_before_5_8(
+        corpus: CorpusBuilder, kernel_tree: KernelTree, entry_sizes: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Real objects of this tree, judged as for a kernel whose loader binds livepatch
+    # relocations after reading the jump table (`--kernel-version 5.4`): the tracepoint's
+    # entry goes, the site stays as compiled (disabled), and a note says so.
+    case = next(c for c in CASES if c.name == "tracepoint_vmlinux_key")
+    pair = corpus.build(case.for_series(kernel_tree.series, kernel_tree.name))
+    out, report = tmp_path / "out.o", tmp_path / "report.json"
+    code = main(["diff", str(pair.orig), str(pair.patched), "-o", str(out),
+                 "--symbols", str(kernel_tree.symbols), "--target", "vmlinux",
+                 "--symvers", str(kernel_tree.module_symvers),
+                 "--entry-sizes", str(entry_sizes), "--json", str(report),
+                 "--kernel-version", "5.4"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert {f["name"] for f in data["changed_functions"]} == {"__set_task_comm"}
+    assert any(n.startswith("tracepoint task_rename in ") and "before 5.8" in n
+               for n in data["notes"]), data["notes"]
+    # Its only jump entry was the tracepoint's (kept on 5.8+: test_corpus_case).
+    assert "__jump_table" not in {s["name"] for s in data["sections"]}

@@ -135,13 +135,16 @@ class _EntrySelector:
                 "read the module's tables") if early else (
                 "kernels before 5.8 apply livepatch relocations only after the loader has "
                 "read the module's tables")
-        if section.name == "__jump_table" and early and key.startswith(INERT_KEY_PREFIXES):
-            # The site stays the compiler's default: a disabled tracepoint or pr_debug().
+        if section.name == "__jump_table" and key.startswith(INERT_KEY_PREFIXES):
+            # The site stays the compiler's default: a disabled tracepoint or pr_debug(), as
+            # kpatch leaves it. Any other key decides what the code does: refused below.
             what = "tracepoint" if key.startswith("__tracepoint_") else "dynamic debug print"
+            where = (f"module {resolution.objname}" if resolution.objname != "vmlinux"
+                     else "vmlinux, and this kernel (before 5.8) binds livepatch relocations")
             selection.notes.append(
                 f"{what} {key.removeprefix('__tracepoint_')} in {user} is inert in the "
-                f"patched function: its key lives in module {resolution.objname}, bound only "
-                "after the loader reads the jump table, so its entry is dropped")
+                f"patched function: its key lives in {where} only after the loader reads "
+                "the jump table, so its entry is dropped")
             return
         if section.name == "__jump_table":
             selection.refusals.append(
