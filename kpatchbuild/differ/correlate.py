@@ -28,7 +28,8 @@ from kpatchbuild.differ.index import (
     is_numbered,
     normalized_name,
 )
-from kpatchbuild.elf.model import STT_FILE, STT_SECTION, Section, Symbol
+from kpatchbuild.differ.special import SectionRole, role_of
+from kpatchbuild.elf.model import SHF_WRITE, STT_FILE, STT_SECTION, Section, Symbol
 
 
 @dataclass
@@ -104,20 +105,23 @@ def _candidates(index: ObjectIndex) -> dict[tuple[bool, str, str], list[Symbol]]
 
 
 def _referencing_functions(index: ObjectIndex) -> dict[int, dict[str, int]]:
-    """id(data symbol) -> {normalized name of a function using it: offset of its first use}."""
+    """id(data symbol) -> {normalized name of a function or variable using it: offset of its
+    first use}. A variable counts: a table pointing at compound literals is what tells them
+    apart when two hold the same value."""
     refs: dict[int, dict[str, int]] = defaultdict(dict)
     for section in index.obj.sections:
-        if not section.is_text:
+        if role_of(section) not in (SectionRole.CODE, SectionRole.DATA):
             continue
         for relocation in index.relocations.get(id(section), ()):
-            target = index.target_of(relocation, in_code=True)
+            target = index.target_of(relocation, in_code=section.is_text)
             if not isinstance(target, SymbolTarget) or target.symbol.is_function:
                 continue
             user = index.containing(section, relocation.offset)
-            if user is not None:
+            if user is not None and user is not target.symbol:
                 uses = refs[id(target.symbol)]
                 # A static used by foo.part.0 or foo.cold (after a split) is still foo's.
-                name = base_function_name(user.name)
+                name = (base_function_name(user.name) if user.is_function
+                        else normalized_name(user.name))
                 offset = relocation.offset - user.value
                 if name not in uses or offset < uses[name]:
                     uses[name] = offset
@@ -222,9 +226,22 @@ def _pair_by_contents(result: Correlation, symbols: list[Symbol],
         match = theirs.get(key, [])
         if len(group) == 1 and len(match) == 1:
             result.pair(group[0], match[0])
+        elif group and len(group) == len(match) and all(map(_constant, group + match)):
+            # Constant twins (two `__compound_literal.N` of the same value): nothing can
+            # tell them apart, and nothing needs to: any pairing holds the same bytes.
+            for patched_symbol, original in zip(group, match, strict=True):
+                result.pair(patched_symbol, original)
         else:
             left.extend(group)
     return left
+
+
+def _constant(symbol: Symbol) -> bool:
+    """Data no one writes: read-only sections, and `.data.rel.ro*` (written only by the
+    relocations that fill it in; the kernel makes it read-only after init)."""
+    section = symbol.section
+    return section is not None and (not section.flags & SHF_WRITE
+                                    or section.name.startswith(".data.rel.ro"))
 
 
 def _pair_sections(result: Correlation) -> None:
