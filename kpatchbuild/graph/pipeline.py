@@ -445,9 +445,10 @@ class TargetPipeline:
         with those words, and fails otherwise.
         """
         expected = self.recipe.refused_on(self.target)
-        pairs = self.changed_pairs()
+        objects = read_record(self.patched_record, PatchedRecord)
+        pairs = objects.changed()
         # An object whose code did not change but whose exports' versions did has no diff.
-        for pair in read_record(self.patched_record, PatchedRecord).objects:
+        for pair in objects.objects:
             if pair.identical and pair.exports_changed:
                 self._refuse(CannotPatch(pair.object, [pair.exports_changed]).message,
                              expected, exit_code=2)

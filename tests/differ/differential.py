@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 from kpatchbuild.base.store import Store
 from kpatchbuild.differ import CannotPatch, diff_objects
 from kpatchbuild.differ.index import ObjectIndex, SymbolTarget, parent_function_name
-from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.differ.symbols import (
     Export,
     SymbolTable,
@@ -57,7 +56,6 @@ if TYPE_CHECKING:
 
 SEED = 20261208
 KINDS = ("barrier", "pr_debug", "literal", "helper", "static_local", "inline_helper")
-PROBE = "kernel/kpatchbuild_entry_sizes.c"
 
 
 @dataclass
@@ -130,18 +128,6 @@ def mutate(text: str, match: re.Match[str], kind: str, index: int) -> str | None
         raise ValueError(f"unknown edit kind {kind!r}")
     return (text[:match.start()] + prefix + text[match.start():body_start] + "\n".join(lines)
             + text[body_end:])
-
-
-def entry_sizes(builder: CorpusBuilder) -> dict[str, int]:
-    """The tree's special-section entry sizes, from the differ's probe: both differs get
-    the same ones (kpatch-build reads them from vmlinux's DWARF)."""
-    probe = builder.tree / PROBE
-    probe.write_text(PROBE_SOURCE)
-    try:
-        return sizes_from_probe(read_elf(builder.make_object(PROBE)))
-    finally:
-        probe.unlink(missing_ok=True)
-        (builder.tree / PROBE).with_suffix(".o").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -294,7 +280,7 @@ def harness_for(tree: KernelTree, symtab: Path, workdir: Path) -> tuple[CorpusBu
     builder = CorpusBuilder(tree.path, tree.release, workdir, tree.compiler, tree.chroot)
     kernel = Kernel(tree.release, load_symbol_table(tree.symbols),
                     load_module_symvers(tree.module_symvers), symtab,
-                    tree.module_symvers, entry_sizes(builder),
+                    tree.module_symvers, builder.entry_sizes(),
                     prefix_bytes((tree.path / ".config").read_text()))
     return builder, kernel
 

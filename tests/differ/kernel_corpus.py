@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.elf import read_elf
 from kpatchbuild.elf.model import STT_SECTION
 from kpatchbuild.stages.patched.patched import patch_headers
@@ -551,6 +552,23 @@ class CorpusBuilder:
             shutil.copyfile(self.make_object(source), destination)
             self._originals[source] = destination
         return self._originals[source]
+
+    def entry_sizes(self) -> dict[str, int]:
+        """Special-section entry sizes measured by compiling the differ's probe in the tree.
+
+        The probe is listed in its directory's Makefile for the time it is built: kbuild
+        before 5.13 builds a single object only if a Makefile names it.
+        """
+        probe_source = self.tree / "fs" / "proc" / "kpb_probe.c"
+        makefile = self.tree / "fs" / "proc" / "Makefile"
+        pristine_makefile = makefile.read_text()
+        _replace_file(probe_source, PROBE_SOURCE)
+        _replace_file(makefile, pristine_makefile + "obj-y += kpb_probe.o\n")
+        try:
+            return sizes_from_probe(read_elf(self.make_object("fs/proc/kpb_probe.c")))
+        finally:
+            probe_source.unlink()
+            _replace_file(makefile, pristine_makefile)
 
     def build(self, case: Case) -> BuiltPair:
         orig = self.original(case.source)

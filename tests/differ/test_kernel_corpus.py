@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from kpatchbuild.__main__ import main
-from kpatchbuild.differ.special import PROBE_SOURCE, sizes_from_probe
 from kpatchbuild.differ.symbols import load_symbol_table
 from kpatchbuild.elf import read_elf, read_elf_bytes, write_elf
 from kpatchbuild.elf.model import STT_FILE
@@ -20,7 +19,6 @@ from tests.differ.kernel_corpus import (
     BuiltPair,
     Case,
     CorpusBuilder,
-    _replace_file,
     dyndbg_descriptors,
 )
 from tests.elf.snapshot import snapshot
@@ -70,21 +68,8 @@ def test_objects_come_from_the_tree_compiler(corpus: CorpusBuilder,
 
 @pytest.fixture(scope="session")
 def entry_sizes(corpus: CorpusBuilder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Special-section entry sizes measured by compiling the probe against the tree.
-
-    The probe is listed in its directory's Makefile for the time it is built: kbuild before
-    5.13 builds a single object only if a Makefile names it.
-    """
-    probe_source = corpus.tree / "fs" / "proc" / "kpb_probe.c"
-    makefile = corpus.tree / "fs" / "proc" / "Makefile"
-    pristine_makefile = makefile.read_text()
-    _replace_file(probe_source, PROBE_SOURCE)
-    _replace_file(makefile, pristine_makefile + "obj-y += kpb_probe.o\n")
-    try:
-        sizes = sizes_from_probe(read_elf(corpus.make_object("fs/proc/kpb_probe.c")))
-    finally:
-        probe_source.unlink()
-        _replace_file(makefile, pristine_makefile)
+    """Special-section entry sizes measured by compiling the probe against the tree."""
+    sizes = corpus.entry_sizes()
     path = tmp_path_factory.mktemp("sizes") / "sizes.json"
     path.write_text(json.dumps(sizes))
     return path

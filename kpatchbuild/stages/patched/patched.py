@@ -346,11 +346,12 @@ def _export_version_changes(store: Store, workspace: Workspace, obj: str,
         return ""
     found = []
     for compiled, files in zip((original, patched), contents, strict=True):
-        key = ("symversions", object_key(workspace.stage, obj, {**patch_headers(), **files}))
+        files = {**patch_headers(), **files}  # as compiled_object compiled it
+        key = ("symversions", object_key(workspace.stage, obj, files))
         remembered = store.recall(key)
         if remembered is None:
             with workspace.locked():
-                workspace.set_contents({**patch_headers(), **files})
+                workspace.set_contents(files)
                 record = workspace.recorded(obj)
                 if record is None:
                     raise BuildError(f"{obj}: compiled, but kbuild left no record of its "
